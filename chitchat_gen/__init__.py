@@ -1,0 +1,13 @@
+"""chitchat_gen: persona-driven multi-turn chit-chat conversations for fine-tuning chat models.
+
+    from chitchat_gen import load_task, generate
+    task = load_task("task.yaml")
+    for record in generate(task, 3, chat=my_chat, seed=1):
+        print(record["conversation_id"])
+"""
+from .config import ConfigError, load_task
+from .engines import LMError, make_chat
+from .pipeline import generate
+from .stages import STAGES, stage
+
+__all__ = ["load_task", "generate", "make_chat", "stage", "STAGES", "ConfigError", "LMError"]

@@ -1,0 +1,154 @@
+"""Command line: parse flags, run each task, show progress and a summary. No logic of its own.
+
+    python -m chitchat_gen --task-paths task.yaml --num-outputs-to-generate 10 --restart
+    python -m chitchat_gen --engine local -n 5 --restart
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from .config import ConfigError, load_task
+from .engines import LMError, check_engine, default_concurrency, make_chat
+from .pipeline import generate
+from .store import FINAL, FORMATTED, append, clear, close, open_store
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m chitchat_gen",
+        description="Generate persona-driven multi-turn chit-chat conversations with an LM.")
+    parser.add_argument("--task-paths", nargs="+", default=["task.yaml"], metavar="PATH",
+                        help="task file(s) to run, one after another (default: ./task.yaml)")
+    parser.add_argument("-n", "--num-outputs-to-generate", type=int, default=10, metavar="N",
+                        help="accepted conversations wanted per task (default: 10)")
+    parser.add_argument("--restart", action="store_true",
+                        help="delete this task's previous outputs and start from zero (default: resume)")
+    parser.add_argument("--output-dir", default="output", metavar="DIR",
+                        help="outputs go to DIR/<task_name>/ (default: output)")
+    engine = parser.add_argument_group("engine (overrides the task file)")
+    engine.add_argument("--engine", choices=["ollama", "openai", "local"])
+    engine.add_argument("--model", help="model name (ollama, openai) or .gguf path (local)")
+    engine.add_argument("--base-url", action="append", metavar="URL",
+                        help="server URL; repeat or comma-separate to spread calls over several servers")
+    engine.add_argument("--concurrency", type=int, metavar="K",
+                        help="conversations in flight at once (default: 4 per Ollama server, 32 per OpenAI-style server, 1 local)")
+    engine.add_argument("--seed", type=int, help="seed for persona, pattern and example sampling")
+    engine.add_argument("--temperature", type=float)
+    engine.add_argument("--max-tokens", type=int, help="cap on the tokens of each reply")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--verbose", action="store_true", help="also print notes on ignored settings")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.num_outputs_to_generate < 1:
+            raise ConfigError(f"--num-outputs-to-generate must be >= 1 (got {args.num_outputs_to_generate})")
+        if args.concurrency is not None and args.concurrency < 1:
+            raise ConfigError(f"--concurrency must be >= 1 (got {args.concurrency})")
+        # Load every task first, so a broken second task file stops the run before any work.
+        overrides = {"engine": args.engine, "model": args.model, "base_url": args.base_url,
+                     "concurrency": args.concurrency, "seed": args.seed,
+                     "temperature": args.temperature, "max_tokens": args.max_tokens}
+        tasks = [load_task(path, **overrides) for path in args.task_paths]
+        for task in tasks:
+            run_task(task, args)
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except LMError as exc:
+        print(f"Error: the LM server stopped answering ({exc}): check it, then run the same command "
+              "without --restart to resume; everything accepted so far is kept", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nInterrupted: accepted conversations are saved; run the same command without --restart to resume",
+              file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(130)  # do not wait for LM requests still in flight
+    return 0
+
+
+def run_task(task: dict, args) -> None:
+    n = args.num_outputs_to_generate
+    if args.verbose:
+        for note in task["notes"]:
+            print(f"note: {note}", file=sys.stderr)
+    folder = Path(args.output_dir) / task["task_name"]
+    store = open_store(folder)
+    try:
+        existing = 0 if args.restart else store["existing"]
+        if existing >= n:
+            print(f"{folder} already holds {existing} conversations (>= {n}): nothing to do "
+                  "(use --restart to start again, or a larger -n)")
+            return
+        engine = task["engine"]
+        check_engine(engine)
+        totals = Counter()
+        lock = threading.Lock()
+
+        def on_usage(prompt_tokens, completion_tokens):
+            with lock:
+                totals["prompt_tokens"] += prompt_tokens
+                totals["completion_tokens"] += completion_tokens
+
+        chat = make_chat(engine, on_usage)
+        if args.restart:
+            clear(store)
+        concurrency = engine["concurrency"] or default_concurrency(engine)
+        stats = {}
+        start = time.monotonic()
+        ticker = None if args.quiet else _progress(stats, n - existing, start)
+        try:
+            for record in generate(task, n - existing, chat=chat, concurrency=concurrency, stats=stats):
+                append(store, record)
+        finally:
+            if ticker:
+                ticker.set()
+        _summary(task, stats, totals, existing, time.monotonic() - start, folder)
+    finally:
+        close(store)
+
+
+def _progress(stats: dict, wanted: int, start: float) -> threading.Event:
+    """Print a progress line on stderr until the returned event is set."""
+    done = threading.Event()
+    tty = sys.stderr.isatty()
+
+    def line():
+        accepted, dropped = stats.get("accepted", 0), sum(stats.get("dropped", {}).values())
+        elapsed = time.monotonic() - start
+        rate = accepted / elapsed if elapsed else 0
+        eta = f"{(wanted - accepted) / rate:.0f}s" if rate else "?"
+        return (f"accepted {accepted}/{wanted}  dropped {dropped}  LM calls {stats.get('calls', 0)}  "
+                f"{rate * 60:.1f}/min  ETA {eta}")
+
+    def loop():
+        while not done.wait(0.5 if tty else 10):
+            print(("\r" + line()) if tty else line(), end="" if tty else "\n", file=sys.stderr, flush=True)
+        if tty:
+            print("\r" + line(), file=sys.stderr, flush=True)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return done
+
+
+def _summary(task, stats, totals, existing, seconds, folder) -> None:
+    accepted = stats["accepted"]
+    per = f" ({stats['calls'] / accepted:.1f} per accepted)" if accepted else ""
+    tokens = totals["prompt_tokens"] + totals["completion_tokens"]
+    print(f"{task['task_name']}: {accepted} accepted"
+          + (f" (+{existing} from earlier runs)" if existing else "")
+          + f", {sum(stats['dropped'].values())} dropped, {stats['calls']} LM calls{per}, "
+          f"{tokens} tokens ({totals['prompt_tokens']} prompt + {totals['completion_tokens']} completion), "
+          f"{seconds:.1f}s")
+    for reason, count in stats["dropped"].most_common():
+        print(f"  dropped {count}: {reason}")
+    print(f"  {folder / FINAL}\n  {folder / FORMATTED}")

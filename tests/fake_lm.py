@@ -1,0 +1,140 @@
+"""A stand-in LM for tests and benchmarks: a canned reply function, and a real HTTP server
+(stdlib, threaded, on 127.0.0.1) that speaks Ollama's and OpenAI's chat APIs with it.
+
+    with FakeServer(models=["granite4:3b"], latency=0.01, slots=2) as server:
+        ...  # point the engine at server.url; server.requests holds (path, body) pairs
+
+Faults are queued per call: server.faults.extend(["500", "reset", "429", "garbage", "hang"]).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+COUNTER = itertools.count(1)
+
+
+def canned_reply(messages: list[dict], json_schema: dict | None = None) -> str:
+    """A plausible reply for each of the pipeline's prompts, distinct on every call."""
+    k = next(COUNTER)
+    system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+    last = messages[-1]["content"]
+    if json_schema is not None:
+        names = json_schema["properties"]["eligible"]["items"]["enum"]
+        return json.dumps({"eligible": names, "reasoning": "any of these fits"})
+    if "short scenarios" in system:
+        return f"Scenario: A person number {k} wants to chat about hobby {k}."
+    if "one-sentence instruction" in last:
+        return f"Ask about detail {k}."
+    if "role-playing a human user" in system:
+        return f"User: I wonder about thing {k}, can you tell me more?"
+    return f"Here is a friendly answer number {k}."
+
+
+def fake_chat(messages, json_schema=None, **options) -> str:
+    return canned_reply(messages, json_schema)
+
+
+class FakeServer:
+    def __init__(self, models=("granite4:3b",), latency: float = 0.0, slots: int | None = None,
+                 reply=canned_reply):
+        self.models, self.latency, self.reply = list(models), latency, reply
+        self.slots = threading.Semaphore(slots) if slots else None
+        self.requests: list[tuple[str, dict]] = []
+        self.faults: list[str] = []
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def chat_requests(self) -> list[dict]:
+        return [body for path, body in self.requests if path.endswith(("/api/chat", "/chat/completions"))]
+
+    def _handler(server):
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, payload, headers=None):
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                with server.lock:
+                    server.requests.append((self.path, {}))
+                if self.path == "/api/tags":
+                    self._send(200, {"models": [{"name": m, "model": m} for m in server.models]})
+                elif self.path == "/api/version":
+                    self._send(200, {"version": "0.0-fake"})
+                elif self.path == "/v1/models":
+                    self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
+                else:
+                    self._send(404, {"error": "not found"})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                with server.lock:
+                    server.requests.append((self.path, body))
+                    fault = server.faults.pop(0) if server.faults else None
+                if fault == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    self.connection.close()
+                    return
+                if fault == "hang":
+                    time.sleep(3)
+                    return
+                if fault in ("500", "503", "429"):
+                    self._send(int(fault), {"error": f"fake {fault}"}, {"Retry-After": "0"} if fault == "429" else None)
+                    return
+                if fault == "garbage":
+                    self._send(200, b"<html>not json")
+                    return
+                if self.path == "/api/show":
+                    found = body.get("model") in server.models
+                    self._send(200 if found else 404, {"details": {}} if found else {"error": "not found"})
+                    return
+                if body.get("model") not in server.models:
+                    self._send(404, {"error": f"model \"{body.get('model')}\" not found, try pulling it first"})
+                    return
+                schema = body.get("format")
+                if self.path == "/v1/chat/completions" and body.get("response_format"):
+                    schema = body["response_format"]["json_schema"]["schema"]
+                if server.slots:
+                    server.slots.acquire()
+                try:
+                    time.sleep(server.latency)
+                    text = server.reply(body["messages"], schema)
+                finally:
+                    if server.slots:
+                        server.slots.release()
+                if self.path == "/api/chat":
+                    self._send(200, {"model": body["model"], "message": {"role": "assistant", "content": text},
+                                     "done": True, "done_reason": "stop", "prompt_eval_count": 10, "eval_count": 5})
+                elif self.path == "/v1/chat/completions":
+                    self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                                  "finish_reason": "stop"}],
+                                     "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
+                else:
+                    self._send(404, {"error": "not found"})
+
+        return Handler
