@@ -226,6 +226,7 @@ def _local_chat(engine: dict, on_usage):
             "messages": messages,
             "temperature": options.get("temperature", engine["temperature"]),
             "max_tokens": options.get("max_tokens", engine["max_tokens"]),
+            "repeat_penalty": 1.2,  # tiny models loop on one sentence without it (llama.cpp's default is 1.1)
         }
         if options.get("seed") is not None:
             kwargs["seed"] = options["seed"]

@@ -75,17 +75,33 @@ def transcript(record: dict) -> str:
     return "\n".join(lines) or "(nothing yet: this is the first message)"
 
 
-LABEL = re.compile(r"^\s*(\*\*)?(user|assistant|scenario|message|instruction|your message|reply)(\*\*)?\s*:\s*", re.I)
-NEXT_SPEAKER = re.compile(r"\n\s*(\*\*)?(user|assistant|human|ai)(\*\*)?\s*:", re.I)
+LABEL = re.compile(r"^\s*\**(user|assistant|scenario|message|instruction|your message|reply)\**\s*:\s*\**\s*", re.I)
+NEXT_SPEAKER = re.compile(r"\n\s*\**(user|assistant|human|ai)\**\s*:", re.I)
 
 
 def clean(text: str) -> str:
-    """Strip labels, wrapping quotes and any lines where the model went on as the other speaker."""
+    """Strip labels, wrapping quotes, lines where the model went on as the other speaker, and loops.
+
+    >>> clean('User: "Nice! Nice! What next?"\nAssistant: Well...')
+    'Nice! What next?'
+    """
     text = NEXT_SPEAKER.split(text, maxsplit=1)[0]
     text = LABEL.sub("", text.strip()).strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
-    return text
+    return drop_repeated_sentences(text)
+
+
+def drop_repeated_sentences(text: str) -> str:
+    """Small models loop ("I'm so glad! I'm so glad! ..."); keep each sentence once."""
+    sentences = re.split(r"(?<=[.!?])\s+", text)
+    seen, kept = set(), []
+    for sentence in sentences:
+        key = normalise(sentence)
+        if key not in seen:
+            seen.add(key)
+            kept.append(sentence)
+    return text if len(kept) == len(sentences) else " ".join(kept)
 
 
 def normalise(text: str) -> str:

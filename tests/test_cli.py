@@ -1,0 +1,125 @@
+"""The command line as a user runs it: a subprocess against a real local fake Ollama server."""
+
+import yaml
+
+from conftest import outputs, run_cli, read_jsonl
+from fake_lm import FakeServer
+from test_engines import free_port_url
+
+OUT = "output/public/examples/chit_chat"
+
+
+def test_exactly_n_conversations_in_both_files(task_dir, server):
+    result = run_cli("--task-paths", "task.yaml", "--num-outputs-to-generate", 10, "--restart",
+                     "--base-url", server.url, "--concurrency", 6, cwd=task_dir)
+    assert result.returncode == 0, result.stderr
+    final, formatted = outputs(task_dir)
+    assert len(final) == len(formatted) == 10
+    assert [r["conversation_id"] for r in final] == [r["conversation_id"] for r in formatted]
+    assert len({r["conversation_id"] for r in final}) == 10
+    for record, lines in zip(final, formatted):
+        assert record["is_seed"] is False and record["task_name"] == "public/examples/chit_chat"
+        messages = lines["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant"] * (len(messages) // 2)
+        assert 2 <= len(messages) // 2 <= 4
+        assert record["steps"][-3]["role"] == "flow_controller" and record["steps"][-3]["terminate"]
+    assert "10 accepted" in result.stdout and "LM calls" in result.stdout
+    assert f"{OUT}/final_data.jsonl" in result.stdout
+    assert all(body["stream"] is False for body in server.chat_requests())
+
+
+def test_resume_keeps_earlier_conversations_and_adds_the_rest(task_dir, server):
+    assert run_cli("-n", 3, "--base-url", server.url, cwd=task_dir).returncode == 0
+    first = [r["conversation_id"] for r in outputs(task_dir)[0]]
+    result = run_cli("-n", 5, "--base-url", server.url, cwd=task_dir)
+    assert result.returncode == 0, result.stderr
+    final, formatted = outputs(task_dir)
+    assert [r["conversation_id"] for r in final][:3] == first
+    assert len(final) == len(formatted) == 5
+    assert "2 accepted (+3 from earlier runs)" in result.stdout
+
+
+def test_nothing_to_do_when_the_files_hold_n_already(task_dir, server):
+    assert run_cli("-n", 3, "--base-url", server.url, cwd=task_dir).returncode == 0
+    before = (task_dir / OUT / "final_data.jsonl").read_bytes()
+    calls = len(server.chat_requests())
+    result = run_cli("-n", 2, "--base-url", server.url, cwd=task_dir)
+    assert result.returncode == 0 and "already holds 3 conversations" in result.stdout
+    assert (task_dir / OUT / "final_data.jsonl").read_bytes() == before
+    assert len(server.chat_requests()) == calls
+
+
+def test_restart_starts_from_zero(task_dir, server):
+    assert run_cli("-n", 3, "--base-url", server.url, cwd=task_dir).returncode == 0
+    old = {r["conversation_id"] for r in outputs(task_dir)[0]}
+    assert run_cli("-n", 2, "--restart", "--base-url", server.url, cwd=task_dir).returncode == 0
+    final, formatted = outputs(task_dir)
+    assert len(final) == len(formatted) == 2 and not old & {r["conversation_id"] for r in final}
+
+
+def test_dead_server_is_one_error_line_and_restart_keeps_the_old_outputs(task_dir, server):
+    assert run_cli("-n", 2, "--base-url", server.url, cwd=task_dir).returncode == 0
+    before = (task_dir / OUT / "final_data.jsonl").read_bytes()
+    dead = free_port_url()
+    result = run_cli("-n", 2, "--restart", "--base-url", dead, cwd=task_dir)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: cannot reach Ollama at {dead}: start it with 'ollama serve' (or use --engine local)"]
+    assert (task_dir / OUT / "final_data.jsonl").read_bytes() == before
+
+
+def test_missing_model_says_ollama_pull(task_dir):
+    with FakeServer(models=["llama3:latest"]) as fake:
+        result = run_cli("-n", 1, "--base-url", fake.url, cwd=task_dir)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: model 'granite4:3b' not found at ") and "run 'ollama pull granite4:3b'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_broken_task_file_is_one_error_line_before_any_call(task_dir, server):
+    raw = yaml.safe_load((task_dir / "task.yaml").read_text())
+    raw["min_turns"] = 9
+    (task_dir / "task.yaml").write_text(yaml.safe_dump(raw))
+    result = run_cli("-n", 1, "--base-url", server.url, cwd=task_dir)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: task.yaml: min_turns (9) is greater than max_turns (4): lower min_turns or raise max_turns"
+    assert server.requests == []
+
+
+def test_missing_task_file(tmp_path):
+    result = run_cli("--task-paths", "nope.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: task file nope.yaml not found: pass an existing file with --task-paths"
+
+
+def test_bad_numbers_are_errors(task_dir):
+    for flags, message in ((("-n", 0), "--num-outputs-to-generate must be >= 1"),
+                           (("--concurrency", 0), "--concurrency must be >= 1")):
+        result = run_cli(*flags, cwd=task_dir)
+        assert result.returncode == 1 and result.stderr.startswith(f"Error: {message}")
+
+
+def test_bad_base_url(task_dir):
+    result = run_cli("--base-url", "http://bad host", cwd=task_dir)
+    assert result.returncode == 1 and "is not a URL" in result.stderr
+
+
+def test_unknown_flag_is_a_usage_error(task_dir):
+    result = run_cli("--num-output", 3, "--frobnicate", cwd=task_dir)
+    assert result.returncode == 2 and "unrecognized arguments: --frobnicate" in result.stderr
+
+
+def test_several_tasks_each_write_their_own_folder(task_dir, server):
+    raw = yaml.safe_load((task_dir / "task.yaml").read_text())
+    raw["task_name"] = "second/task"
+    (task_dir / "second.yaml").write_text(yaml.safe_dump(raw))
+    result = run_cli("--task-paths", "task.yaml", "second.yaml", "-n", 2, "--base-url", server.url,
+                     "--output-dir", "runs", cwd=task_dir)
+    assert result.returncode == 0, result.stderr
+    assert len(read_jsonl(task_dir / "runs/public/examples/chit_chat/final_data.jsonl")) == 2
+    assert len(read_jsonl(task_dir / "runs/second/task/formatted_output.jsonl")) == 2
+
+
+def test_quiet_prints_no_progress(task_dir, server):
+    result = run_cli("-n", 2, "--quiet", "--base-url", server.url, cwd=task_dir)
+    assert result.returncode == 0 and result.stderr == ""

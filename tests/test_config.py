@@ -1,0 +1,178 @@
+"""Task-file and data-file validation: every problem is one ConfigError naming file, field and fix."""
+
+import json
+
+import pytest
+import yaml
+
+from chitchat_gen.config import ConfigError, load_task, render_persona
+
+
+def write_task(task_dir, change):
+    """Load the shipped task.yaml, apply `change(dict)`, write it back; return its path."""
+    path = task_dir / "task.yaml"
+    raw = yaml.safe_load(path.read_text())
+    change(raw)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def flow(raw):
+    return next(s for s in raw["iteration_stages"] if s["name"] == "lm/flow_controller")
+
+
+def test_shipped_task_loads(task_dir):
+    task = load_task(task_dir / "task.yaml")
+    assert task["task_name"] == "public/examples/chit_chat"
+    assert (task["min_turns"], task["max_turns"]) == (2, 4)
+    assert len(task["personas"]) >= 40 and len(task["seed_scenarios"]) >= 8
+    assert task["engine"]["type"] == "ollama" and task["engine"]["model"] == "granite4:3b"
+
+
+def test_overrides_win_over_the_task_file(task_dir):
+    task = load_task(task_dir / "task.yaml", model="llama3", base_url=["http://a:1,http://b:2"],
+                     temperature=0.1, seed=5)
+    assert task["engine"]["model"] == "llama3"
+    assert task["engine"]["base_urls"] == ["http://a:1", "http://b:2"]
+    assert task["engine"]["temperature"] == 0.1 and task["seed"] == 5
+
+
+def test_switching_engine_drops_the_task_files_model(task_dir):
+    engine = load_task(task_dir / "task.yaml", engine="openai")["engine"]
+    assert engine["model"] is None and engine["base_urls"] == ["http://localhost:8000"]
+
+
+def test_env_vars_expand_in_data_paths(task_dir, monkeypatch):
+    monkeypatch.setenv("MY_DATA", str(task_dir))
+    task = load_task(write_task(task_dir, lambda r: r["seed_datastore"].update(data_path="${MY_DATA}/seed_examples.jsonl")))
+    assert len(task["seed_scenarios"]) >= 8
+
+
+def test_digit_bookkeeping_keys_are_accepted_with_a_note(task_dir):
+    def change(raw):
+        raw.update(created_by="someone", data_builder="core/conversation", runner_config={"x": 1})
+        flow(raw).update(generator="generator", max_turns=6)
+    task = load_task(write_task(task_dir, change))
+    assert any("created_by" in note for note in task["notes"])
+
+
+TASK_CASES = [
+    ("missing task_name", lambda r: r.pop("task_name"), "task_name: missing"),
+    ("task_name escapes", lambda r: r.update(task_name="../../etc"), "task_name"),
+    ("max_turns string", lambda r: r.update(max_turns="four"), "max_turns: expected int"),
+    ("max_turns bool", lambda r: r.update(max_turns=True), "max_turns: expected int"),
+    ("min_turns zero", lambda r: r.update(min_turns=0), ">= 1"),
+    ("min > max", lambda r: r.update(min_turns=5, max_turns=3), "min_turns (5) is greater than max_turns (3)"),
+    ("unknown top key", lambda r: r.update(max_turn=3), "unknown key 'max_turn' (did you mean 'max_turns'?)"),
+    ("unknown stage", lambda r: r["iteration_stages"].append({"name": "lm/asistant/naive"}), "unknown stage 'lm/asistant/naive' (did you mean 'lm/assistant/naive'?)"),
+    ("stage without name", lambda r: r["iteration_stages"].append({"foo": 1}), "iteration_stages[3]: expected a mapping with a 'name'"),
+    ("stages not a list", lambda r: r.update(iteration_stages="lm/user/guided"), "iteration_stages: expected a list"),
+    ("unknown stage key", lambda r: r["initialization_stages"][0].update(num_icl_example=3), "did you mean 'num_icl_examples'"),
+    ("negative icl", lambda r: r["initialization_stages"][0].update(num_icl_examples=-1), "num_icl_examples: expected a whole number >= 0"),
+    ("negative weight", lambda r: flow(r)["patterns"][0].update(weight=-0.5), "patterns[0].weight: expected a number >= 0"),
+    ("string weight", lambda r: flow(r)["patterns"][0].update(weight="high"), "patterns[0].weight"),
+    ("all weights zero", lambda r: [p.update(weight=0) for p in flow(r)["patterns"]], "at least one non-termination pattern needs a weight > 0"),
+    ("only termination weighted", lambda r: [p.update(weight=0) for p in flow(r)["patterns"][:4]], "at least one non-termination pattern"),
+    ("duplicate pattern", lambda r: flow(r)["patterns"].append(dict(flow(r)["patterns"][0])), "appears twice"),
+    ("pattern without hint", lambda r: flow(r)["patterns"][1].pop("hint"), "patterns[1].hint"),
+    ("pattern unknown key", lambda r: flow(r)["patterns"][1].update(wieght=1), "did you mean 'weight'"),
+    ("no patterns", lambda r: flow(r).update(patterns=[]), "patterns: expected a non-empty list"),
+    ("unknown termination", lambda r: flow(r).update(termination_patterns=["chit_chat/terminate"]), "'chit_chat/terminate' is not one of the patterns"),
+    ("generate_hint string", lambda r: flow(r).update(generate_hint="yes"), "generate_hint: expected true or false"),
+    ("bad env var", lambda r: r["seed_datastore"].update(data_path="${NO_SUCH_VAR_XYZ}/s.jsonl"), "${NO_SUCH_VAR_XYZ} is not set"),
+    ("missing personas file", lambda r: r["initialization_stages"][1]["persona_store"].update(data_path="nope.jsonl"), "nope.jsonl not found"),
+    ("persona store without path", lambda r: r["initialization_stages"][1].update(persona_store={"type": "default"}), "persona_store.data_path"),
+    ("no seed datastore", lambda r: r.pop("seed_datastore"), "lm/scenario learns from seed examples"),
+    ("unknown engine type", lambda r: r["engine"].update(type="olama"), "unknown engine 'olama' (did you mean 'ollama'?)"),
+    ("unknown engine key", lambda r: r["engine"].update(modle="x"), "did you mean 'model'"),
+    ("bad base_url", lambda r: r["engine"].update(base_url="http://exa mple:11434"), "is not a URL"),
+    ("negative temperature", lambda r: r["engine"].update(temperature=-1), "engine.temperature"),
+    ("zero concurrency", lambda r: r["engine"].update(concurrency=0), "engine.concurrency"),
+    ("unknown prompt", lambda r: r.update(prompts={"USER_SYSTEN": "x"}), "did you mean 'USER_SYSTEM'"),
+]
+
+
+@pytest.mark.parametrize("name,change,message", TASK_CASES, ids=[c[0] for c in TASK_CASES])
+def test_bad_task_files_name_the_problem(task_dir, name, change, message):
+    path = write_task(task_dir, change)
+    with pytest.raises(ConfigError) as error:
+        load_task(path)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_yaml_syntax_error_names_the_line(task_dir):
+    (task_dir / "task.yaml").write_text("task_name: x\nmax_turns: [4\n")
+    with pytest.raises(ConfigError, match=r"task.yaml line \d+: not valid YAML"):
+        load_task(task_dir / "task.yaml")
+
+
+def test_top_level_not_a_mapping(task_dir):
+    (task_dir / "task.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_task(task_dir / "task.yaml")
+
+
+def test_missing_task_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found: pass an existing file with --task-paths"):
+        load_task(tmp_path / "nope.yaml")
+
+
+PERSONA_CASES = [
+    ("not json", "{role: cook}\n", "line 1: not valid JSON"),
+    ("no role", '{"role": "cook"}\n{"domain": "x"}\n', "line 2: role: every persona needs"),
+    ("role not string", '{"role": 3}\n', "line 1: role"),
+    ("array line", '["cook"]\n', "line 1: expected a JSON object"),
+    ("goals wrong type", '{"role": "cook", "goals": 3}\n', "goals: expected a list of strings"),
+    ("trait out of range", '{"role": "cook", "personality": {"openness": 2}}\n', "personality.openness: expected a number in [-1, 1]"),
+    ("unknown trait", '{"role": "cook", "personality": {"opennes": 0.2}}\n', "did you mean 'openness'"),
+    ("expertise wrong type", '{"role": "cook", "expertise": 5}\n', "expertise: expected a string or null"),
+    ("empty file", "\n", "no personas"),
+]
+
+
+@pytest.mark.parametrize("name,text,message", PERSONA_CASES, ids=[c[0] for c in PERSONA_CASES])
+def test_bad_personas_name_file_and_line(task_dir, name, text, message):
+    (task_dir / "personas.jsonl").write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_task(task_dir / "task.yaml")
+    assert "personas.jsonl" in str(error.value) and message in str(error.value)
+
+
+def test_null_persona_fields_get_defaults(task_dir):
+    (task_dir / "personas.jsonl").write_text('{"role": "cook", "goals": null, "personality": null, "expertise": null}\n')
+    persona = load_task(task_dir / "task.yaml")["personas"][0]
+    assert persona["goals"] == [] and persona["personality"]["openness"] == 0.0
+    assert render_persona(persona) == "Role: cook."
+
+
+SEED_CASES = [
+    ("no steps", '{"conversation_id": "s1"}\n', "line 1: steps: expected a non-empty list"),
+    ("wrong role", '{"steps": [{"role": "narrator", "content": "x"}]}\n', "steps[0].role: expected one of"),
+    ("no scenario", '{"steps": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n', "no scenario step"),
+    ("no assistant", '{"steps": [{"role": "scenario", "content": "s"}, {"role": "user", "content": "hi"}]}\n', "at least one user and one assistant"),
+    ("content not string", '{"steps": [{"role": "scenario", "content": 4}]}\n', "steps[0].content: expected a string"),
+    ("empty file", "", "no seed examples"),
+]
+
+
+@pytest.mark.parametrize("name,text,message", SEED_CASES, ids=[c[0] for c in SEED_CASES])
+def test_bad_seeds_name_file_and_line(task_dir, name, text, message):
+    (task_dir / "seed_examples.jsonl").write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_task(task_dir / "task.yaml")
+    assert "seed_examples.jsonl" in str(error.value) and message in str(error.value)
+
+
+def test_digit_shaped_seed_loads(task_dir):
+    # The shape of DiGiT's seed records: persona fields under persona_role, stage algo/persona, extra keys.
+    record = {"task_name": "t", "is_seed": True, "conversation_id": "seed-001", "branch_point": None,
+              "steps": [{"role": "scenario", "content": "A student asks about volcanoes.", "stage_name": "lm/scenario",
+                         "scores": {}, "metadata": {}, "scenario_family_id": "seed-001"},
+                        {"role": "persona", "content": "Role: student.", "stage_name": "algo/persona",
+                         "persona_role": "student", "target": "user"},
+                        {"role": "flow_controller", "content": "chit_chat/new_topic", "terminate": False, "hint": "Ask."},
+                        {"role": "user", "content": "Why do volcanoes erupt?"},
+                        {"role": "assistant", "content": "Pressure from magma."}]}
+    (task_dir / "seed_examples.jsonl").write_text(json.dumps(record) + "\n")
+    assert load_task(task_dir / "task.yaml")["seed_scenarios"] == ["A student asks about volcanoes."]

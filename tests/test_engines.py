@@ -1,0 +1,136 @@
+"""The HTTP engines against a real local server (tests/fake_lm.py): bodies sent, replies read,
+start-up checks, retries."""
+
+import socket
+
+import pytest
+
+from chitchat_gen.config import ConfigError, DEFAULT_ENGINE
+from chitchat_gen.engines import LMError, check_engine, make_chat
+from fake_lm import FakeServer
+
+
+def engine(kind, *servers, **extra):
+    return {**DEFAULT_ENGINE, "type": kind, "model": "granite4:3b", "retries": 2,
+            "base_urls": [s.url if hasattr(s, "url") else s for s in servers], **extra}
+
+
+def free_port_url():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens there once closed
+
+
+SCHEMA = {"type": "object", "properties": {"eligible": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]}}}}
+
+
+def test_ollama_request_is_non_streaming_with_options_and_format(server):
+    usage = []
+    chat = make_chat(engine("ollama", server, max_tokens=77), on_usage=lambda p, c: usage.append((p, c)))
+    reply = chat([{"role": "user", "content": "hello"}], json_schema=SCHEMA, seed=42, temperature=0.2)
+    assert '"eligible"' in reply
+    path, body = server.requests[-1]
+    assert path == "/api/chat"
+    assert body["stream"] is False and body["model"] == "granite4:3b"
+    assert body["options"] == {"temperature": 0.2, "num_predict": 77, "seed": 42}
+    assert body["format"] == SCHEMA
+    assert usage == [(10, 5)]
+
+
+def test_ollama_plain_text_has_no_format(server):
+    make_chat(engine("ollama", server))([{"role": "user", "content": "hi"}])
+    body = server.requests[-1][1]
+    assert "format" not in body and "seed" not in body["options"]
+
+
+def test_openai_request_uses_response_format_and_bearer_key(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    chat = make_chat(engine("openai", server, max_tokens=33))
+    assert chat([{"role": "user", "content": "hi"}], json_schema=SCHEMA, seed=1)
+    path, body = server.requests[-1]
+    assert path == "/v1/chat/completions"
+    assert body["response_format"] == {"type": "json_schema", "json_schema": {"name": "reply", "schema": SCHEMA}}
+    assert body["max_tokens"] == 33 and body["seed"] == 1
+
+
+def test_calls_spread_over_several_servers():
+    with FakeServer() as one, FakeServer() as two:
+        chat = make_chat(engine("ollama", one, two))
+        for _ in range(10):
+            chat([{"role": "user", "content": "hi"}])
+        assert len(one.chat_requests()) == 5 and len(two.chat_requests()) == 5
+
+
+@pytest.mark.parametrize("fault", ["500", "503", "429", "reset", "garbage"])
+def test_transient_faults_are_retried(server, fault):
+    server.faults.extend([fault, fault])
+    reply = make_chat(engine("ollama", server))([{"role": "user", "content": "hi"}])
+    assert reply.startswith("Here is")
+    assert len(server.chat_requests()) == 3
+
+
+def test_a_timeout_is_retried(server):
+    server.faults.append("hang")
+    reply = make_chat(engine("ollama", server, timeout=0.5))([{"role": "user", "content": "hi"}])
+    assert reply and len(server.chat_requests()) == 2
+
+
+def test_retries_are_bounded(server):
+    server.faults.extend(["500"] * 10)
+    with pytest.raises(LMError, match="HTTP 500"):
+        make_chat(engine("ollama", server))([{"role": "user", "content": "hi"}])
+    assert len(server.chat_requests()) == 3  # 1 + retries
+
+
+def test_a_client_error_is_not_retried(server):
+    with pytest.raises(LMError, match="HTTP 404"):
+        make_chat(engine("ollama", server, model="missing"))([{"role": "user", "content": "hi"}])
+    assert len(server.chat_requests()) == 1
+
+
+def test_check_ollama_passes_when_the_model_is_installed(server):
+    check_engine(engine("ollama", server))
+    assert server.requests[-1][0] == "/api/tags"
+
+
+def test_check_ollama_accepts_a_name_without_tag():
+    with FakeServer(models=["llama3:latest"]) as fake:
+        check_engine(engine("ollama", fake, model="llama3"))
+
+
+def test_check_ollama_unreachable_names_ollama_serve_and_local():
+    with pytest.raises(ConfigError) as error:
+        check_engine(engine("ollama", free_port_url()))
+    assert "cannot reach Ollama at http://127.0.0.1:" in str(error.value)
+    assert "ollama serve" in str(error.value) and "--engine local" in str(error.value)
+
+
+def test_check_ollama_missing_model_names_ollama_pull(server):
+    with pytest.raises(ConfigError, match=r"model 'qwen3:8b' not found at .*: run 'ollama pull qwen3:8b'"):
+        check_engine(engine("ollama", server, model="qwen3:8b"))
+
+
+def test_check_openai_picks_the_served_model_when_none_given(server):
+    settings = engine("openai", server, model=None)
+    check_engine(settings)
+    assert settings["model"] == "granite4:3b"
+
+
+def test_check_openai_model_not_served(server):
+    with pytest.raises(ConfigError, match=r"model .gpt-x. is not served at .* \(it serves: granite4:3b\)"):
+        check_engine(engine("openai", server, model="gpt-x"))
+
+
+def test_check_openai_unreachable():
+    with pytest.raises(ConfigError, match="cannot reach an OpenAI-compatible server"):
+        check_engine(engine("openai", free_port_url()))
+
+
+def test_check_a_url_that_is_not_an_lm_server(server):
+    with pytest.raises(ConfigError, match="answered HTTP 404 .* right --base-url"):
+        check_engine(engine("ollama", server.url + "/wrong"))
+
+
+def test_local_with_a_missing_gguf_path():
+    with pytest.raises(ConfigError, match="local model file /nope.gguf not found"):
+        check_engine({**DEFAULT_ENGINE, "type": "local", "model": "/nope.gguf", "base_urls": []})

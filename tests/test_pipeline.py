@@ -1,0 +1,129 @@
+"""The conversation loop and the concurrent runner, with the canned chat function."""
+
+import random
+import threading
+
+import pytest
+
+from chitchat_gen import LMError, generate, load_task
+from chitchat_gen.pipeline import run_conversation
+from fake_lm import fake_chat
+
+
+@pytest.fixture
+def task(task_dir):
+    return load_task(task_dir / "task.yaml")
+
+
+def turns(record):
+    return sum(1 for s in record["steps"] if s["role"] == "assistant")
+
+
+def test_a_conversation_has_the_stage_steps_in_order_and_a_closing_exchange(task):
+    record, reason = run_conversation(task, {"task": task, "chat": fake_chat, "rng": random.Random(0),
+                                             "memory": {"scenarios": []}})
+    assert reason is None
+    roles = [s["role"] for s in record["steps"]]
+    assert roles[:2] == ["scenario", "persona"]
+    assert roles[2:] == ["flow_controller", "user", "assistant"] * turns(record)
+    assert 2 <= turns(record) <= 4
+    flows = [s for s in record["steps"] if s["role"] == "flow_controller"]
+    assert flows[-1]["terminate"] and not any(f["terminate"] for f in flows[:-1])
+    assert [f["metadata"]["turn"] for f in flows] == list(range(1, len(flows) + 1))
+    assert record["steps"][-1]["role"] == "assistant"  # the goodbye is answered
+
+
+def test_turn_bounds_hold_over_many_conversations(task):
+    seen = set()
+    for seed in range(60):
+        record, _ = run_conversation(task, {"task": task, "chat": fake_chat, "rng": random.Random(seed),
+                                            "memory": {"scenarios": []}})
+        seen.add(turns(record))
+    assert seen <= {2, 3, 4} and len(seen) == 3
+
+
+def test_without_forced_close_a_conversation_stops_at_max_turns(task):
+    task["close_at_max_turns"] = False
+    task["iteration_stages"][0]["patterns"][-1]["weight"] = 0  # termination never drawn
+    record, _ = run_conversation(task, {"task": task, "chat": fake_chat, "rng": random.Random(0),
+                                        "memory": {"scenarios": []}})
+    assert turns(record) == 4
+    assert not any(s.get("terminate") for s in record["steps"])
+
+
+def test_min_turns_above_what_the_stages_reach_drops(task):
+    task["iteration_stages"] = [s for s in task["iteration_stages"] if s["name"] != "lm/flow_controller"]
+    task["max_turns"], task["min_turns"] = 1, 1
+    record, reason = run_conversation(task, {"task": task, "chat": fake_chat, "rng": random.Random(0),
+                                             "memory": {"scenarios": []}})
+    assert reason is None and turns(record) == 1
+
+
+def test_a_stage_drop_is_reported_with_the_stage_name(task):
+    def chat(messages, json_schema=None, **options):
+        return "" if "helpful, friendly AI assistant" in messages[0]["content"] else fake_chat(messages, json_schema)
+    record, reason = run_conversation(task, {"task": task, "chat": chat, "rng": random.Random(0),
+                                             "memory": {"scenarios": []}})
+    assert record is None and reason == "lm/assistant/naive: assistant message empty"
+
+
+def test_generate_yields_exactly_n_with_many_in_flight(task):
+    records = list(generate(task, 25, chat=fake_chat, concurrency=8))
+    assert len(records) == 25
+    assert len({r["conversation_id"] for r in records}) == 25
+
+
+def test_no_conversation_is_started_beyond_n(task):
+    scenario_calls = []
+
+    def chat(messages, json_schema=None, **options):
+        if "short scenarios" in messages[0]["content"]:
+            scenario_calls.append(1)
+        return fake_chat(messages, json_schema)
+
+    stats = {}
+    assert len(list(generate(task, 3, chat=chat, concurrency=16, stats=stats))) == 3
+    assert len(scenario_calls) == 3 and stats["accepted"] == 3
+
+
+def test_drops_are_replaced_and_counted(task):
+    rng = random.Random(7)
+    lock = threading.Lock()
+
+    def flaky(messages, json_schema=None, **options):
+        with lock:
+            empty = "helpful, friendly AI assistant" in messages[0]["content"] and rng.random() < 0.2
+        return "" if empty else fake_chat(messages, json_schema)
+
+    stats = {}
+    records = list(generate(task, 20, chat=flaky, concurrency=4, stats=stats))
+    assert len(records) == 20
+    assert stats["dropped"]["lm/assistant/naive: assistant message empty"] > 0
+    assert all(s["content"] for r in records for s in r["steps"])
+
+
+def test_a_dead_lm_stops_the_run_instead_of_spinning(task):
+    def dead(messages, json_schema=None, **options):
+        raise LMError("connection refused")
+
+    stats = {}
+    with pytest.raises(LMError, match="in a row failed"):
+        list(generate(task, 5, chat=dead, concurrency=2, stats=stats))
+    assert stats["dropped"]["LM call failed"] == 2 * 2 + 3
+
+
+def test_same_seed_same_sampling_decisions(task):
+    def decisions(seed):
+        records = list(generate(task, 5, chat=fake_chat, seed=seed))
+        return [(r["steps"][1]["persona_role"], [s["content"] for s in r["steps"] if s["role"] == "flow_controller"])
+                for r in records]
+    assert decisions(11) == decisions(11)
+    assert decisions(11) != decisions(12)
+
+
+def test_closing_the_generator_early_stops_the_workers(task):
+    stop = threading.Event()
+    gen = generate(task, 100, chat=fake_chat, concurrency=4, stop=stop)
+    next(gen)
+    gen.close()
+    assert stop.is_set()

@@ -1,0 +1,221 @@
+"""Each stage on its own, with a scripted chat function standing in for the LM."""
+
+import collections
+import json
+import math
+import random
+
+import pytest
+
+from chitchat_gen.config import load_task
+from chitchat_gen.stages import STAGES, clean, parse_eligibility, stage
+from fake_lm import fake_chat
+
+
+@pytest.fixture
+def task(task_dir):
+    return load_task(task_dir / "task.yaml")
+
+
+def make_ctx(task, chat=fake_chat, name="lm/flow_controller", turn=1, seed=0):
+    stages = {s["name"]: s for s in task["initialization_stages"] + task["iteration_stages"]}
+    calls = []
+
+    def recording_chat(messages, json_schema=None, **options):
+        calls.append({"messages": messages, "json_schema": json_schema, **options})
+        return chat(messages, json_schema=json_schema, **options)
+
+    return {"task": task, "chat": recording_chat, "rng": random.Random(seed), "turn": turn,
+            "stage": stages[name], "memory": {"scenarios": []}, "calls": calls}
+
+
+def record_with(*steps):
+    return {"task_name": "t", "is_seed": False, "conversation_id": "c1",
+            "steps": [{"role": role, "content": content} for role, content in steps]}
+
+
+def test_scenario_learns_from_seeds_and_cleans_the_reply(task):
+    ctx = make_ctx(task, chat=lambda m, **o: 'Scenario: "A beekeeper wants to talk about swarms."',
+                   name="lm/scenario")
+    record = STAGES["lm/scenario"](record_with(), ctx)
+    assert record["steps"][0]["content"] == "A beekeeper wants to talk about swarms."
+    assert record["steps"][0]["role"] == "scenario"
+    prompt = ctx["calls"][0]["messages"][-1]["content"]
+    shown = [s for s in task["seed_scenarios"] if s in prompt]
+    assert len(shown) == 2  # num_icl_examples
+    assert ctx["memory"]["scenarios"] == ["A beekeeper wants to talk about swarms."]
+
+
+def test_scenario_retries_once_then_drops_a_copy_of_an_example(task):
+    task["seed_scenarios"] = ["A cook talks about bread."]
+    ctx = make_ctx(task, chat=lambda m, **o: "A cook talks about bread.", name="lm/scenario")
+    assert STAGES["lm/scenario"](record_with(), ctx) == "scenario empty or a copy of an example"
+    assert len(ctx["calls"]) == 2
+    assert ctx["calls"][0]["seed"] != ctx["calls"][1]["seed"]
+
+
+def test_scenario_examples_include_earlier_generated_ones(task):
+    task["seed_scenarios"] = ["Seed one."]
+    ctx = make_ctx(task, chat=lambda m, **o: "Something new.", name="lm/scenario")
+    ctx["memory"]["scenarios"].append("Earlier generated scenario.")
+    STAGES["lm/scenario"](record_with(), ctx)
+    assert "Earlier generated scenario." in ctx["calls"][0]["messages"][-1]["content"]
+
+
+def test_persona_is_sampled_with_the_rng_and_rendered(task):
+    chosen = [STAGES["sample/persona"](record_with(), make_ctx(task, name="sample/persona", seed=3))["steps"][0]
+              for _ in range(2)]
+    assert chosen[0] == chosen[1]  # same seed, same persona
+    step = chosen[0]
+    assert step["role"] == "persona" and step["target"] == "user"
+    assert step["content"].startswith(f"Role: {step['persona_role']}.")
+    roles = {STAGES["sample/persona"](record_with(), make_ctx(task, name="sample/persona", seed=s))["steps"][0]["persona_role"]
+             for s in range(30)}
+    assert len(roles) > 10
+
+
+def flow_step(task, turn, chat=fake_chat, seed=0):
+    ctx = make_ctx(task, chat=chat, turn=turn, seed=seed)
+    record = STAGES["lm/flow_controller"](record_with(("user", "hi"), ("assistant", "hello")), ctx)
+    return record["steps"][-1], ctx["calls"]
+
+
+def test_termination_is_not_a_candidate_before_min_turns(task):
+    step, calls = flow_step(task, turn=1)
+    schema = calls[0]["json_schema"]
+    assert "chit_chat/termination" not in schema["properties"]["eligible"]["items"]["enum"]
+    assert step["terminate"] is False and "chit_chat/termination" not in step["eligible_patterns"]
+
+
+def test_termination_is_a_candidate_from_min_turns(task):
+    step, calls = flow_step(task, turn=2)
+    assert "chit_chat/termination" in calls[0]["json_schema"]["properties"]["eligible"]["items"]["enum"]
+
+
+def test_termination_is_forced_at_max_turns_without_an_eligibility_call(task):
+    step, calls = flow_step(task, turn=4)
+    assert step["content"] == "chit_chat/termination" and step["terminate"] is True
+    assert all(c["json_schema"] is None for c in calls)  # only the hint call
+    assert len(calls) == 1
+
+
+def test_close_at_max_turns_false_does_not_force(task):
+    task["close_at_max_turns"] = False
+    step, calls = flow_step(task, turn=4, chat=lambda m, json_schema=None, **o:
+                            json.dumps({"eligible": ["chit_chat/follow_up"]}) if json_schema else "Ask more.")
+    assert step["content"] == "chit_chat/follow_up" and step["terminate"] is False
+
+
+def test_the_lm_narrows_the_eligible_patterns(task):
+    reply = json.dumps({"eligible": ["chit_chat/clarification", "not/a_pattern"], "reasoning": "needs detail"})
+    step, calls = flow_step(task, turn=2, chat=lambda m, json_schema=None, **o: reply if json_schema else "Ask what X means.")
+    assert step["content"] == "chit_chat/clarification"
+    assert step["eligible_patterns"] == ["chit_chat/clarification"]
+    assert step["reasoning"] == "needs detail"
+    assert step["hint"] == "Ask what X means."
+    assert calls[0]["max_tokens"] == task["engine"]["json_max_tokens"]
+
+
+@pytest.mark.parametrize("reply", ["not json at all", '{"eligible": "x"}', '{"eligible": ["nope"]}', "[1, 2]", ""])
+def test_an_unusable_reply_makes_all_candidates_eligible(task, reply):
+    step, _ = flow_step(task, turn=2, chat=lambda m, json_schema=None, **o: reply if json_schema else "Hint.")
+    assert len(step["eligible_patterns"]) == 5
+
+
+def test_generate_hint_false_uses_the_static_hint_and_saves_a_call(task):
+    flow_cfg = task["iteration_stages"][0]
+    flow_cfg["generate_hint"] = False
+    step, calls = flow_step(task, turn=1)
+    chosen = next(p for p in flow_cfg["patterns"] if p["name"] == step["content"])
+    assert step["hint"] == chosen["hint"] and len(calls) == 1
+
+
+def test_pattern_frequencies_follow_the_weights(task):
+    task["iteration_stages"][0]["generate_hint"] = False
+    rng = random.Random(1)
+    counts = collections.Counter()
+    samples = 4000
+    for _ in range(samples):
+        ctx = make_ctx(task, turn=3, seed=rng.randrange(10**9))
+        counts[STAGES["lm/flow_controller"](record_with(), ctx)["steps"][-1]["content"]] += 1
+    patterns = task["iteration_stages"][0]["patterns"]
+    total = sum(p["weight"] for p in patterns)
+    for p in patterns:
+        expected = samples * p["weight"] / total
+        sigma = math.sqrt(expected * (1 - p["weight"] / total))
+        assert abs(counts[p["name"]] - expected) < 4 * sigma, (p["name"], counts[p["name"]], expected)
+
+
+def test_user_sees_persona_scenario_hint_and_history(task):
+    record = record_with(("scenario", "A gardener chats about slugs."), ("persona", "Role: gardener."),
+                         ("user", "My lettuces are gone."), ("assistant", "Slugs, probably."))
+    record["steps"].append({"role": "flow_controller", "content": "chit_chat/follow_up", "hint": "Ask about beer traps."})
+    ctx = make_ctx(task, chat=lambda m, **o: "User: Do beer traps work?\nAssistant: Yes.", name="lm/user/guided")
+    record = STAGES["lm/user/guided"](record, ctx)
+    assert record["steps"][-1]["content"] == "Do beer traps work?"
+    system, prompt = ctx["calls"][0]["messages"][0]["content"], ctx["calls"][0]["messages"][1]["content"]
+    assert "Role: gardener." in system and "A gardener chats about slugs." in system
+    assert "Ask about beer traps." in prompt and "Slugs, probably." in prompt
+
+
+def test_user_in_the_assistant_voice_is_retried_then_dropped(task):
+    replies = iter(["As an AI, I can help you.", "How can I help you today?"])
+    ctx = make_ctx(task, chat=lambda m, **o: next(replies), name="lm/user/guided")
+    assert STAGES["lm/user/guided"](record_with(("scenario", "s")), ctx) == "user message in the assistant's voice"
+    replies = iter(["As an AI, I can help you.", "So, what about cats?"])
+    ctx = make_ctx(task, chat=lambda m, **o: next(replies), name="lm/user/guided")
+    assert STAGES["lm/user/guided"](record_with(("scenario", "s")), ctx)["steps"][-1]["content"] == "So, what about cats?"
+
+
+def test_empty_user_message_drops(task):
+    ctx = make_ctx(task, chat=lambda m, **o: "  ", name="lm/user/guided")
+    assert STAGES["lm/user/guided"](record_with(), ctx) == "user message empty"
+
+
+def test_assistant_gets_the_chat_history_but_not_the_persona(task):
+    record = record_with(("scenario", "A chat about tea."), ("persona", "Role: secret persona."),
+                         ("user", "Green or black?"))
+    ctx = make_ctx(task, chat=lambda m, **o: "Assistant: Green, gently brewed.", name="lm/assistant/naive")
+    record = STAGES["lm/assistant/naive"](record, ctx)
+    assert record["steps"][-1]["content"] == "Green, gently brewed."
+    messages = ctx["calls"][0]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert "A chat about tea." in messages[0]["content"]
+    assert all("secret persona" not in m["content"] for m in messages)
+
+
+def test_empty_assistant_message_drops(task):
+    ctx = make_ctx(task, chat=lambda m, **o: "", name="lm/assistant/naive")
+    assert STAGES["lm/assistant/naive"](record_with(("user", "hi")), ctx) == "assistant message empty"
+
+
+def test_every_call_gets_a_distinct_seed_from_the_conversation_rng(task):
+    ctx = make_ctx(task, turn=2)
+    STAGES["lm/flow_controller"](record_with(), ctx)
+    seeds = [c["seed"] for c in ctx["calls"]]
+    assert len(seeds) == 2 and len(set(seeds)) == 2
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ('"Hello there."', "Hello there."),
+    ("Scenario: A cook bakes.", "A cook bakes."),
+    ("**User:** Hi!\n**Assistant:** Hello!", "Hi!"),
+    ("Great. Great. Great. Really great.", "Great. Really great."),
+    ("Line one.\nLine two.", "Line one.\nLine two."),
+])
+def test_clean(raw, expected):
+    assert clean(raw) == expected
+
+
+def test_parse_eligibility_finds_json_inside_prose():
+    names, reasoning = parse_eligibility('Sure: {"eligible": ["a", 3], "reasoning": "r"} done')
+    assert names == {"a"} and reasoning == "r"
+
+
+def test_custom_stage_registers_by_decorator():
+    @stage("test/noop")
+    def noop(record, ctx):
+        return record
+
+    assert STAGES["test/noop"] is noop
+    del STAGES["test/noop"]

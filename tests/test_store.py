@@ -1,0 +1,102 @@
+"""The output files on a real filesystem: append, repair after a crash, lock."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from chitchat_gen.config import ConfigError
+from chitchat_gen.store import FINAL, FORMATTED, append, clear, close, format_record, open_store
+from conftest import read_jsonl
+
+
+def record(i):
+    return {"task_name": "t", "is_seed": False, "conversation_id": f"id{i}",
+            "steps": [{"role": "scenario", "content": "s"}, {"role": "user", "content": f"hi {i}"},
+                      {"role": "assistant", "content": f"hello {i}"}]}
+
+
+def write(folder, n):
+    store = open_store(folder)
+    for i in range(n):
+        append(store, record(i))
+    close(store)
+
+
+def ids(path):
+    return [r["conversation_id"] for r in read_jsonl(path)]
+
+
+def test_append_writes_both_files_in_the_same_order(tmp_path):
+    write(tmp_path, 3)
+    assert ids(tmp_path / FINAL) == ids(tmp_path / FORMATTED) == ["id0", "id1", "id2"]
+    assert read_jsonl(tmp_path / FORMATTED)[1] == {"conversation_id": "id1", "messages": [
+        {"role": "user", "content": "hi 1"}, {"role": "assistant", "content": "hello 1"}]}
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_reopen_counts_existing_and_appends(tmp_path):
+    write(tmp_path, 2)
+    store = open_store(tmp_path)
+    assert store["existing"] == 2
+    append(store, record(5))
+    close(store)
+    assert ids(tmp_path / FINAL) == ["id0", "id1", "id5"]
+
+
+def test_clear_empties_both_files(tmp_path):
+    write(tmp_path, 2)
+    store = open_store(tmp_path)
+    clear(store)
+    append(store, record(9))
+    close(store)
+    assert ids(tmp_path / FINAL) == ids(tmp_path / FORMATTED) == ["id9"]
+
+
+def test_a_torn_last_line_is_dropped(tmp_path):
+    write(tmp_path, 3)
+    with open(tmp_path / FINAL, "a") as out:
+        out.write(json.dumps(record(3))[:40])  # the writer died mid-line
+    store = open_store(tmp_path)
+    close(store)
+    assert store["existing"] == 3
+    assert ids(tmp_path / FINAL) == ids(tmp_path / FORMATTED) == ["id0", "id1", "id2"]
+
+
+def test_a_missing_formatted_line_is_rebuilt_from_its_record(tmp_path):
+    write(tmp_path, 3)
+    lines = (tmp_path / FORMATTED).read_text().splitlines(keepends=True)
+    (tmp_path / FORMATTED).write_text("".join(lines[:2]) + lines[2][:10])  # killed between the two writes
+    close(open_store(tmp_path))
+    assert read_jsonl(tmp_path / FORMATTED) == [format_record(record(i)) for i in range(3)]
+
+
+def test_a_repeated_id_is_kept_once(tmp_path):
+    write(tmp_path, 2)
+    with open(tmp_path / FINAL, "a") as out:
+        out.write(json.dumps(record(0)) + "\n")
+    store = open_store(tmp_path)
+    close(store)
+    assert store["existing"] == 2 and ids(tmp_path / FINAL) == ["id0", "id1"]
+    assert ids(tmp_path / FORMATTED) == ["id0", "id1"]
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
+    store = open_store(tmp_path)
+    with pytest.raises(ConfigError, match="in use by another run"):
+        open_store(tmp_path)
+    close(store)
+    close(open_store(tmp_path))  # free again
+
+
+def test_a_stale_lock_from_a_killed_run_is_taken_over(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".lock").write_text(dead.stdout.strip())
+    close(open_store(tmp_path))
+
+
+def test_a_file_in_the_way_is_a_config_error(tmp_path):
+    (tmp_path / "out").write_text("not a folder")
+    with pytest.raises(ConfigError, match="cannot write to .*--output-dir"):
+        open_store(tmp_path / "out" / "task")
