@@ -47,9 +47,22 @@ def make_chat(engine: dict, on_usage=None):
     path = "/api/chat" if engine["type"] == "ollama" else "/v1/chat/completions"
     headers = _auth_headers(engine)
 
+    # OpenAI's response_format {"type": "json_schema"} is refused by some servers (llama-cpp-python's
+    # own server takes only llama.cpp's {"type": "json_object", "schema": ...}); on the first refusal we
+    # switch to that form, then to no constraint at all: the flow controller validates replies anyway.
+    json_forms = ["json_schema", "json_object", None]
+
     def chat(messages, json_schema=None, **options):
-        body = build(engine, messages, json_schema, options)
-        reply = _post_with_retries(session, lambda: next(urls) + path, body, headers, engine)
+        while True:
+            body = build(engine, messages, json_schema, options, json_forms[0])
+            try:
+                reply = _post_with_retries(session, lambda: next(urls) + path, body, headers, engine)
+                break
+            except LMError as exc:
+                if "response_format" not in body or "response_format" not in str(exc):
+                    raise
+                if body["response_format"]["type"] == json_forms[0]:  # another thread may have switched already
+                    json_forms.pop(0)
         text, usage = parse(reply)
         if on_usage:
             on_usage(*usage)
@@ -58,7 +71,7 @@ def make_chat(engine: dict, on_usage=None):
     return chat
 
 
-def _ollama_body(engine, messages, json_schema, options):
+def _ollama_body(engine, messages, json_schema, options, json_form=None):
     body = {
         "model": engine["model"],
         "messages": messages,
@@ -83,7 +96,7 @@ def _ollama_reply(reply: dict):
     return text or "", (reply.get("prompt_eval_count") or 0, reply.get("eval_count") or 0)
 
 
-def _openai_body(engine, messages, json_schema, options):
+def _openai_body(engine, messages, json_schema, options, json_form="json_schema"):
     body = {
         "model": engine["model"],
         "messages": messages,
@@ -92,9 +105,10 @@ def _openai_body(engine, messages, json_schema, options):
     }
     if options.get("seed") is not None:
         body["seed"] = options["seed"]
-    if json_schema is not None:
-        body["response_format"] = {"type": "json_schema",
-                                   "json_schema": {"name": "reply", "schema": json_schema}}
+    if json_schema is not None and json_form == "json_schema":
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": json_schema}}
+    elif json_schema is not None and json_form == "json_object":
+        body["response_format"] = {"type": "json_object", "schema": json_schema}
     return body
 
 
@@ -127,7 +141,7 @@ def _post_with_retries(session, next_url, body, headers, engine) -> dict:
                     return response.json()
                 except ValueError:
                     problem, wait = f"{url} answered 200 with a body that is not JSON: {response.text[:120]!r}", None
-            elif response.status_code in RETRY_STATUS:
+            elif response.status_code in RETRY_STATUS and "response_format" not in response.text:
                 problem, wait = f"HTTP {response.status_code} from {url}: {response.text[:200]}", _retry_after(response)
             else:
                 raise LMError(f"HTTP {response.status_code} from {url}: {response.text[:200]}")

@@ -42,8 +42,9 @@ def fake_chat(messages, json_schema=None, **options) -> str:
 
 class FakeServer:
     def __init__(self, models=("granite4:3b",), latency: float = 0.0, slots: int | None = None,
-                 reply=canned_reply):
+                 reply=canned_reply, json_forms=("json_schema", "json_object")):
         self.models, self.latency, self.reply = list(models), latency, reply
+        self.json_forms = json_forms  # the OpenAI response_format types this server accepts
         self.slots = threading.Semaphore(slots) if slots else None
         self.requests: list[tuple[str, dict]] = []
         self.faults: list[str] = []
@@ -117,8 +118,13 @@ class FakeServer:
                     self._send(404, {"error": f"model \"{body.get('model')}\" not found, try pulling it first"})
                     return
                 schema = body.get("format")
-                if self.path == "/v1/chat/completions" and body.get("response_format"):
-                    schema = body["response_format"]["json_schema"]["schema"]
+                form = body.get("response_format")
+                if self.path == "/v1/chat/completions" and form:
+                    if form["type"] not in server.json_forms:  # worded as llama-cpp-python's server words it
+                        self._send(500, {"error": {"message": f"body.response_format.type: Input should be "
+                                                              f"{' or '.join(server.json_forms)}"}})
+                        return
+                    schema = form["json_schema"]["schema"] if form["type"] == "json_schema" else form["schema"]
                 if server.slots:
                     server.slots.acquire()
                 try:

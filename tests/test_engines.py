@@ -53,6 +53,22 @@ def test_openai_request_uses_response_format_and_bearer_key(server, monkeypatch)
     assert body["max_tokens"] == 33 and body["seed"] == 1
 
 
+def test_openai_falls_back_when_the_server_refuses_json_schema():
+    with FakeServer(json_forms=("text", "json_object")) as fake:
+        chat = make_chat(engine("openai", fake))
+        for _ in range(3):
+            assert '"eligible"' in chat([{"role": "user", "content": "hi"}], json_schema=SCHEMA)
+        forms = [body["response_format"]["type"] for body in fake.chat_requests()]
+        assert forms == ["json_schema", "json_object", "json_object", "json_object"]
+
+
+def test_openai_drops_the_constraint_when_no_json_form_is_accepted():
+    with FakeServer(json_forms=("text",)) as fake:
+        chat = make_chat(engine("openai", fake))
+        chat([{"role": "user", "content": "hi"}], json_schema=SCHEMA)
+        assert [b.get("response_format", {}).get("type") for b in fake.chat_requests()] == ["json_schema", "json_object", None]
+
+
 def test_calls_spread_over_several_servers():
     with FakeServer() as one, FakeServer() as two:
         chat = make_chat(engine("ollama", one, two))
