@@ -2,6 +2,7 @@
 
     python -m chitchat_gen --task-paths task.yaml --num-outputs-to-generate 10 --restart
     python -m chitchat_gen --engine local -n 5 --restart
+    python -m chitchat_gen trace --engine local --seed 3     # one conversation, stage by stage
 """
 
 from __future__ import annotations
@@ -17,21 +18,34 @@ from pathlib import Path
 from .config import ConfigError, load_task
 from .engines import LMError, check_engine, default_concurrency, make_chat
 from .pipeline import generate
+from .trace import make_printer
 from .store import FINAL, FORMATTED, append, clear, close, open_store
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m chitchat_gen",
-        description="Generate persona-driven multi-turn chit-chat conversations with an LM.")
-    parser.add_argument("--task-paths", nargs="+", default=["task.yaml"], metavar="PATH",
-                        help="task file(s) to run, one after another (default: ./task.yaml)")
-    parser.add_argument("-n", "--num-outputs-to-generate", type=int, default=10, metavar="N",
-                        help="accepted conversations wanted per task (default: 10)")
-    parser.add_argument("--restart", action="store_true",
-                        help="delete this task's previous outputs and start from zero (default: resume)")
-    parser.add_argument("--output-dir", default="output", metavar="DIR",
-                        help="outputs go to DIR/<task_name>/ (default: output)")
+COMMANDS = ("trace",)
+
+
+def build_parser(command: str = "generate") -> argparse.ArgumentParser:
+    if command == "trace":
+        parser = argparse.ArgumentParser(
+            prog="python -m chitchat_gen trace",
+            description="Run ONE conversation and print every prompt, reply and stage decision. Writes no file.")
+        parser.add_argument("--task-paths", nargs=1, default=["task.yaml"], metavar="PATH",
+                            help="the task file (default: ./task.yaml)")
+    else:
+        parser = argparse.ArgumentParser(
+            prog="python -m chitchat_gen",
+            description="Generate persona-driven multi-turn chit-chat conversations with an LM.",
+            epilog="Also: 'python -m chitchat_gen trace --help' (one conversation, stage by stage).")
+        parser.add_argument("--task-paths", nargs="+", default=["task.yaml"], metavar="PATH",
+                            help="task file(s) to run, one after another (default: ./task.yaml)")
+        parser.add_argument("-n", "--num-outputs-to-generate", type=int, default=10, metavar="N",
+                            help="accepted conversations wanted per task (default: 10)")
+        parser.add_argument("--restart", action="store_true",
+                            help="delete this task's previous outputs and start from zero (default: resume)")
+        parser.add_argument("--output-dir", default="output", metavar="DIR",
+                            help="outputs go to DIR/<task_name>/ (default: output)")
+        parser.add_argument("--quiet", action="store_true", help="no progress line")
     engine = parser.add_argument_group("engine (overrides the task file)")
     engine.add_argument("--engine", choices=["ollama", "openai", "local"])
     engine.add_argument("--model", help="model name (ollama, openai) or .gguf path (local)")
@@ -42,15 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--seed", type=int, help="seed for persona, pattern and example sampling")
     engine.add_argument("--temperature", type=float)
     engine.add_argument("--max-tokens", type=int, help="cap on the tokens of each reply")
-    parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--verbose", action="store_true", help="also print notes on ignored settings")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "generate"
+    args = build_parser(command).parse_args(argv)
     try:
-        if args.num_outputs_to_generate < 1:
+        if command == "generate" and args.num_outputs_to_generate < 1:
             raise ConfigError(f"--num-outputs-to-generate must be >= 1 (got {args.num_outputs_to_generate})")
         if args.concurrency is not None and args.concurrency < 1:
             raise ConfigError(f"--concurrency must be >= 1 (got {args.concurrency})")
@@ -60,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                      "temperature": args.temperature, "max_tokens": args.max_tokens}
         tasks = [load_task(path, **overrides) for path in args.task_paths]
         for task in tasks:
-            run_task(task, args)
+            run_trace(task) if command == "trace" else run_task(task, args)
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
@@ -115,6 +130,12 @@ def run_task(task: dict, args) -> None:
         _summary(task, stats, totals, existing, time.monotonic() - start, folder)
     finally:
         close(store)
+
+
+def run_trace(task: dict) -> None:
+    check_engine(task["engine"])
+    for _ in generate(task, 1, chat=make_chat(task["engine"]), concurrency=1, trace=make_printer()):
+        pass
 
 
 def _progress(stats: dict, wanted: int, start: float) -> threading.Event:

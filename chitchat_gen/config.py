@@ -26,6 +26,7 @@ class ConfigError(Exception):
 
 ENGINE_TYPES = ("ollama", "openai", "local")
 DEFAULT_MODELS = {"ollama": "granite4:3b", "openai": None, "local": None}
+DEFAULT_MAX_TOKENS = {"ollama": 512, "openai": 512, "local": 200}  # a 135M model mostly loops past 200
 DEFAULT_BASE_URLS = {"ollama": "http://localhost:11434", "openai": "http://localhost:8000", "local": None}
 
 DEFAULT_ENGINE = {
@@ -34,7 +35,7 @@ DEFAULT_ENGINE = {
     "base_url": None,         # a URL or a list of URLs; None: the engine type's default
     "api_key": None,          # openai only; OPENAI_API_KEY wins when set
     "temperature": 0.7,
-    "max_tokens": 512,        # cap on every reply; JSON replies get `json_max_tokens`
+    "max_tokens": None,       # cap on every reply (None: DEFAULT_MAX_TOKENS); JSON replies get `json_max_tokens`
     "json_max_tokens": 200,
     "n_ctx": 4096,            # local only: the model's context window
     "timeout": 120,           # seconds per HTTP request
@@ -55,8 +56,8 @@ STAGE_KEYS = {
     "lm/scenario": {"num_icl_examples"},
     "sample/persona": {"persona_store"},
     "lm/flow_controller": {"patterns", "termination_patterns", "generate_hint", "max_turns"},
-    "lm/user/guided": set(),
-    "lm/assistant/naive": set(),
+    "lm/user/guided": {"max_tokens"},
+    "lm/assistant/naive": {"max_tokens"},
 }
 
 PERSONA_FIELDS = ("role", "expertise", "domain", "goals", "personality", "style_override")
@@ -126,6 +127,12 @@ def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
             task["personas"] = load_personas(stage["data_path"])
         elif stage["name"] == "lm/flow_controller":
             _flow_controller(stage, path, task["max_turns"])
+        elif stage["name"] in ("lm/user/guided", "lm/assistant/naive"):
+            # A chit-chat user writes a line or two; capping them keeps transcripts (and prompts) short.
+            default = task["engine"]["max_tokens"]
+            cap = stage.setdefault("max_tokens", min(160, default) if stage["name"] == "lm/user/guided" else default)
+            if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+                raise ConfigError(f"{path}: {field}.max_tokens: expected a whole number >= 1, got {cap!r}")
         elif stage["name"] == "lm/scenario":
             n = stage.setdefault("num_icl_examples", 2)
             if not isinstance(n, int) or isinstance(n, bool) or n < 0:
@@ -243,8 +250,8 @@ def _engine(raw, overrides: dict, path) -> dict:
     engine = dict(DEFAULT_ENGINE, **raw)
     type_flag = overrides.get("engine")
     if type_flag and type_flag != engine["type"]:
-        # The task's model and URL belong to its own engine type; a switched engine starts from its defaults.
-        engine.update(type=type_flag, model=None, base_url=None)
+        # The task's model, URL and reply cap belong to its own engine type; a switched engine starts from its defaults.
+        engine.update(type=type_flag, model=None, base_url=None, max_tokens=None)
     for key in ("model", "base_url", "temperature", "max_tokens", "concurrency", "api_key"):
         if overrides.get(key) is not None:
             engine[key] = overrides[key]
@@ -253,6 +260,8 @@ def _engine(raw, overrides: dict, path) -> dict:
         raise ConfigError(f"{where}.type: unknown engine '{engine['type']}'{_did_you_mean(engine['type'], ENGINE_TYPES)}; known: {', '.join(ENGINE_TYPES)}")
     if engine["model"] is None:
         engine["model"] = DEFAULT_MODELS[engine["type"]]
+    if engine["max_tokens"] is None:
+        engine["max_tokens"] = DEFAULT_MAX_TOKENS[engine["type"]]
     urls = engine["base_url"] or DEFAULT_BASE_URLS[engine["type"]]
     if engine["type"] == "ollama" and not engine["base_url"] and os.environ.get("OLLAMA_HOST"):
         urls = os.environ["OLLAMA_HOST"]

@@ -35,34 +35,39 @@ def run_conversation(task: dict, ctx: dict) -> tuple[dict | None, str | None]:
                 break  # the closing exchange was this turn's user and assistant messages
     except LMError as exc:
         reason = f"LM call failed: {exc}"
-    if reason:
-        return None, reason
     messages = [s for s in record["steps"] if s["role"] in ("user", "assistant")]
     turns = sum(1 for s in messages if s["role"] == "assistant")
-    if any(not s["content"].strip() for s in messages):
-        return None, "empty message"
-    if not task["min_turns"] <= turns <= task["max_turns"]:
-        return None, f"{turns} turns, outside min_turns..max_turns"
-    return record, None
+    if reason is None and any(not s["content"].strip() for s in messages):
+        reason = "empty message"
+    if reason is None and not task["min_turns"] <= turns <= task["max_turns"]:
+        reason = f"{turns} turns, outside min_turns..max_turns"
+    if ctx.get("trace"):
+        ctx["trace"]("done", conversation_id=record["conversation_id"], turns=turns, drop=reason)
+    return (None, reason) if reason else (record, None)
 
 
 def run_stages(stages: list[dict], record: dict, ctx: dict) -> str | None:
     """Run stages in order; return the drop reason of the first stage that drops."""
     for cfg in stages:
         ctx["stage"] = cfg
+        before = len(record["steps"])
         result = STAGES[cfg["name"]](record, ctx)
-        if isinstance(result, str):
-            return f"{cfg['name']}: {result}"
+        drop = result if isinstance(result, str) else None
+        if ctx.get("trace"):
+            ctx["trace"]("stage", stage=cfg["name"], turn=ctx.get("turn"), steps=record["steps"][before:], drop=drop)
+        if drop:
+            return f"{cfg['name']}: {drop}"
     return None
 
 
 def generate(task: dict, n: int, *, chat, seed: int | None = None, concurrency: int = 1,
-             stats: dict | None = None, stop: threading.Event | None = None, on_call=None):
+             stats: dict | None = None, stop: threading.Event | None = None, trace=None):
     """Yield `n` accepted records as they complete, with up to `concurrency` in flight.
 
     `stats` (optional) is updated in this thread: accepted, dropped ({reason: count}), calls.
     A conversation is only started while accepted + in flight < n, so no call is spent on a
     conversation that could not be kept; a drop starts a replacement. `stop` ends the run early.
+    `trace(event, **data)` is called on every LM call and stage decision (see trace.py).
     If every conversation keeps failing on LM errors, LMError is raised instead of spinning.
     """
     seed = task.get("seed") if seed is None else seed
@@ -84,7 +89,7 @@ def generate(task: dict, n: int, *, chat, seed: int | None = None, concurrency: 
             calls[0] += 1
             return chat(messages, json_schema=json_schema, **options)
 
-        ctx = {"task": task, "chat": counted_chat, "memory": memory, "on_call": on_call,
+        ctx = {"task": task, "chat": counted_chat, "memory": memory, "trace": trace,
                "rng": random.Random(master.randrange(2**63))}
         future = pool.submit(run_conversation, task, ctx)
         future.calls = calls

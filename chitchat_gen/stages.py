@@ -7,7 +7,7 @@ reason to drop the conversation. `ctx` is per conversation and holds:
     chat    the LM: chat(messages, json_schema=None, **options) -> str
     rng     the conversation's random.Random          turn    the turn number, from 1
     memory  shared across the run: {"scenarios": recent generated scenarios}
-    on_call optional hook(stage_name, messages, reply), used by trace mode
+    trace   optional hook(event, **data) that trace mode prints (trace.py)
 
 Adding a stage is one function and one decorator line:
 
@@ -42,8 +42,8 @@ def lm(ctx: dict, messages: list[dict], json_schema: dict | None = None, **optio
     """One LM call with a seed drawn from the conversation's rng (reproducible, never repeated)."""
     options.setdefault("seed", ctx["rng"].randrange(2**31))
     reply = ctx["chat"](messages, json_schema=json_schema, **options)
-    if ctx.get("on_call"):
-        ctx["on_call"](ctx["stage"]["name"], messages, reply)
+    if ctx.get("trace"):
+        ctx["trace"]("call", stage=ctx["stage"]["name"], messages=messages, reply=reply)
     return reply
 
 
@@ -76,6 +76,7 @@ def transcript(record: dict) -> str:
 
 
 LABEL = re.compile(r"^\s*\**(user|assistant|scenario|message|instruction|your message|reply)\**\s*:\s*\**\s*", re.I)
+PROMPT_ECHO = re.compile(r"^\s*(conversation so far|your (next )?message|instruction for your next message)\s*:\s*$", re.I | re.M)
 NEXT_SPEAKER = re.compile(r"\n\s*\**(user|assistant|human|ai)\**\s*:", re.I)
 
 
@@ -85,7 +86,7 @@ def clean(text: str) -> str:
     >>> clean('User: "Nice! Nice! What next?"\nAssistant: Well...')
     'Nice! What next?'
     """
-    text = NEXT_SPEAKER.split(text, maxsplit=1)[0]
+    text = NEXT_SPEAKER.split(PROMPT_ECHO.sub("", text), maxsplit=1)[0]
     text = LABEL.sub("", text.strip()).strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
@@ -224,7 +225,7 @@ def user(record: dict, ctx: dict) -> dict | str:
         {"role": "user", "content": template(ctx, "USER_TURN", history=transcript(record), hint=hint)},
     ]
     for _ in range(2):  # one retry when the model slips into the assistant's voice
-        text = clean(lm(ctx, messages))
+        text = clean(lm(ctx, messages, max_tokens=ctx["stage"]["max_tokens"]))
         if text and not ASSISTANT_VOICE.search(text):
             record["steps"].append(new_step("user", text, ctx))
             return record
@@ -236,7 +237,7 @@ def assistant(record: dict, ctx: dict) -> dict | str:
     """A helpful, friendly reply given the scenario and the history (the persona stays hidden)."""
     messages = [{"role": "system", "content": template(ctx, "ASSISTANT_SYSTEM", scenario=scenario_of(record, ctx))}]
     messages += [{"role": s["role"], "content": s["content"]} for s in record["steps"] if s["role"] in ("user", "assistant")]
-    text = clean(lm(ctx, messages))
+    text = clean(lm(ctx, messages, max_tokens=ctx["stage"]["max_tokens"]))
     if not text:
         return "assistant message empty"
     record["steps"].append(new_step("assistant", text, ctx))

@@ -42,15 +42,16 @@ def fake_chat(messages, json_schema=None, **options) -> str:
 
 class FakeServer:
     def __init__(self, models=("granite4:3b",), latency: float = 0.0, slots: int | None = None,
-                 reply=canned_reply, json_forms=("json_schema", "json_object")):
+                 reply=canned_reply, json_forms=("json_schema", "json_object"), port: int = 0):
         self.models, self.latency, self.reply = list(models), latency, reply
         self.json_forms = json_forms  # the OpenAI response_format types this server accepts
         self.slots = threading.Semaphore(slots) if slots else None
         self.requests: list[tuple[str, dict]] = []
         self.faults: list[str] = []
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda request, address: None  # clients we kill on purpose break pipes
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 

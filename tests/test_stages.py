@@ -202,6 +202,7 @@ def test_every_call_gets_a_distinct_seed_from_the_conversation_rng(task):
     ("**User:** Hi!\n**Assistant:** Hello!", "Hi!"),
     ("Great. Great. Great. Really great.", "Great. Really great."),
     ("Line one.\nLine two.", "Line one.\nLine two."),
+    ("Conversation so far:\nI love cats.\nYour next message:", "I love cats."),
 ])
 def test_clean(raw, expected):
     assert clean(raw) == expected

@@ -1,0 +1,102 @@
+"""Faults as they happen: the generator killed with SIGKILL, the server dying mid-run, two runs
+on one folder, garbage from the model. Real subprocesses, real sockets, real files."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import ROOT, outputs, run_cli
+from fake_lm import FakeServer, canned_reply
+
+OUT = "output/public/examples/chit_chat"
+
+
+def start_cli(*args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "chitchat_gen", *map(str, args)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def assert_consistent(task_dir):
+    final_lines = (task_dir / OUT / "final_data.jsonl").read_text().splitlines(keepends=True)
+    assert all(line.endswith("\n") for line in final_lines)
+    final, formatted = outputs(task_dir)
+    ids = [r["conversation_id"] for r in final]
+    assert ids == [r["conversation_id"] for r in formatted] and len(set(ids)) == len(ids)
+    return ids
+
+
+def test_sigkill_at_random_moments_then_resume_gives_exactly_n(task_dir):
+    rng = random.Random(3)
+    with FakeServer(latency=0.004) as server:
+        for _ in range(4):
+            process = start_cli("-n", 30, "--concurrency", 4, "--base-url", server.url, "--quiet", cwd=task_dir)
+            time.sleep(rng.uniform(0.3, 1.5))
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        survivors = (task_dir / OUT / "final_data.jsonl").read_text()
+        result = run_cli("-n", 30, "--base-url", server.url, cwd=task_dir)
+    assert result.returncode == 0, result.stderr
+    ids = assert_consistent(task_dir)
+    assert len(ids) == 30
+    kept = [line for line in survivors.splitlines(keepends=True) if line.endswith("\n")]
+    assert (task_dir / OUT / "final_data.jsonl").read_text().startswith("".join(kept))  # nothing earlier lost
+
+
+def test_a_server_that_dies_and_comes_back_within_the_retries(task_dir):
+    server = FakeServer(latency=0.01).__enter__()
+    port = server.httpd.server_address[1]
+    process = start_cli("-n", 12, "--concurrency", 2, "--base-url", server.url, "--quiet", cwd=task_dir)
+    time.sleep(0.8)
+    server.__exit__()
+    time.sleep(1.0)
+    with FakeServer(port=port):
+        stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert len(assert_consistent(task_dir)) == 12
+
+
+def test_a_server_gone_for_good_stops_the_run_with_one_error_and_keeps_the_outputs(task_dir):
+    server = FakeServer(latency=0.02).__enter__()
+    process = start_cli("-n", 200, "--concurrency", 2, "--base-url", server.url, "--quiet", cwd=task_dir)
+    time.sleep(1.5)
+    server.__exit__()
+    stdout, stderr = process.communicate(timeout=180)
+    assert process.returncode == 1
+    assert stderr.strip().startswith("Error: the LM server stopped answering")
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    kept = assert_consistent(task_dir)
+    assert 0 < len(kept) < 200
+
+
+def test_two_runs_on_one_folder_are_refused(task_dir):
+    with FakeServer(latency=0.05) as server:
+        first = start_cli("-n", 50, "--base-url", server.url, "--quiet", cwd=task_dir)
+        deadline = time.monotonic() + 20
+        while not (task_dir / OUT / ".lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = run_cli("-n", 50, "--base-url", server.url, cwd=task_dir)
+        first.kill()
+        first.wait()
+    assert second.returncode == 1
+    assert second.stderr.strip() == f"Error: {OUT} is in use by another run (pid {first.pid}): wait for it, or use another --output-dir"
+
+
+def test_garbage_model_output_is_dropped_or_tolerated_never_a_crash(task_dir):
+    rng = random.Random(5)
+    junk = ["", "   ", "{not json", '{"eligible": 5}', "User: \nAssistant:", "As an AI language model, I cannot.",
+            '"', "x" * 3000]
+
+    def reply(messages, schema):
+        return rng.choice(junk) if rng.random() < 0.3 else canned_reply(messages, schema)
+
+    with FakeServer(reply=reply) as server:
+        result = run_cli("-n", 10, "--base-url", server.url, "--concurrency", 4, cwd=task_dir)
+    assert result.returncode == 0, result.stderr
+    assert len(assert_consistent(task_dir)) == 10
+    assert "dropped" in result.stdout
+    final, formatted = outputs(task_dir)
+    assert all(m["content"].strip() for line in formatted for m in line["messages"])
