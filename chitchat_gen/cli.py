@@ -8,24 +8,37 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import sys
 import threading
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import ConfigError, load_task
 from .engines import LMError, check_engine, default_concurrency, make_chat
 from .pipeline import generate
 from .trace import make_printer
-from .store import FINAL, FORMATTED, append, clear, close, open_store
+from .stats import dataset_stats, render_table, write_card
+from .store import FINAL, FORMATTED, append, clear, close, log_run, open_store
 
 
-COMMANDS = ("trace",)
+COMMANDS = ("trace", "stats")
 
 
 def build_parser(command: str = "generate") -> argparse.ArgumentParser:
+    if command == "stats":
+        parser = argparse.ArgumentParser(
+            prog="python -m chitchat_gen stats",
+            description="Figures of a dataset: turns, closing exchanges, patterns vs weights, duplicates, distinct-n.")
+        parser.add_argument("path", metavar="PATH", help="a final_data.jsonl, or the output folder holding one")
+        parser.add_argument("--task-paths", nargs=1, metavar="PATH",
+                            help="the task file, to compare pattern picks with its weights")
+        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        return parser
     if command == "trace":
         parser = argparse.ArgumentParser(
             prog="python -m chitchat_gen trace",
@@ -65,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "generate"
     args = build_parser(command).parse_args(argv)
     try:
+        if command == "stats":
+            return run_stats(args)
         if command == "generate" and args.num_outputs_to_generate < 1:
             raise ConfigError(f"--num-outputs-to-generate must be >= 1 (got {args.num_outputs_to_generate})")
         if args.concurrency is not None and args.concurrency < 1:
@@ -122,14 +137,40 @@ def run_task(task: dict, args) -> None:
         start = time.monotonic()
         ticker = None if args.quiet else _progress(stats, n - existing, start)
         try:
-            for record in generate(task, n - existing, chat=chat, concurrency=concurrency, stats=stats):
+            # A resumed run with the same --seed must not replay the first run's personas and patterns.
+            seed = None if task["seed"] is None else f"{task['seed']}/{existing}"
+            for record in generate(task, n - existing, chat=chat, seed=seed, concurrency=concurrency, stats=stats):
                 append(store, record)
         finally:
             if ticker:
                 ticker.set()
+            # Also after a crash or Ctrl-C: the card and the run log describe what is on disk.
+            runs = log_run(store, {
+                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": _command(),
+                "engine": engine["type"], "model": engine["model"], "seed": task["seed"],
+                "accepted": stats.get("accepted", 0), "dropped": dict(stats.get("dropped", {})),
+                "calls": stats.get("calls", 0), "tokens": totals["prompt_tokens"] + totals["completion_tokens"],
+                "seconds": round(time.monotonic() - start, 1)})
+            write_card(folder, task, runs)
         _summary(task, stats, totals, existing, time.monotonic() - start, folder)
     finally:
         close(store)
+
+
+def _command() -> str:
+    return " ".join(["python -m chitchat_gen"] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def run_stats(args) -> int:
+    path = Path(args.path)
+    if path.is_dir():
+        path = path / FINAL
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: pass a final_data.jsonl or the output folder that holds one")
+    task = load_task(args.task_paths[0]) if args.task_paths else None
+    stats = dataset_stats(path, task)
+    print(json.dumps(stats, indent=2) if args.json else render_table(stats))
+    return 0
 
 
 def run_trace(task: dict) -> None:
@@ -172,4 +213,4 @@ def _summary(task, stats, totals, existing, seconds, folder) -> None:
           f"{seconds:.1f}s")
     for reason, count in stats["dropped"].most_common():
         print(f"  dropped {count}: {reason}")
-    print(f"  {folder / FINAL}\n  {folder / FORMATTED}")
+    print(f"  {folder / FINAL}\n  {folder / FORMATTED}\n  {folder / 'README.md'} (dataset card)")

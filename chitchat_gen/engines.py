@@ -16,6 +16,7 @@ import importlib.util
 import itertools
 import os
 import random
+import re
 import threading
 import time
 from pathlib import Path
@@ -93,7 +94,8 @@ def _ollama_reply(reply: dict):
         text = reply["message"]["content"]
     except (KeyError, TypeError):
         raise LMError(f"Ollama reply without message.content: {str(reply)[:200]}")
-    return text or "", (reply.get("prompt_eval_count") or 0, reply.get("eval_count") or 0)
+    text = _drop_unfinished_sentence(text or "") if reply.get("done_reason") == "length" else text or ""
+    return text, (reply.get("prompt_eval_count") or 0, reply.get("eval_count") or 0)
 
 
 def _openai_body(engine, messages, json_schema, options, json_form="json_schema"):
@@ -115,10 +117,22 @@ def _openai_body(engine, messages, json_schema, options, json_form="json_schema"
 def _openai_reply(reply: dict):
     try:
         text = reply["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
+        finish = reply["choices"][0].get("finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError):
         raise LMError(f"OpenAI-style reply without choices[0].message.content: {str(reply)[:200]}")
+    text = _drop_unfinished_sentence(text or "") if finish == "length" else text or ""
     usage = reply.get("usage") or {}
-    return text or "", (usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+    return text, (usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+
+
+def _drop_unfinished_sentence(text: str) -> str:
+    """A reply cut by the token cap ends mid-sentence: keep it up to its last finished sentence.
+
+    >>> _drop_unfinished_sentence("Sure. Tea is great. The best kind is")
+    'Sure. Tea is great.'
+    """
+    ends = [m.end() for m in re.finditer(r"[.!?…][\"')\]]*(?=\s)", text)]
+    return text[:ends[-1]] if ends else text
 
 
 def _auth_headers(engine: dict) -> dict:

@@ -60,7 +60,7 @@ def run_stages(stages: list[dict], record: dict, ctx: dict) -> str | None:
     return None
 
 
-def generate(task: dict, n: int, *, chat, seed: int | None = None, concurrency: int = 1,
+def generate(task: dict, n: int, *, chat, seed: int | str | None = None, concurrency: int = 1,
              stats: dict | None = None, stop: threading.Event | None = None, trace=None):
     """Yield `n` accepted records as they complete, with up to `concurrency` in flight.
 

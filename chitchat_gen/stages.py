@@ -109,7 +109,8 @@ def normalise(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
-ASSISTANT_VOICE = re.compile(r"\b(as an ai|i'?m an ai|as a (large )?language model|how can i (help|assist) you|how may i (help|assist))\b", re.I)
+ASSISTANT_VOICE = re.compile(r"\b(as an ai|i'?m an ai|as a (large )?language model|how (can|may) i (help|assist) you|"
+                             r"i'?m here to (help|assist)|i'?ll be your (\w+ ){0,2}assistant)\b", re.I)
 
 
 # --- initialization stages -----------------------------------------------------------------

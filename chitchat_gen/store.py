@@ -25,6 +25,7 @@ from .config import ConfigError
 
 FINAL = "final_data.jsonl"
 FORMATTED = "formatted_output.jsonl"
+RUNS = "runs.jsonl"  # one line per run: what made the dataset (read by the dataset card)
 LOCK = ".lock"
 
 
@@ -59,7 +60,24 @@ def clear(store: dict) -> None:
     """--restart: empty both files (called only once the engine is known to work)."""
     for key in ("final", "formatted"):
         store[key].truncate(0)
+    (store["folder"] / RUNS).unlink(missing_ok=True)
     store["existing"] = 0
+
+
+def log_run(store: dict, run: dict) -> list[dict]:
+    """Append this run's summary to runs.jsonl; return every run logged in this folder."""
+    path = store["folder"] / RUNS
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(run) + "\n")
+    return [run for run in map(_parse_run, _lines(path)) if run]
+
+
+def _parse_run(line: str) -> dict | None:
+    try:
+        run = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return run if isinstance(run, dict) and "accepted" in run else None
 
 
 def close(store: dict) -> None:

@@ -48,6 +48,7 @@ class FakeServer:
         self.slots = threading.Semaphore(slots) if slots else None
         self.requests: list[tuple[str, dict]] = []
         self.faults: list[str] = []
+        self.finish = "stop"  # "length": replies say they hit the token cap
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
@@ -136,10 +137,10 @@ class FakeServer:
                         server.slots.release()
                 if self.path == "/api/chat":
                     self._send(200, {"model": body["model"], "message": {"role": "assistant", "content": text},
-                                     "done": True, "done_reason": "stop", "prompt_eval_count": 10, "eval_count": 5})
+                                     "done": True, "done_reason": server.finish, "prompt_eval_count": 10, "eval_count": 5})
                 elif self.path == "/v1/chat/completions":
                     self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                                  "finish_reason": "stop"}],
+                                                  "finish_reason": server.finish}],
                                      "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
                 else:
                     self._send(404, {"error": "not found"})

@@ -69,6 +69,15 @@ def test_openai_drops_the_constraint_when_no_json_form_is_accepted():
         assert [b.get("response_format", {}).get("type") for b in fake.chat_requests()] == ["json_schema", "json_object", None]
 
 
+@pytest.mark.parametrize("kind", ["ollama", "openai"])
+def test_a_reply_cut_by_the_token_cap_loses_its_unfinished_sentence(kind):
+    with FakeServer(reply=lambda m, s: "Tea is lovely. Green tea is the best kind of") as fake:
+        chat = make_chat(engine(kind, fake))
+        assert chat([{"role": "user", "content": "hi"}]) == "Tea is lovely. Green tea is the best kind of"
+        fake.finish = "length"
+        assert chat([{"role": "user", "content": "hi"}]) == "Tea is lovely."
+
+
 def test_calls_spread_over_several_servers():
     with FakeServer() as one, FakeServer() as two:
         chat = make_chat(engine("ollama", one, two))

@@ -159,7 +159,7 @@ def test_user_sees_persona_scenario_hint_and_history(task):
 
 
 def test_user_in_the_assistant_voice_is_retried_then_dropped(task):
-    replies = iter(["As an AI, I can help you.", "How can I help you today?"])
+    replies = iter(["I'm here to help you explore!", "I'll be your next chatbot assistant."])
     ctx = make_ctx(task, chat=lambda m, **o: next(replies), name="lm/user/guided")
     assert STAGES["lm/user/guided"](record_with(("scenario", "s")), ctx) == "user message in the assistant's voice"
     replies = iter(["As an AI, I can help you.", "So, what about cats?"])

@@ -1,0 +1,209 @@
+"""Dataset statistics, the `stats` command and the dataset card written beside the outputs.
+
+    python -m chitchat_gen stats output/public/examples/chit_chat            # a table
+    python -m chitchat_gen stats final_data.jsonl --task-paths task.yaml --json
+
+Reads a `final_data.jsonl` (ours or DiGiT's) line by line. The figures:
+turns histogram; closing exchanges; pattern picks vs the task's weights (chi-square);
+exact and near-duplicate scenarios (normalised text, word 3-gram Jaccard >= 0.5);
+distinct-1/2 and mean length (words) of user and of assistant messages; persona coverage.
+
+    >>> distinct_n([["a", "b", "a", "b"]], 1)
+    0.5
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+NEAR_DUPLICATE = 0.5  # word 3-gram Jaccard at or above which two scenarios count as near-duplicates
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def distinct_n(token_lists: list[list[str]], n: int) -> float:
+    """Distinct n-grams / all n-grams over the messages (0.0 when there are none)."""
+    grams = Counter(tuple(tokens[i:i + n]) for tokens in token_lists for i in range(len(tokens) - n + 1))
+    total = sum(grams.values())
+    return len(grams) / total if total else 0.0
+
+
+def shingles(text: str, n: int = 3) -> set:
+    tokens = words(text)
+    return {tuple(tokens[i:i + n]) for i in range(max(1, len(tokens) - n + 1))}
+
+
+def near_duplicates(texts: list[str], threshold: float = NEAR_DUPLICATE) -> int:
+    """How many texts have an earlier text with word 3-gram Jaccard >= threshold.
+
+    Only pairs sharing a 3-gram rarer than 1% of the texts are compared: a near-duplicate pair
+    shares most of its 3-grams, so it shares rare ones too, and common phrasings ("wants to chat
+    about") would otherwise make every pair a candidate.
+    """
+    sets = [shingles(t) for t in texts]
+    frequency = Counter(g for s in sets for g in s)
+    rare = max(2, len(texts) // 100)
+    index = defaultdict(list)
+    count = 0
+    for i, grams in enumerate(sets):
+        candidates = {j for g in grams if frequency[g] <= rare for j in index[g]}
+        if any(len(grams & sets[j]) / len(grams | sets[j]) >= threshold for j in candidates):
+            count += 1
+        for g in grams:
+            if frequency[g] <= rare:
+                index[g].append(i)
+    return count
+
+
+def chi_square(observed: dict, weights: dict) -> tuple[float, int, float]:
+    """(statistic, degrees of freedom, p-value) of picks against the weights' shares.
+
+    >>> chi_square({"a": 90, "b": 10}, {"a": 1, "b": 1})[:2]
+    (64.0, 1)
+    """
+    weights = {k: w for k, w in weights.items() if w > 0}
+    total, weight_sum = sum(observed.get(k, 0) for k in weights), sum(weights.values())
+    if not total or len(weights) < 2:
+        return 0.0, 0, 1.0
+    stat = sum((observed.get(k, 0) - total * w / weight_sum) ** 2 / (total * w / weight_sum) for k, w in weights.items())
+    return stat, len(weights) - 1, chi_square_sf(stat, len(weights) - 1)
+
+
+def chi_square_sf(x: float, df: int) -> float:
+    """P(X >= x) for a chi-square with whole df: the closed forms of the upper incomplete gamma.
+
+    >>> round(chi_square_sf(7.815, 3), 3)
+    0.05
+    """
+    h = x / 2
+    if df % 2 == 0:
+        term = total = 1.0
+        for i in range(1, df // 2):
+            term *= h / i
+            total += term
+        return math.exp(-h) * total
+    term, total = math.sqrt(h) / (math.sqrt(math.pi) / 2), 0.0
+    for i in range(1, (df + 1) // 2):
+        total += term
+        term *= h / (i + 0.5)
+    return min(1.0, math.erfc(math.sqrt(h)) + math.exp(-h) * total)
+
+
+def dataset_stats(path: Path, task: dict | None = None) -> dict:
+    """Figures of a final_data.jsonl; `task` (config.load_task) adds weights and persona totals."""
+    conversations, turns, closing = 0, Counter(), 0
+    picks, scenarios, personas = Counter(), [], Counter()
+    tokens = {"user": [], "assistant": []}
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a killed run
+            steps = record.get("steps") or []
+            conversations += 1
+            turns[sum(1 for s in steps if s.get("role") == "assistant")] += 1
+            flows = [i for i, s in enumerate(steps) if s.get("role") == "flow_controller"]
+            if flows and steps[flows[-1]].get("terminate") and \
+                    [s.get("role") for s in steps[flows[-1] + 1:]] == ["user", "assistant"]:
+                closing += 1
+            for s in steps:
+                role = s.get("role")
+                if role == "flow_controller":
+                    picks[s.get("content")] += 1
+                elif role == "scenario":
+                    scenarios.append(s.get("content") or "")
+                elif role == "persona":
+                    personas[s.get("persona_role") or s.get("content")] += 1
+                elif role in tokens:
+                    tokens[role].append(words(s.get("content") or ""))
+    normalised = [" ".join(words(s)) for s in scenarios]
+    result = {
+        "conversations": conversations,
+        "turns": dict(sorted(turns.items())),
+        "closing_exchanges": closing,
+        "patterns": dict(picks.most_common()),
+        "scenarios": len(scenarios),
+        "duplicate_scenarios": len(normalised) - len(set(normalised)),
+        "near_duplicate_scenarios": near_duplicates(scenarios),
+        "distinct_personas": len(personas),
+    }
+    for role, lists in tokens.items():
+        result[f"{role}_messages"] = len(lists)
+        result[f"{role}_mean_words"] = round(sum(map(len, lists)) / len(lists), 1) if lists else 0.0
+        result[f"{role}_distinct_1"] = round(distinct_n(lists, 1), 3)
+        result[f"{role}_distinct_2"] = round(distinct_n(lists, 2), 3)
+    if task:
+        result["personas_available"] = len(task["personas"])
+        flow = next((s for s in task["iteration_stages"] if s["name"] == "lm/flow_controller"), None)
+        if flow:
+            # Termination is steered by the turn bounds, not drawn freely: compare the other moves only.
+            weights = {p["name"]: p["weight"] for p in flow["patterns"] if p["name"] not in flow["termination_patterns"]}
+            stat, df, p = chi_square(picks, weights)
+            result["weights"] = weights
+            result["chi_square"] = {"statistic": round(stat, 2), "df": df, "p_value": round(p, 4),
+                                    "differs": p < 0.01}
+    return result
+
+
+def render_table(stats: dict) -> str:
+    """The stats as aligned plain text."""
+    rows = [("conversations", stats["conversations"]),
+            ("turns histogram", ", ".join(f"{k}: {v}" for k, v in stats["turns"].items()) or "-"),
+            ("closing exchanges", f"{stats['closing_exchanges']} of {stats['conversations']}"),
+            ("duplicate scenarios", f"{stats['duplicate_scenarios']} exact, {stats['near_duplicate_scenarios']} near"
+                                    f" (of {stats['scenarios']})"),
+            ("distinct personas", stats["distinct_personas"]
+             if "personas_available" not in stats else f"{stats['distinct_personas']} of {stats['personas_available']}")]
+    for role in ("user", "assistant"):
+        rows.append((f"{role} messages", f"{stats[f'{role}_messages']}, mean {stats[f'{role}_mean_words']} words, "
+                                         f"distinct-1 {stats[f'{role}_distinct_1']}, distinct-2 {stats[f'{role}_distinct_2']}"))
+    lines = [f"{name:<22}{value}" for name, value in rows]
+    picks = stats["patterns"]
+    weights = stats.get("weights", {})
+    if picks:
+        lines.append("")
+        lines.append(f"{'pattern':<32}{'picks':>7}{'share':>8}" + (f"{'weight share':>14}" if weights else ""))
+        moves = sum(picks.get(k, 0) for k in weights) if weights else sum(picks.values())
+        for name, count in picks.items():
+            share = f"{count / moves:8.1%}" if name in weights or not weights else f"{'-':>8}"
+            wanted = f"{weights[name] / sum(weights.values()):14.1%}" if name in weights else (f"{'(bounds)':>14}" if weights else "")
+            lines.append(f"{str(name):<32}{count:>7}{share}{wanted}")
+    if "chi_square" in stats:
+        chi = stats["chi_square"]
+        verdict = "DIFFERS from the weights" if chi["differs"] else "consistent with the weights"
+        lines.append(f"chi-square {chi['statistic']} (df {chi['df']}), p = {chi['p_value']}: {verdict}")
+    return "\n".join(lines)
+
+
+def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
+    """(Re)write README.md beside the outputs: what the dataset is, how it was made, its figures."""
+    stats = dataset_stats(folder / "final_data.jsonl", task)
+    last = runs[-1]
+    lines = [f"# Dataset card: {task['task_name']}", "",
+             f"{stats['conversations']} persona-driven chit-chat conversations made by chitchat_gen "
+             f"from `{Path(task['path']).name}`.", "",
+             "| | |", "| --- | --- |",
+             f"| conversations | {stats['conversations']} |",
+             f"| engine / model | {last['engine']} / {last['model']} |",
+             f"| seed | {last['seed']} |",
+             f"| last run | {last['date']} |",
+             f"| command | `{last['command']}` |",
+             f"| files | `final_data.jsonl` (every step), `formatted_output.jsonl` (messages for SFT) |",
+             "", "## Figures", "", "```", render_table(stats), "```", "",
+             "## Runs", "",
+             "| date | engine / model | seed | accepted | dropped | LM calls | tokens | seconds | command |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for run in runs:
+        dropped = ", ".join(f"{n} {reason}" for reason, n in run["dropped"].items()) or "0"
+        lines.append(f"| {run['date']} | {run['engine']} / {run['model']} | {run['seed']} | {run['accepted']} | "
+                     f"{dropped} | {run['calls']} | {run['tokens']} | {run['seconds']} | `{run['command']}` |")
+    card = folder / "README.md"
+    card.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return card

@@ -1,0 +1,135 @@
+"""Dataset statistics on small hand-made datasets with known answers, the stats command, the card."""
+
+import json
+
+import pytest
+
+from chitchat_gen.config import load_task
+from chitchat_gen.stats import chi_square, dataset_stats, distinct_n, near_duplicates
+from conftest import run_cli
+
+
+def conversation(scenario, persona, patterns, users, assistants, closing=True):
+    steps = [{"role": "scenario", "content": scenario}, {"role": "persona", "content": "x", "persona_role": persona}]
+    for i, (pattern, user, assistant) in enumerate(zip(patterns, users, assistants)):
+        last = i == len(patterns) - 1
+        steps.append({"role": "flow_controller", "content": pattern, "terminate": last and closing})
+        steps += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return {"conversation_id": scenario, "steps": steps}
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    records = [
+        conversation("A cook talks about bread.", "cook", ["p/a", "p/end"], ["hi there", "bye"], ["hello you", "bye now"]),
+        conversation("A cook talks about bread!", "cook", ["p/a", "p/b", "p/end"], ["a b", "c d", "bye"], ["x y", "x y", "ok"]),
+        conversation("A runner asks about knee pain after long runs in winter.", "runner", ["p/b", "p/end"],
+                     ["my knee", "thanks"], ["rest it", "welcome"]),
+        conversation("A runner asks about knee pain after long runs in the winter.", "nurse", ["p/a"], ["q"], ["a"],
+                     closing=False),
+    ]
+    # DiGiT-style: the loop ended on the termination pick, before the goodbye was written.
+    records[-1]["steps"].append({"role": "flow_controller", "content": "p/end", "terminate": True})
+    path = tmp_path / "final_data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"torn')
+    return path
+
+
+def test_counts_turns_closing_and_patterns(dataset):
+    stats = dataset_stats(dataset)
+    assert stats["conversations"] == 4
+    assert stats["turns"] == {1: 1, 2: 2, 3: 1}
+    assert stats["closing_exchanges"] == 3  # the DiGiT-style one has no goodbye after termination
+    assert stats["patterns"] == {"p/a": 3, "p/end": 4, "p/b": 2}
+    assert stats["distinct_personas"] == 3
+
+
+def test_duplicates_exact_after_normalising_and_near(dataset):
+    stats = dataset_stats(dataset)
+    assert stats["duplicate_scenarios"] == 1  # "bread." and "bread!" normalise to the same text
+    assert stats["near_duplicate_scenarios"] == 2  # the bread copy, and the runner pair (Jaccard 0.75)
+
+
+def test_message_figures(dataset):
+    stats = dataset_stats(dataset)
+    assert stats["user_messages"] == 8 and stats["assistant_messages"] == 8
+    # user words: hi there | bye | a b | c d | bye | my knee | thanks | q -> 12 words, 11 distinct
+    assert stats["user_mean_words"] == round(12 / 8, 1)
+    assert stats["user_distinct_1"] == round(11 / 12, 3)
+
+
+def test_distinct_n_known_values():
+    assert distinct_n([["a", "b", "a", "b"]], 1) == 0.5
+    assert distinct_n([["a", "b", "a", "b"]], 2) == 2 / 3
+    assert distinct_n([], 2) == 0.0
+
+
+def test_near_duplicates_threshold():
+    assert near_duplicates(["one two three four five", "one two three four six"]) == 1  # Jaccard 2/4 = 0.5
+    assert near_duplicates(["one two three four five", "one two six seven eight"]) == 0
+
+
+def test_chi_square_known_values():
+    stat, df, p = chi_square({"a": 50, "b": 50}, {"a": 1, "b": 1})
+    assert (stat, df) == (0.0, 1) and p > 0.99
+    stat, df, p = chi_square({"a": 90, "b": 10}, {"a": 1, "b": 1})
+    assert stat == 64.0 and p < 1e-6
+    stat, df, p = chi_square({"a": 30, "b": 70, "c": 5}, {"a": 0.3, "b": 0.7, "c": 0})
+    assert (stat, df, p) == (0.0, 1, 1.0)  # a zero-weight pattern takes no part
+
+
+@pytest.mark.parametrize("x,df,p", [(3.841, 1, 0.05), (5.991, 2, 0.05), (7.815, 3, 0.05), (13.277, 4, 0.01),
+                                    (0.0, 3, 1.0), (2.366, 3, 0.5)])
+def test_chi_square_p_values_match_the_tables(x, df, p):
+    from chitchat_gen.stats import chi_square_sf
+    assert abs(chi_square_sf(x, df) - p) < 0.001
+
+
+def test_weights_from_the_task_flag_a_skewed_dataset(task_dir, tmp_path):
+    task = load_task(task_dir / "task.yaml")
+    skewed = [conversation(f"s{i}", "p", ["chit_chat/new_topic", "chit_chat/termination"], ["u", "u"], ["a", "a"])
+              for i in range(200)]
+    path = tmp_path / "final_data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in skewed))
+    stats = dataset_stats(path, task)
+    assert stats["chi_square"]["differs"] is True
+    assert stats["personas_available"] == len(task["personas"])
+
+
+def test_stats_command_table_and_json(task_dir, server):
+    assert run_cli("-n", 20, "--base-url", server.url, "--quiet", cwd=task_dir).returncode == 0
+    folder = task_dir / "output/public/examples/chit_chat"
+    table = run_cli("stats", folder, "--task-paths", "task.yaml", cwd=task_dir)
+    assert table.returncode == 0 and "closing exchanges     20 of 20" in table.stdout
+    assert "chi-square" in table.stdout and "weight share" in table.stdout
+    as_json = json.loads(run_cli("stats", folder / "final_data.jsonl", "--json", cwd=task_dir).stdout)
+    assert as_json["conversations"] == 20 and sum(as_json["turns"].values()) == 20
+
+
+def test_stats_on_a_missing_path(tmp_path):
+    result = run_cli("stats", "nope", cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.startswith("Error: nope/final_data.jsonl not found") is False
+    assert result.stderr.startswith("Error: nope not found")
+
+
+def test_dataset_card_is_written_and_updated_on_resume(task_dir, server):
+    assert run_cli("-n", 3, "--seed", 4, "--base-url", server.url, cwd=task_dir).returncode == 0
+    card = task_dir / "output/public/examples/chit_chat/README.md"
+    text = card.read_text()
+    assert "# Dataset card: public/examples/chit_chat" in text and "| conversations | 3 |" in text
+    assert "| engine / model | ollama / granite4:3b |" in text and "| seed | 4 |" in text
+    assert "`python -m chitchat_gen -n 3 --seed 4 --base-url" in text and "turns histogram" in text
+    assert run_cli("-n", 5, "--seed", 4, "--base-url", server.url, cwd=task_dir).returncode == 0
+    text = card.read_text()
+    assert "| conversations | 5 |" in text and text.count("| ollama / granite4:3b | 4 |") == 2
+
+
+def test_a_resumed_run_with_the_same_seed_does_not_replay_the_first(task_dir, server):
+    def decisions():
+        from conftest import outputs
+        return [(r["steps"][1]["persona_role"], [s["content"] for s in r["steps"] if s["role"] == "flow_controller"])
+                for r in outputs(task_dir)[0]]
+    assert run_cli("-n", 4, "--seed", 9, "--concurrency", 1, "--base-url", server.url, cwd=task_dir).returncode == 0
+    assert run_cli("-n", 8, "--seed", 9, "--concurrency", 1, "--base-url", server.url, cwd=task_dir).returncode == 0
+    first, second = decisions()[:4], decisions()[4:]
+    assert first != second
