@@ -53,7 +53,7 @@ TASK_KEYS = {"task_name", "task_description", "max_turns", "min_turns", "close_a
 
 # Keys each built-in stage accepts besides `name`; a custom stage accepts any keys.
 STAGE_KEYS = {
-    "lm/scenario": {"num_icl_examples"},
+    "lm/scenario": {"num_icl_examples", "near_duplicate_threshold"},
     "sample/persona": {"persona_store"},
     "lm/flow_controller": {"patterns", "termination_patterns", "generate_hint", "max_turns"},
     "lm/user/guided": {"max_tokens"},
@@ -137,6 +137,10 @@ def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
             n = stage.setdefault("num_icl_examples", 2)
             if not isinstance(n, int) or isinstance(n, bool) or n < 0:
                 raise ConfigError(f"{path}: {field}.num_icl_examples: expected a whole number >= 0, got {n!r}")
+            threshold = stage.setdefault("near_duplicate_threshold", None)
+            if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                          or not 0 < threshold <= 1):
+                raise ConfigError(f"{path}: {field}.near_duplicate_threshold: expected a number in (0, 1] or null, got {threshold!r}")
 
     datastore = raw.get("seed_datastore")
     task["seed_scenarios"] = []

@@ -23,7 +23,8 @@ Here are example scenarios:
 $examples
 
 Write ONE new scenario in the same style: a single sentence saying who the person is and what \
-they want to chat about. Pick a topic that is clearly different from every example above \
+they want to chat about.$person
+Pick a topic that is clearly different from every example above \
 (for instance: $topic_hint). Reply with the sentence only, no quotes, no label.""")
 
 FLOW_SYSTEM = Template(

@@ -24,6 +24,7 @@ import re
 
 from . import prompts
 from .config import render_persona
+from .stats import shingles
 
 STAGES: dict = {}
 
@@ -117,26 +118,46 @@ ASSISTANT_VOICE = re.compile(r"\b(as an ai|i'?m an ai|as a (large )?language mod
 
 @stage("lm/scenario")
 def scenario(record: dict, ctx: dict) -> dict | str:
-    """In-context learning: show a few seed (and earlier) scenarios, ask for a different one."""
-    rng, task = ctx["rng"], ctx["task"]
-    pool = task["seed_scenarios"] + list(ctx["memory"]["scenarios"])
-    examples = rng.sample(pool, min(ctx["stage"]["num_icl_examples"], len(pool)))
-    seen = {normalise(e) for e in examples}
-    for _ in range(2):  # one retry when the model just repeats an example
+    """In-context learning: show a few seed (and earlier) scenarios, ask for a different one.
+
+    If a persona step came first (a task may order sample/persona before lm/scenario), the
+    scenario is written for that person. With `near_duplicate_threshold` set, a scenario that
+    close to an earlier one (word 3-gram Jaccard) is retried once, then dropped.
+    """
+    rng, task, cfg = ctx["rng"], ctx["task"], ctx["stage"]
+    earlier = list(ctx["memory"]["scenarios"])
+    pool = task["seed_scenarios"] + earlier
+    examples = rng.sample(pool, min(cfg["num_icl_examples"], len(pool)))
+    persona = last_step(record, "persona")
+    for _ in range(2):  # one retry when the model repeats itself
         messages = [
             {"role": "system", "content": template(ctx, "SCENARIO_SYSTEM")},
             {"role": "user", "content": template(ctx, "SCENARIO_USER",
                                                  examples="\n".join(f"- {e}" for e in examples),
-                                                 topic_hint=rng.choice(prompts.TOPIC_HINTS))},
+                                                 topic_hint=rng.choice(prompts.TOPIC_HINTS),
+                                                 person=f"\nThe person: {persona['content']}" if persona else "")},
         ]
         text = clean(lm(ctx, messages)).split("\n")[0].strip()
-        if text and normalise(text) not in seen:
+        problem = scenario_problem(text, examples, pool, cfg.get("near_duplicate_threshold"))
+        if not problem:
             break
     else:
-        return "scenario empty or a copy of an example"
+        return problem
     ctx["memory"]["scenarios"].append(text)
     record["steps"].append(new_step("scenario", text, ctx))
     return record
+
+
+def scenario_problem(text: str, examples: list[str], earlier: list[str], threshold: float | None) -> str | None:
+    if not text:
+        return "scenario empty"
+    if normalise(text) in {normalise(e) for e in examples}:
+        return "scenario copies an example"
+    if threshold is not None:
+        grams = shingles(text)
+        if any(len(grams & g) / len(grams | g) >= threshold for g in map(shingles, earlier)):
+            return "scenario near-duplicate of an earlier one"
+    return None
 
 
 @stage("sample/persona")
@@ -242,4 +263,23 @@ def assistant(record: dict, ctx: dict) -> dict | str:
     if not text:
         return "assistant message empty"
     record["steps"].append(new_step("assistant", text, ctx))
+    return record
+
+
+# --- filters -------------------------------------------------------------------------------
+
+@stage("filter/unique_first_user")
+def unique_first_user(record: dict, ctx: dict) -> dict | str:
+    """Drop a conversation whose first user message (normalised) opened an earlier one in this run.
+
+    Put it right after lm/user/guided. Only this run's conversations are compared.
+    """
+    users = [s for s in record["steps"] if s["role"] == "user"]
+    if len(users) != 1:
+        return record
+    key = normalise(users[0]["content"])
+    seen = ctx["memory"].setdefault("first_users", set())
+    if key in seen:
+        return "first user message repeats an earlier conversation"
+    seen.add(key)
     return record

@@ -69,6 +69,7 @@ TASK_CASES = [
     ("stages not a list", lambda r: r.update(iteration_stages="lm/user/guided"), "iteration_stages: expected a list"),
     ("unknown stage key", lambda r: r["initialization_stages"][0].update(num_icl_example=3), "did you mean 'num_icl_examples'"),
     ("negative icl", lambda r: r["initialization_stages"][0].update(num_icl_examples=-1), "num_icl_examples: expected a whole number >= 0"),
+    ("dedup threshold out of range", lambda r: r["initialization_stages"][0].update(near_duplicate_threshold=1.5), "near_duplicate_threshold: expected a number in (0, 1]"),
     ("negative weight", lambda r: flow(r)["patterns"][0].update(weight=-0.5), "patterns[0].weight: expected a number >= 0"),
     ("string weight", lambda r: flow(r)["patterns"][0].update(weight="high"), "patterns[0].weight"),
     ("all weights zero", lambda r: [p.update(weight=0) for p in flow(r)["patterns"]], "at least one non-termination pattern needs a weight > 0"),

@@ -49,7 +49,7 @@ def test_scenario_learns_from_seeds_and_cleans_the_reply(task):
 def test_scenario_retries_once_then_drops_a_copy_of_an_example(task):
     task["seed_scenarios"] = ["A cook talks about bread."]
     ctx = make_ctx(task, chat=lambda m, **o: "A cook talks about bread.", name="lm/scenario")
-    assert STAGES["lm/scenario"](record_with(), ctx) == "scenario empty or a copy of an example"
+    assert STAGES["lm/scenario"](record_with(), ctx) == "scenario copies an example"
     assert len(ctx["calls"]) == 2
     assert ctx["calls"][0]["seed"] != ctx["calls"][1]["seed"]
 
@@ -60,6 +60,41 @@ def test_scenario_examples_include_earlier_generated_ones(task):
     ctx["memory"]["scenarios"].append("Earlier generated scenario.")
     STAGES["lm/scenario"](record_with(), ctx)
     assert "Earlier generated scenario." in ctx["calls"][0]["messages"][-1]["content"]
+
+
+def test_near_duplicate_filter_retries_then_drops(task):
+    task["seed_scenarios"] = ["Seed one about bread baking."]
+    task["initialization_stages"][0]["num_icl_examples"] = 1
+
+    def run(threshold):
+        ctx = make_ctx(task, chat=lambda m, **o: "A keen cook wants to talk about baking sourdough bread at home.",
+                       name="lm/scenario")
+        ctx["stage"] = dict(ctx["stage"], near_duplicate_threshold=threshold)
+        ctx["memory"]["scenarios"].append("A keen cook wants to talk about baking sourdough bread at home today.")
+        return STAGES["lm/scenario"](record_with(), ctx), ctx["calls"]
+
+    assert isinstance(run(None)[0], dict)  # filter off by default: accepted
+    result, calls = run(0.5)
+    assert result == "scenario near-duplicate of an earlier one" and len(calls) == 2
+
+
+def test_scenario_is_written_for_a_persona_sampled_first(task):
+    ctx = make_ctx(task, chat=lambda m, **o: "A potter wants glaze tips.", name="lm/scenario")
+    STAGES["lm/scenario"](record_with(("persona", "Role: potter in Kyoto.")), ctx)
+    assert "The person: Role: potter in Kyoto." in ctx["calls"][0]["messages"][-1]["content"]
+    STAGES["lm/scenario"](record_with(), ctx)
+    assert "The person:" not in ctx["calls"][-1]["messages"][-1]["content"]
+
+
+def test_unique_first_user_filter(task):
+    ctx = make_ctx(task, name="lm/user/guided")
+    ctx["stage"] = {"name": "filter/unique_first_user"}
+    first = record_with(("user", "Hi! Any tips for tomatoes?"))
+    assert STAGES["filter/unique_first_user"](first, ctx) is first
+    again = record_with(("user", "hi, any tips for TOMATOES"))
+    assert STAGES["filter/unique_first_user"](again, ctx) == "first user message repeats an earlier conversation"
+    later_turn = record_with(("user", "Hi! Any tips for tomatoes?"), ("assistant", "Yes."), ("user", "Thanks"))
+    assert STAGES["filter/unique_first_user"](later_turn, ctx) is later_turn
 
 
 def test_persona_is_sampled_with_the_rng_and_rendered(task):
