@@ -58,6 +58,8 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
                             help="delete this task's previous outputs and start from zero (default: resume)")
         parser.add_argument("--output-dir", default="output", metavar="DIR",
                             help="outputs go to DIR/<task_name>/ (default: output)")
+        parser.add_argument("--shard", metavar="I/K", type=_shard,
+                            help="generate shard I of K (1-based): this machine's share of N, in DIR/<task_name>/shard-I-of-K/")
         parser.add_argument("--quiet", action="store_true", help="no progress line")
     engine = parser.add_argument_group("engine (overrides the task file)")
     engine.add_argument("--engine", choices=["ollama", "openai", "local"])
@@ -71,6 +73,16 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
     engine.add_argument("--max-tokens", type=int, help="cap on the tokens of each reply")
     parser.add_argument("--verbose", action="store_true", help="also print notes on ignored settings")
     return parser
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/K such as 2/4, got {text!r}")
+    if not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"expected 1 <= I <= K, got {text!r}")
+    return index, count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,11 +119,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_task(task: dict, args) -> None:
-    n = args.num_outputs_to_generate
+    n, seed_tag = args.num_outputs_to_generate, ""
+    folder = Path(args.output_dir) / task["task_name"]
+    if args.shard:
+        # Shard I of K makes N // K conversations (one more for the first N % K shards), with its own seeds.
+        index, count = args.shard
+        n = n // count + (1 if index <= n % count else 0)
+        folder, seed_tag = folder / f"shard-{index}-of-{count}", f"shard{index}/"
+        if n == 0:
+            print(f"shard {index}/{count} of {args.num_outputs_to_generate} conversations is empty: nothing to do")
+            return
     if args.verbose:
         for note in task["notes"]:
             print(f"note: {note}", file=sys.stderr)
-    folder = Path(args.output_dir) / task["task_name"]
     store = open_store(folder)
     try:
         existing = 0 if args.restart else store["existing"]
@@ -138,7 +158,7 @@ def run_task(task: dict, args) -> None:
         ticker = None if args.quiet else _progress(stats, n - existing, start)
         try:
             # A resumed run with the same --seed must not replay the first run's personas and patterns.
-            seed = None if task["seed"] is None else f"{task['seed']}/{existing}"
+            seed = None if task["seed"] is None else f"{task['seed']}/{seed_tag}{existing}"
             for record in generate(task, n - existing, chat=chat, seed=seed, concurrency=concurrency, stats=stats):
                 append(store, record)
         finally:
@@ -204,12 +224,13 @@ def _progress(stats: dict, wanted: int, start: float) -> threading.Event:
 
 def _summary(task, stats, totals, existing, seconds, folder) -> None:
     accepted = stats["accepted"]
-    per = f" ({stats['calls'] / accepted:.1f} per accepted)" if accepted else ""
     tokens = totals["prompt_tokens"] + totals["completion_tokens"]
+    per = f" ({stats['calls'] / accepted:.1f} per accepted)" if accepted else ""
+    tokens_per = f", {tokens / accepted:.0f} per accepted" if accepted else ""
     print(f"{task['task_name']}: {accepted} accepted"
           + (f" (+{existing} from earlier runs)" if existing else "")
           + f", {sum(stats['dropped'].values())} dropped, {stats['calls']} LM calls{per}, "
-          f"{tokens} tokens ({totals['prompt_tokens']} prompt + {totals['completion_tokens']} completion), "
+          f"{tokens} tokens ({totals['prompt_tokens']} prompt + {totals['completion_tokens']} completion{tokens_per}), "
           f"{seconds:.1f}s")
     for reason, count in stats["dropped"].most_common():
         print(f"  dropped {count}: {reason}")

@@ -50,6 +50,7 @@ class FakeServer:
         self.faults: list[str] = []
         self.finish = "stop"  # "length": replies say they hit the token cap
         self.lock = threading.Lock()
+        self.connections: set = set()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
         self.httpd.handle_error = lambda request, address: None  # clients we kill on purpose break pipes
@@ -63,14 +64,28 @@ class FakeServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+        for connection in list(self.connections):  # a dead server also drops its kept-alive connections
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def chat_requests(self) -> list[dict]:
         return [body for path, body in self.requests if path.endswith(("/api/chat", "/chat/completions"))]
 
     def _handler(server):
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real LM servers do
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                server.connections.add(self.connection)
+
+            def finish(self):
+                super().finish()
+                server.connections.discard(self.connection)
 
             def _send(self, status: int, payload, headers=None):
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()

@@ -123,3 +123,42 @@ def test_several_tasks_each_write_their_own_folder(task_dir, server):
 def test_quiet_prints_no_progress(task_dir, server):
     result = run_cli("-n", 2, "--quiet", "--base-url", server.url, cwd=task_dir)
     assert result.returncode == 0 and result.stderr == ""
+
+
+def test_several_base_urls_share_the_load(task_dir):
+    with FakeServer() as one, FakeServer() as two:
+        result = run_cli("-n", 6, "--base-url", f"{one.url},{two.url}", cwd=task_dir)
+        assert result.returncode == 0, result.stderr
+        calls = len(one.chat_requests()), len(two.chat_requests())
+    assert min(calls) > 0 and abs(calls[0] - calls[1]) <= 1
+    assert len(outputs(task_dir)[0]) == 6
+
+
+def test_exact_n_with_far_more_in_flight_than_n(task_dir):
+    with FakeServer(latency=0.01, slots=8) as fake:
+        result = run_cli("-n", 7, "--concurrency", 64, "--base-url", fake.url, cwd=task_dir)
+        scenario_calls = sum(1 for body in fake.chat_requests() if "short scenarios" in body["messages"][0]["content"])
+    assert result.returncode == 0, result.stderr
+    final, formatted = outputs(task_dir)
+    assert len(final) == len(formatted) == 7
+    assert scenario_calls == 7  # no conversation was started that could not be kept
+    assert "tokens" in result.stdout and "per accepted" in result.stdout
+
+
+def test_shards_split_n_and_concatenate_to_n(task_dir, server):
+    for index in (1, 2, 3):
+        result = run_cli("-n", 10, "--shard", f"{index}/3", "--seed", 5, "--base-url", server.url, cwd=task_dir)
+        assert result.returncode == 0, result.stderr
+    base = task_dir / "output/public/examples/chit_chat"
+    sizes = [len(read_jsonl(base / f"shard-{i}-of-3/final_data.jsonl")) for i in (1, 2, 3)]
+    assert sizes == [4, 3, 3]
+    ids = [r["conversation_id"] for i in (1, 2, 3) for r in read_jsonl(base / f"shard-{i}-of-3/formatted_output.jsonl")]
+    assert len(set(ids)) == 10
+    personas = [[r["steps"][1]["persona_role"] for r in read_jsonl(base / f"shard-{i}-of-3/final_data.jsonl")] for i in (1, 2)]
+    assert personas[0][:3] != personas[1][:3]  # shards draw with their own seeds
+
+
+def test_bad_shard_is_a_usage_error(task_dir):
+    for shard in ("4/3", "0/2", "x"):
+        result = run_cli("--shard", shard, cwd=task_dir)
+        assert result.returncode == 2 and "--shard" in result.stderr
