@@ -100,3 +100,31 @@ def test_garbage_model_output_is_dropped_or_tolerated_never_a_crash(task_dir):
     assert "dropped" in result.stdout
     final, formatted = outputs(task_dir)
     assert all(m["content"].strip() for line in formatted for m in line["messages"])
+
+
+def test_every_bad_input_is_one_error_line_exit_1_and_leaves_outputs_alone(task_dir, server):
+    """The whole bad-input corpus of test_config.py, through the real CLI, over an existing dataset."""
+    import yaml
+    from test_config import PERSONA_CASES, SEED_CASES, TASK_CASES
+
+    assert run_cli("-n", 2, "--base-url", server.url, cwd=task_dir).returncode == 0
+    out = task_dir / OUT
+    before = {name: (out / name).read_bytes() for name in ("final_data.jsonl", "formatted_output.jsonl")}
+    pristine = {name: (task_dir / name).read_text() for name in ("task.yaml", "personas.jsonl", "seed_examples.jsonl")}
+    cases = [("task.yaml", name, change, message) for name, change, message in TASK_CASES]
+    cases += [("personas.jsonl", name, text, message) for name, text, message in PERSONA_CASES]
+    cases += [("seed_examples.jsonl", name, text, message) for name, text, message in SEED_CASES]
+    for file, name, change, message in cases:
+        if file == "task.yaml":
+            raw = yaml.safe_load(pristine["task.yaml"])
+            change(raw)
+            (task_dir / file).write_text(yaml.safe_dump(raw, sort_keys=False))
+        else:
+            (task_dir / file).write_text(change)
+        result = run_cli("-n", 5, "--restart", cwd=task_dir)  # no --base-url: it would mask the task's own
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1, name
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], (name, result.stderr)
+        assert {n: (out / n).read_bytes() for n in before} == before, name
+        (task_dir / file).write_text(pristine[file])
+    assert len(cases) >= 45
