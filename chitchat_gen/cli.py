@@ -101,21 +101,29 @@ def main(argv: list[str] | None = None) -> int:
                      "concurrency": args.concurrency, "seed": args.seed,
                      "temperature": args.temperature, "max_tokens": args.max_tokens}
         tasks = [load_task(path, **overrides) for path in args.task_paths]
+        for note in (note for task in tasks for note in task["notes"] if args.verbose):
+            print(f"note: {note}", file=sys.stderr)
         for task in tasks:
             run_trace(task) if command == "trace" else run_task(task, args)
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     except LMError as exc:
-        print(f"Error: the LM server stopped answering ({exc}): check it, then run the same command "
-              "without --restart to resume; everything accepted so far is kept", file=sys.stderr)
-        return 1
+        print(f"Error: the run stopped ({exc}): fix the cause, then run the same command without --restart "
+              "to resume; everything accepted so far is kept", file=sys.stderr)
+        _exit_now(1)
     except KeyboardInterrupt:
         print("\nInterrupted: accepted conversations are saved; run the same command without --restart to resume",
               file=sys.stderr)
-        sys.stderr.flush()
-        os._exit(130)  # do not wait for LM requests still in flight
+        _exit_now(130)
     return 0
+
+
+def _exit_now(code: int):
+    """Exit without waiting for LM requests still in flight (their threads may sit in a long timeout)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_task(task: dict, args) -> None:
@@ -129,9 +137,6 @@ def run_task(task: dict, args) -> None:
         if n == 0:
             print(f"shard {index}/{count} of {args.num_outputs_to_generate} conversations is empty: nothing to do")
             return
-    if args.verbose:
-        for note in task["notes"]:
-            print(f"note: {note}", file=sys.stderr)
     store = open_store(folder)
     try:
         existing = 0 if args.restart else store["existing"]

@@ -105,9 +105,12 @@ def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
     if task["min_turns"] > task["max_turns"]:
         raise ConfigError(f"{path}: min_turns ({task['min_turns']}) is greater than max_turns ({task['max_turns']}): lower min_turns or raise max_turns")
     from . import prompts  # late: prompts is data, config only checks the names
-    for name in task["prompts"]:
+    for name, text in task["prompts"].items():
         if name not in prompts.TEMPLATES:
             raise ConfigError(f"{path}: prompts.{name}: unknown prompt{_did_you_mean(name, prompts.TEMPLATES)}; known: {', '.join(prompts.TEMPLATES)}")
+        problem = prompts.check_override(name, text)
+        if problem:
+            raise ConfigError(f"{path}: prompts.{name}: {problem}")
 
     base = path.resolve().parent
     task["initialization_stages"] = _stages(raw, "initialization_stages", path, notes)
@@ -126,7 +129,7 @@ def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
             stage["data_path"] = _data_path(store["data_path"], base, path, f"{field}.persona_store.data_path")
             task["personas"] = load_personas(stage["data_path"])
         elif stage["name"] == "lm/flow_controller":
-            _flow_controller(stage, path, task["max_turns"])
+            _flow_controller(stage, path, notes)
         elif stage["name"] in ("lm/user/guided", "lm/assistant/naive"):
             # A chit-chat user writes a line or two; capping them keeps transcripts (and prompts) short.
             default = task["engine"]["max_tokens"]
@@ -202,11 +205,12 @@ def _stages(raw: dict, key: str, path, notes: list) -> list[dict]:
     return resolved
 
 
-def _flow_controller(stage: dict, path, max_turns: int) -> None:
+def _flow_controller(stage: dict, path, notes: list) -> None:
     where = stage["where"]
     if "max_turns" in stage:
-        stage.pop("max_turns")
         # DiGiT lets the stage carry its own max_turns; here the task's max_turns alone bounds a conversation.
+        notes.append(f"{path}: {where}.max_turns: DiGiT setting, ignored here (the task's max_turns applies)")
+        stage.pop("max_turns")
     patterns = stage.get("patterns")
     if not isinstance(patterns, list) or not patterns:
         raise ConfigError(f"{path}: {where}.patterns: expected a non-empty list of patterns (name, hint, weight)")
@@ -269,6 +273,8 @@ def _engine(raw, overrides: dict, path) -> dict:
     urls = engine["base_url"] or DEFAULT_BASE_URLS[engine["type"]]
     if engine["type"] == "ollama" and not engine["base_url"] and os.environ.get("OLLAMA_HOST"):
         urls = os.environ["OLLAMA_HOST"]
+        if not re.search(r":\d+/?$", urls):
+            urls += ":11434"  # OLLAMA_HOST=0.0.0.0 means Ollama's own port, not http's 80
     engine["base_urls"] = [] if urls is None else _urls(urls, where)
     del engine["base_url"]
     for key, low in (("temperature", 0), ("max_tokens", 1), ("json_max_tokens", 1), ("timeout", 0.001), ("retries", 0), ("n_ctx", 256)):
@@ -319,8 +325,12 @@ def _data_path(value, base: Path, path, field: str) -> Path:
 
 def _jsonl(path: Path):
     """Yield (line_number, object) for each non-blank line; a bad line is a ConfigError."""
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
+    with open(path, "rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ConfigError(f"{path} line {number}: not UTF-8 text: save the file as UTF-8")
             if not line.strip():
                 continue
             try:

@@ -52,6 +52,7 @@ def make_chat(engine: dict, on_usage=None):
     # own server takes only llama.cpp's {"type": "json_object", "schema": ...}); on the first refusal we
     # switch to that form, then to no constraint at all: the flow controller validates replies anyway.
     json_forms = ["json_schema", "json_object", None]
+    forms_lock = threading.Lock()
 
     def chat(messages, json_schema=None, **options):
         while True:
@@ -62,8 +63,9 @@ def make_chat(engine: dict, on_usage=None):
             except LMError as exc:
                 if "response_format" not in body or "response_format" not in str(exc):
                     raise
-                if body["response_format"]["type"] == json_forms[0]:  # another thread may have switched already
-                    json_forms.pop(0)
+                with forms_lock:  # threads refused at once must step down one form, not one each
+                    if body["response_format"]["type"] == json_forms[0]:
+                        json_forms.pop(0)
         text, usage = parse(reply)
         if on_usage:
             on_usage(*usage)
@@ -147,7 +149,7 @@ def _post_with_retries(session, next_url, body, headers, engine) -> dict:
         url = next_url()  # a retry may go to another server
         try:
             response = session.post(url, json=body, headers=headers, timeout=engine["timeout"])
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except requests.RequestException as exc:  # refused, reset (also mid-body), timed out, ...
             problem, wait = f"{type(exc).__name__} from {url}", None
         else:
             if response.status_code == 200:

@@ -15,7 +15,7 @@ import threading
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from .engines import LMError
+from .engines import LMError, check_engine, make_chat
 from .stages import STAGES
 
 
@@ -60,7 +60,7 @@ def run_stages(stages: list[dict], record: dict, ctx: dict) -> str | None:
     return None
 
 
-def generate(task: dict, n: int, *, chat, seed: int | str | None = None, concurrency: int = 1,
+def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, concurrency: int = 1,
              stats: dict | None = None, stop: threading.Event | None = None, trace=None):
     """Yield `n` accepted records as they complete, with up to `concurrency` in flight.
 
@@ -68,8 +68,13 @@ def generate(task: dict, n: int, *, chat, seed: int | str | None = None, concurr
     A conversation is only started while accepted + in flight < n, so no call is spent on a
     conversation that could not be kept; a drop starts a replacement. `stop` ends the run early.
     `trace(event, **data)` is called on every LM call and stage decision (see trace.py).
-    If every conversation keeps failing on LM errors, LMError is raised instead of spinning.
+    Without `chat`, the task's own engine is checked and used. If every conversation keeps
+    being dropped (the LM failing, or a stage that always drops), LMError is raised instead of
+    spending calls forever.
     """
+    if chat is None:
+        check_engine(task["engine"])
+        chat = make_chat(task["engine"])
     seed = task.get("seed") if seed is None else seed
     master = random.Random(seed)
     stats = stats if stats is not None else {}
@@ -78,7 +83,10 @@ def generate(task: dict, n: int, *, chat, seed: int | str | None = None, concurr
     stats.setdefault("calls", 0)
     stop = stop or threading.Event()
     memory = {"scenarios": collections.deque(maxlen=1000)}  # bounded: memory stays flat in n
-    failures_in_a_row = 0
+    failures_in_a_row = drops_in_a_row = 0
+    # Bounds on hopeless runs: a dead server fails fast, a model whose every conversation is dropped
+    # (wrong voice, empty text, a filter that always fires) is given more tries: drops can be common.
+    max_failures, max_drops = 2 * concurrency + 3, max(50, 4 * concurrency)
 
     def start():
         calls = [0]
@@ -109,10 +117,15 @@ def generate(task: dict, n: int, *, chat, seed: int | str | None = None, concurr
                     lm_failed = reason.startswith("LM call failed")
                     stats["dropped"]["LM call failed" if lm_failed else reason] += 1
                     failures_in_a_row = failures_in_a_row + 1 if lm_failed else 0
-                    if failures_in_a_row >= 2 * concurrency + 3:
+                    drops_in_a_row += 1
+                    if failures_in_a_row >= max_failures:
                         raise LMError(f"{failures_in_a_row} conversations in a row failed on LM calls; last: {reason}")
+                    if drops_in_a_row >= max_drops:
+                        common = stats["dropped"].most_common(1)[0][0]
+                        raise LMError(f"{drops_in_a_row} conversations in a row were dropped, most often for "
+                                      f"'{common}': look at one with 'python -m chitchat_gen trace'")
                     continue
-                failures_in_a_row = 0
+                failures_in_a_row = drops_in_a_row = 0
                 stats["accepted"] += 1
                 yield record
     finally:

@@ -94,6 +94,20 @@ TOPIC_HINTS = (
 TEMPLATES = {name: value for name, value in globals().items() if isinstance(value, Template)}
 
 
+def check_override(name: str, text) -> str | None:
+    """The problem with a task's replacement for template `name`, or None if it renders."""
+    if not isinstance(text, str):
+        return f"expected a string, got {type(text).__name__}"
+    known = {m.group("named") or m.group("braced") for m in TEMPLATES[name].pattern.finditer(TEMPLATES[name].template)} - {None}
+    try:
+        Template(text).substitute({v: "" for v in known})
+    except KeyError as exc:
+        return f"unknown variable ${exc.args[0]}; this template knows: {', '.join('$' + v for v in sorted(known)) or 'none'}"
+    except ValueError as exc:
+        return f"{exc} (write $$ for a literal $)"
+    return None
+
+
 def render(name: str, overrides: dict, **variables) -> str:
     """Fill template `name` (or the task's override of it) with `variables`."""
     template = Template(overrides[name]) if name in overrides else TEMPLATES[name]

@@ -137,7 +137,7 @@ def scenario(record: dict, ctx: dict) -> dict | str:
                                                  topic_hint=rng.choice(prompts.TOPIC_HINTS),
                                                  person=f"\nThe person: {persona['content']}" if persona else "")},
         ]
-        text = clean(lm(ctx, messages)).split("\n")[0].strip()
+        text = clean(clean(lm(ctx, messages)).split("\n")[0])  # first line, then its own quotes and label
         problem = scenario_problem(text, examples, pool, cfg.get("near_duplicate_threshold"))
         if not problem:
             break
@@ -279,7 +279,6 @@ def unique_first_user(record: dict, ctx: dict) -> dict | str:
         return record
     key = normalise(users[0]["content"])
     seen = ctx["memory"].setdefault("first_users", set())
-    if key in seen:
-        return "first user message repeats an earlier conversation"
-    seen.add(key)
-    return record
+    before = len(seen)
+    seen.add(key)  # subtle: one atomic add, so two threads with the same opener cannot both pass
+    return record if len(seen) > before else "first user message repeats an earlier conversation"

@@ -8,8 +8,8 @@ turns histogram; closing exchanges; pattern picks vs the task's weights (chi-squ
 exact and near-duplicate scenarios (normalised text, word 3-gram Jaccard >= 0.5);
 distinct-1/2 and mean length (words) of user and of assistant messages; persona coverage.
 
-    >>> distinct_n([["a", "b", "a", "b"]], 1)
-    0.5
+    >>> tally = new_tally(); add_message(tally, "a b a b"); round(distinct(tally, 2), 3)
+    0.667
 """
 
 from __future__ import annotations
@@ -27,11 +27,24 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
 
 
-def distinct_n(token_lists: list[list[str]], n: int) -> float:
-    """Distinct n-grams / all n-grams over the messages (0.0 when there are none)."""
-    grams = Counter(tuple(tokens[i:i + n]) for tokens in token_lists for i in range(len(tokens) - n + 1))
-    total = sum(grams.values())
-    return len(grams) / total if total else 0.0
+def new_tally() -> dict:
+    """Running figures of one speaker's messages: counts, and the distinct 1- and 2-grams seen."""
+    return {"messages": 0, "words": 0, "bigrams": 0, "distinct_1": set(), "distinct_2": set()}
+
+
+def add_message(tally: dict, text: str) -> None:
+    tokens = words(text)
+    tally["messages"] += 1
+    tally["words"] += len(tokens)
+    tally["bigrams"] += max(0, len(tokens) - 1)
+    tally["distinct_1"].update(tokens)
+    tally["distinct_2"].update(zip(tokens, tokens[1:]))
+
+
+def distinct(tally: dict, n: int) -> float:
+    """Distinct n-grams / all n-grams (distinct-n), 0.0 when there are none."""
+    total = tally["words"] if n == 1 else tally["bigrams"]
+    return len(tally[f"distinct_{n}"]) / total if total else 0.0
 
 
 def shingles(text: str, n: int = 3) -> set:
@@ -39,25 +52,25 @@ def shingles(text: str, n: int = 3) -> set:
     return {tuple(tokens[i:i + n]) for i in range(max(1, len(tokens) - n + 1))}
 
 
-def near_duplicates(texts: list[str], threshold: float = NEAR_DUPLICATE) -> int:
-    """How many texts have an earlier text with word 3-gram Jaccard >= threshold.
+def near_duplicates(texts: list[str], threshold: float = NEAR_DUPLICATE, scan: int = 200) -> int:
+    """How many texts repeat an earlier text exactly (normalised) or with 3-gram Jaccard >= threshold.
 
-    Only pairs sharing a 3-gram rarer than 1% of the texts are compared: a near-duplicate pair
-    shares most of its 3-grams, so it shares rare ones too, and common phrasings ("wants to chat
-    about") would otherwise make every pair a candidate.
+    Each text is compared with the earlier texts that share one of its rarer half of 3-grams:
+    Jaccard >= 0.5 means at least half of a text's 3-grams are shared, so one of that half is.
+    Only the last `scan` texts of each 3-gram are looked at, which keeps big datasets fast.
     """
     sets = [shingles(t) for t in texts]
-    frequency = Counter(g for s in sets for g in s)
-    rare = max(2, len(texts) // 100)
-    index = defaultdict(list)
-    count = 0
+    frequency = Counter(g for grams in sets for g in grams)
+    index, exact, count = defaultdict(list), set(), 0
     for i, grams in enumerate(sets):
-        candidates = {j for g in grams if frequency[g] <= rare for j in index[g]}
-        if any(len(grams & sets[j]) / len(grams | sets[j]) >= threshold for j in candidates):
+        key = frozenset(grams)
+        rarer = sorted(grams, key=frequency.__getitem__)[:len(grams) // 2 + 1]
+        candidates = {j for g in rarer for j in index[g][-scan:]}
+        if key in exact or any(len(grams & sets[j]) / len(grams | sets[j]) >= threshold for j in candidates):
             count += 1
+        exact.add(key)
         for g in grams:
-            if frequency[g] <= rare:
-                index[g].append(i)
+            index[g].append(i)
     return count
 
 
@@ -99,13 +112,15 @@ def dataset_stats(path: Path, task: dict | None = None) -> dict:
     """Figures of a final_data.jsonl; `task` (config.load_task) adds weights and persona totals."""
     conversations, turns, closing = 0, Counter(), 0
     picks, scenarios, personas = Counter(), [], Counter()
-    tokens = {"user": [], "assistant": []}
-    with open(path, encoding="utf-8") as lines:
+    tallies = {"user": new_tally(), "assistant": new_tally()}
+    with open(path, encoding="utf-8", errors="replace") as lines:
         for line in lines:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a torn last line from a killed run
+            if not isinstance(record, dict):
+                continue
             steps = record.get("steps") or []
             conversations += 1
             turns[sum(1 for s in steps if s.get("role") == "assistant")] += 1
@@ -121,24 +136,24 @@ def dataset_stats(path: Path, task: dict | None = None) -> dict:
                     scenarios.append(s.get("content") or "")
                 elif role == "persona":
                     personas[s.get("persona_role") or s.get("content")] += 1
-                elif role in tokens:
-                    tokens[role].append(words(s.get("content") or ""))
-    normalised = [" ".join(words(s)) for s in scenarios]
+                elif role in tallies:
+                    add_message(tallies[role], s.get("content") or "")
+    normalised = {" ".join(words(s)) for s in scenarios}
     result = {
         "conversations": conversations,
         "turns": dict(sorted(turns.items())),
         "closing_exchanges": closing,
         "patterns": dict(picks.most_common()),
         "scenarios": len(scenarios),
-        "duplicate_scenarios": len(normalised) - len(set(normalised)),
+        "duplicate_scenarios": len(scenarios) - len(normalised),
         "near_duplicate_scenarios": near_duplicates(scenarios),
         "distinct_personas": len(personas),
     }
-    for role, lists in tokens.items():
-        result[f"{role}_messages"] = len(lists)
-        result[f"{role}_mean_words"] = round(sum(map(len, lists)) / len(lists), 1) if lists else 0.0
-        result[f"{role}_distinct_1"] = round(distinct_n(lists, 1), 3)
-        result[f"{role}_distinct_2"] = round(distinct_n(lists, 2), 3)
+    for role, tally in tallies.items():
+        result[f"{role}_messages"] = tally["messages"]
+        result[f"{role}_mean_words"] = round(tally["words"] / tally["messages"], 1) if tally["messages"] else 0.0
+        result[f"{role}_distinct_1"] = round(distinct(tally, 1), 3)
+        result[f"{role}_distinct_2"] = round(distinct(tally, 2), 3)
     if task:
         result["personas_available"] = len(task["personas"])
         flow = next((s for s in task["iteration_stages"] if s["name"] == "lm/flow_controller"), None)

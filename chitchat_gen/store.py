@@ -17,6 +17,7 @@ runs cannot interleave their lines in one folder.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -83,7 +84,7 @@ def _parse_run(line: str) -> dict | None:
 def close(store: dict) -> None:
     store["final"].close()
     store["formatted"].close()
-    store["lock"].unlink(missing_ok=True)
+    store["lock"].close()  # releases the flock; the file stays, harmless
 
 
 def repair(folder: Path) -> int:
@@ -130,7 +131,8 @@ def _new_id(line: str, seen: set) -> str | None:
 
 
 def _lines(path: Path):
-    with open(path, encoding="utf-8") as lines:
+    # errors="replace": a torn last line may end inside a multi-byte character; it is dropped anyway.
+    with open(path, encoding="utf-8", errors="replace") as lines:
         yield from lines
 
 
@@ -156,29 +158,18 @@ def _rewrite(path: Path, lines) -> None:
     os.replace(tmp, path)
 
 
-def _take_lock(folder: Path) -> Path:
-    lock = folder / LOCK
+def _take_lock(folder: Path):
+    """An exclusive flock on .lock: the kernel releases it when the run dies, even by SIGKILL."""
+    lock = open(folder / LOCK, "a+")
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        try:
-            pid = int(lock.read_text().strip() or 0)
-        except (OSError, ValueError):
-            pid = 0
-        if pid and _alive(pid):
-            raise ConfigError(f"{folder} is in use by another run (pid {pid}): wait for it, or use another --output-dir")
-        lock.unlink(missing_ok=True)  # stale: its run was killed
-        return _take_lock(folder)
-    with os.fdopen(fd, "w") as out:
-        out.write(str(os.getpid()))
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise ConfigError(f"{folder} is in use by another run (pid {holder}): wait for it, or use another --output-dir")
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
     return lock
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -114,9 +114,19 @@ class FakeServer:
                 with server.lock:
                     server.requests.append((self.path, body))
                     fault = server.faults.pop(0) if server.faults else None
+                if fault in ("reset", "hang", "truncated"):
+                    self.close_connection = True  # this connection ends with the fault
                 if fault == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                     self.connection.close()
+                    return
+                if fault == "truncated":  # headers promise more body than is sent, then the socket closes
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b'{"message": {"con')
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if fault == "hang":
                     time.sleep(3)

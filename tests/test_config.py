@@ -90,6 +90,9 @@ TASK_CASES = [
     ("negative temperature", lambda r: r["engine"].update(temperature=-1), "engine.temperature"),
     ("zero concurrency", lambda r: r["engine"].update(concurrency=0), "engine.concurrency"),
     ("unknown prompt", lambda r: r.update(prompts={"USER_SYSTEN": "x"}), "did you mean 'USER_SYSTEM'"),
+    ("prompt variable typo", lambda r: r.update(prompts={"ASSISTANT_SYSTEM": "Hi. $scenaro"}), "prompts.ASSISTANT_SYSTEM: unknown variable $scenaro; this template knows: $scenario"),
+    ("prompt stray dollar", lambda r: r.update(prompts={"ASSISTANT_SYSTEM": "Costs $ 5"}), "write $$ for a literal $"),
+    ("prompt not a string", lambda r: r.update(prompts={"ASSISTANT_SYSTEM": 5}), "prompts.ASSISTANT_SYSTEM: expected a string"),
 ]
 
 
@@ -138,6 +141,27 @@ def test_bad_personas_name_file_and_line(task_dir, name, text, message):
     with pytest.raises(ConfigError) as error:
         load_task(task_dir / "task.yaml")
     assert "personas.jsonl" in str(error.value) and message in str(error.value)
+
+
+def test_personas_not_utf8(task_dir):
+    (task_dir / "personas.jsonl").write_bytes(b'{"role": "cook"}\n{"role": "caf\xe9"}\n')
+    with pytest.raises(ConfigError, match="personas.jsonl line 2: not UTF-8 text: save the file as UTF-8"):
+        load_task(task_dir / "task.yaml")
+
+
+@pytest.mark.parametrize("host,url", [("0.0.0.0", "http://0.0.0.0:11434"), ("gpu1:9999", "http://gpu1:9999"),
+                                      ("https://ollama.example.org:443", "https://ollama.example.org:443")])
+def test_ollama_host_is_honoured_with_ollamas_port(task_dir, monkeypatch, host, url):
+    monkeypatch.setenv("OLLAMA_HOST", host)
+    raw = yaml.safe_load((task_dir / "task.yaml").read_text())
+    del raw["engine"]["base_url"]
+    (task_dir / "task.yaml").write_text(yaml.safe_dump(raw))
+    assert load_task(task_dir / "task.yaml")["engine"]["base_urls"] == [url]
+
+
+def test_a_valid_prompt_override_is_used(task_dir):
+    task = load_task(write_task(task_dir, lambda r: r.update(prompts={"ASSISTANT_SYSTEM": "Be brief. $scenario costs $$5"})))
+    assert task["prompts"]["ASSISTANT_SYSTEM"].startswith("Be brief.")
 
 
 def test_null_persona_fields_get_defaults(task_dir):

@@ -86,7 +86,7 @@ def test_calls_spread_over_several_servers():
         assert len(one.chat_requests()) == 5 and len(two.chat_requests()) == 5
 
 
-@pytest.mark.parametrize("fault", ["500", "503", "429", "reset", "garbage"])
+@pytest.mark.parametrize("fault", ["500", "503", "429", "reset", "garbage", "truncated"])
 def test_transient_faults_are_retried(server, fault):
     server.faults.extend([fault, fault])
     reply = make_chat(engine("ollama", server))([{"role": "user", "content": "hi"}])

@@ -66,7 +66,7 @@ def test_a_server_gone_for_good_stops_the_run_with_one_error_and_keeps_the_outpu
     server.__exit__()
     stdout, stderr = process.communicate(timeout=180)
     assert process.returncode == 1
-    assert stderr.strip().startswith("Error: the LM server stopped answering")
+    assert stderr.strip().startswith("Error: the run stopped (") and "failed on LM calls" in stderr
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
     kept = assert_consistent(task_dir)
     assert 0 < len(kept) < 200

@@ -127,3 +127,24 @@ def test_closing_the_generator_early_stops_the_workers(task):
     next(gen)
     gen.close()
     assert stop.is_set()
+
+
+def test_a_stage_that_always_drops_stops_the_run_with_the_reason(task):
+    def assistant_voice(messages, json_schema=None, **options):
+        if "role-playing a human user" in messages[0]["content"]:
+            return "How can I help you today?"
+        return fake_chat(messages, json_schema)
+
+    stats = {}
+    with pytest.raises(LMError, match="50 conversations in a row were dropped, most often for "
+                                      "'lm/user/guided: user message in the assistant's voice'"):
+        list(generate(task, 3, chat=assistant_voice, stats=stats))
+    assert stats["accepted"] == 0
+
+
+def test_without_chat_generate_uses_the_tasks_engine(task_dir):
+    from fake_lm import FakeServer
+    with FakeServer() as server:
+        task = load_task(task_dir / "task.yaml", base_url=server.url)
+        assert len(list(generate(task, 2))) == 2
+        assert server.requests[0][0] == "/api/tags" and len(server.chat_requests()) > 10

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from chitchat_gen.config import load_task
-from chitchat_gen.stats import chi_square, dataset_stats, distinct_n, near_duplicates
+from chitchat_gen.stats import add_message, chi_square, dataset_stats, distinct, near_duplicates, new_tally
 from conftest import run_cli
 
 
@@ -59,9 +59,19 @@ def test_message_figures(dataset):
 
 
 def test_distinct_n_known_values():
-    assert distinct_n([["a", "b", "a", "b"]], 1) == 0.5
-    assert distinct_n([["a", "b", "a", "b"]], 2) == 2 / 3
-    assert distinct_n([], 2) == 0.0
+    tally = new_tally()
+    assert distinct(tally, 2) == 0.0
+    add_message(tally, "a b a b")
+    assert distinct(tally, 1) == 0.5 and distinct(tally, 2) == 2 / 3
+    add_message(tally, "c")  # a one-word message has no bigram
+    assert distinct(tally, 1) == 3 / 5 and distinct(tally, 2) == 2 / 3
+
+
+def test_near_duplicates_of_a_scenario_that_collapsed_are_all_found():
+    variants = [f"A curious student wants to learn about space exploration and {w} missions." for w in
+                ["recent", "new", "old", "future", "famous", "robotic", "crewed", "lunar", "failed", "daring"] * 3]
+    distinct_texts = [f"Person {i} likes topic {i} and item {i * 7} on day {i % 5} of week {i}." for i in range(300)]
+    assert near_duplicates(variants + distinct_texts) == 29  # every variant after the first
 
 
 def test_near_duplicates_threshold():

@@ -8,7 +8,7 @@ import pytest
 
 from chitchat_gen.config import ConfigError
 from chitchat_gen.store import FINAL, FORMATTED, append, clear, close, format_record, open_store
-from conftest import read_jsonl
+from conftest import ROOT, read_jsonl
 
 
 def record(i):
@@ -33,7 +33,7 @@ def test_append_writes_both_files_in_the_same_order(tmp_path):
     assert ids(tmp_path / FINAL) == ids(tmp_path / FORMATTED) == ["id0", "id1", "id2"]
     assert read_jsonl(tmp_path / FORMATTED)[1] == {"conversation_id": "id1", "messages": [
         {"role": "user", "content": "hi 1"}, {"role": "assistant", "content": "hello 1"}]}
-    assert not (tmp_path / ".lock").exists()
+
 
 
 def test_reopen_counts_existing_and_appends(tmp_path):
@@ -90,10 +90,31 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
     close(open_store(tmp_path))  # free again
 
 
-def test_a_stale_lock_from_a_killed_run_is_taken_over(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / ".lock").write_text(dead.stdout.strip())
-    close(open_store(tmp_path))
+def test_a_lock_left_by_a_killed_run_is_free(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from pathlib import Path
+from chitchat_gen.store import open_store
+store = open_store(Path({str(tmp_path)!r}))
+print("locked", flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(ConfigError, match=f"in use by another run \\(pid {holder.pid}\\)"):
+        open_store(tmp_path)
+    holder.kill()
+    holder.wait()
+    close(open_store(tmp_path))  # the kernel dropped the dead run's lock
+
+
+def test_a_torn_line_cut_inside_a_multibyte_character_is_dropped(tmp_path):
+    write(tmp_path, 2)
+    with open(tmp_path / FINAL, "ab") as out:
+        out.write(json.dumps({"conversation_id": "x", "steps": [{"content": "café"}]}, ensure_ascii=False).encode()[:-6])
+    store = open_store(tmp_path)
+    close(store)
+    assert store["existing"] == 2 and ids(tmp_path / FINAL) == ["id0", "id1"]
 
 
 def test_a_file_in_the_way_is_a_config_error(tmp_path):
