@@ -55,7 +55,7 @@ TASK_KEYS = {"task_name", "task_description", "max_turns", "min_turns", "close_a
 STAGE_KEYS = {
     "lm/scenario": {"num_icl_examples", "near_duplicate_threshold"},
     "sample/persona": {"persona_store"},
-    "lm/flow_controller": {"patterns", "termination_patterns", "generate_hint", "max_turns"},
+    "lm/flow_controller": {"patterns", "termination_patterns", "generate_hint", "judge_eligibility", "max_turns"},
     "lm/user/guided": {"max_tokens"},
     "lm/assistant/naive": {"max_tokens"},
 }
@@ -244,9 +244,10 @@ def _flow_controller(stage: dict, path, notes: list) -> None:
     stage["termination_patterns"] = terminations
     if not any(p["weight"] > 0 and p["name"] not in terminations for p in patterns):
         raise ConfigError(f"{path}: {where}.patterns: at least one non-termination pattern needs a weight > 0")
-    generate_hint = stage.setdefault("generate_hint", True)
-    if not isinstance(generate_hint, bool):
-        raise ConfigError(f"{path}: {where}.generate_hint: expected true or false, got {generate_hint!r}")
+    for switch in ("generate_hint", "judge_eligibility"):
+        value = stage.setdefault(switch, True)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: {where}.{switch}: expected true or false, got {value!r}")
 
 
 def _engine(raw, overrides: dict, path) -> dict:

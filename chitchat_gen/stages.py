@@ -174,7 +174,11 @@ def persona(record: dict, ctx: dict) -> dict:
 
 @stage("lm/flow_controller")
 def flow_controller(record: dict, ctx: dict) -> dict:
-    """Choose this turn's pattern: the LM says which fit, code draws one by weight, LM writes the hint."""
+    """Choose this turn's pattern: the LM says which fit, code draws one by weight, LM writes the hint.
+
+    `judge_eligibility: false` skips the first call (every candidate is eligible, picks follow the
+    weights exactly); `generate_hint: false` skips the second (the pattern's hint is used as is).
+    """
     cfg, task, turn = ctx["stage"], ctx["task"], ctx["turn"]
     closing = set(cfg["termination_patterns"])
     forced = bool(closing) and task["close_at_max_turns"] and turn >= task["max_turns"]
@@ -184,7 +188,9 @@ def flow_controller(record: dict, ctx: dict) -> dict:
         candidates = [p for p in cfg["patterns"] if p["weight"] > 0
                       and (p["name"] not in closing or turn >= task["min_turns"])]
     eligible, reasoning = candidates, "forced: max_turns reached" if forced else "only one candidate"
-    if len(candidates) > 1:
+    if len(candidates) > 1 and not cfg["judge_eligibility"]:
+        reasoning = "judge_eligibility off: all candidates eligible"
+    elif len(candidates) > 1:
         reply = lm(ctx, [
             {"role": "system", "content": template(ctx, "FLOW_SYSTEM")},
             {"role": "user", "content": template(

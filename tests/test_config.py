@@ -79,6 +79,7 @@ TASK_CASES = [
     ("pattern unknown key", lambda r: flow(r)["patterns"][1].update(wieght=1), "did you mean 'weight'"),
     ("no patterns", lambda r: flow(r).update(patterns=[]), "patterns: expected a non-empty list"),
     ("unknown termination", lambda r: flow(r).update(termination_patterns=["chit_chat/terminate"]), "'chit_chat/terminate' is not one of the patterns"),
+    ("judge_eligibility string", lambda r: flow(r).update(judge_eligibility="no"), "judge_eligibility: expected true or false"),
     ("generate_hint string", lambda r: flow(r).update(generate_hint="yes"), "generate_hint: expected true or false"),
     ("bad env var", lambda r: r["seed_datastore"].update(data_path="${NO_SUCH_VAR_XYZ}/s.jsonl"), "${NO_SUCH_VAR_XYZ} is not set"),
     ("missing personas file", lambda r: r["initialization_stages"][1]["persona_store"].update(data_path="nope.jsonl"), "nope.jsonl not found"),

@@ -165,6 +165,14 @@ def test_generate_hint_false_uses_the_static_hint_and_saves_a_call(task):
     assert step["hint"] == chosen["hint"] and len(calls) == 1
 
 
+def test_judge_eligibility_false_skips_the_json_call(task):
+    flow_cfg = task["iteration_stages"][0]
+    flow_cfg["judge_eligibility"] = False
+    step, calls = flow_step(task, turn=2)
+    assert len(step["eligible_patterns"]) == 5 and all(c["json_schema"] is None for c in calls)
+    assert step["reasoning"] == "judge_eligibility off: all candidates eligible"
+
+
 def test_pattern_frequencies_follow_the_weights(task):
     task["iteration_stages"][0]["generate_hint"] = False
     rng = random.Random(1)
