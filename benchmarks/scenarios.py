@@ -29,8 +29,9 @@ from chitchat_gen.prompts import SCENARIO_USER  # noqa: E402
 from chitchat_gen.stages import STAGES, normalise  # noqa: E402
 from chitchat_gen.stats import near_duplicates, shingles  # noqa: E402
 
-NO_TOPIC_HINT = SCENARIO_USER.template.replace(
-    " Pick a topic that is clearly different from every example above (for instance: $topic_hint).", "")
+TOPIC_SENTENCE = "Pick a topic that is clearly different from every example above (for instance: $topic_hint). "
+NO_TOPIC_HINT = SCENARIO_USER.template.replace(TOPIC_SENTENCE, "")
+assert NO_TOPIC_HINT != SCENARIO_USER.template, "the topic sentence of SCENARIO_USER changed: update TOPIC_SENTENCE"
 
 SETTINGS = {  # name: (seeds only, prompt override, temperature, near-duplicate threshold)
     "A": (True, NO_TOPIC_HINT, 0.0, None),

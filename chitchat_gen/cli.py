@@ -49,7 +49,8 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(
             prog="python -m chitchat_gen",
             description="Generate persona-driven multi-turn chit-chat conversations with an LM.",
-            epilog="Also: 'python -m chitchat_gen trace --help' (one conversation, stage by stage).")
+            epilog="Also: 'python -m chitchat_gen trace --help' (one conversation, stage by stage) and "
+                   "'python -m chitchat_gen stats --help' (figures of a dataset).")
         parser.add_argument("--task-paths", nargs="+", default=["task.yaml"], metavar="PATH",
                             help="task file(s) to run, one after another (default: ./task.yaml)")
         parser.add_argument("-n", "--num-outputs-to-generate", type=int, default=10, metavar="N",

