@@ -6,7 +6,7 @@ reason to drop the conversation. `ctx` is per conversation and holds:
     task    the validated task (config.load_task)     stage   this stage's entry in the task
     chat    the LM: chat(messages, json_schema=None, **options) -> str
     rng     the conversation's random.Random          turn    the turn number, from 1
-    memory  shared across the run: {"scenarios": recent generated scenarios}
+    memory  shared across the run: {"scenarios": recent generated scenarios, "first_users": ...}
     trace   optional hook(event, **data) that trace mode prints (trace.py)
 
 Adding a stage is one function and one decorator line:
@@ -125,7 +125,7 @@ def scenario(record: dict, ctx: dict) -> dict | str:
     close to an earlier one (word 3-gram Jaccard) is retried once, then dropped.
     """
     rng, task, cfg = ctx["rng"], ctx["task"], ctx["stage"]
-    earlier = list(ctx["memory"]["scenarios"])
+    earlier = list(ctx["memory"]["scenarios"])  # subtle: one C-level copy under the GIL, safe beside appends
     pool = task["seed_scenarios"] + earlier
     examples = rng.sample(pool, min(cfg["num_icl_examples"], len(pool)))
     persona = last_step(record, "persona")
