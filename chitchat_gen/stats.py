@@ -108,8 +108,13 @@ def chi_square_sf(x: float, df: int) -> float:
     return min(1.0, math.erfc(math.sqrt(h)) + math.exp(-h) * total)
 
 
-def dataset_stats(path: Path, task: dict | None = None) -> dict:
-    """Figures of a final_data.jsonl; `task` (config.load_task) adds weights and persona totals."""
+def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = True) -> dict:
+    """Figures of a final_data.jsonl; `task` (config.load_task) adds weights and persona totals.
+
+    `text_figures=False` skips the figures whose memory grows with N (duplicate scenarios,
+    distinct-n, message lengths): the dataset card, written at the end of every run, does so to
+    keep a run's peak memory flat in N.
+    """
     conversations, turns, closing = 0, Counter(), 0
     picks, scenarios, personas = Counter(), [], Counter()
     tallies = {"user": new_tally(), "assistant": new_tally()}
@@ -132,24 +137,24 @@ def dataset_stats(path: Path, task: dict | None = None) -> dict:
                 role = s.get("role")
                 if role == "flow_controller":
                     picks[s.get("content")] += 1
-                elif role == "scenario":
+                elif role == "scenario" and text_figures:
                     scenarios.append(s.get("content") or "")
                 elif role == "persona":
                     personas[s.get("persona_role") or s.get("content")] += 1
-                elif role in tallies:
+                elif role in tallies and text_figures:
                     add_message(tallies[role], s.get("content") or "")
-    normalised = {" ".join(words(s)) for s in scenarios}
     result = {
         "conversations": conversations,
         "turns": dict(sorted(turns.items())),
         "closing_exchanges": closing,
         "patterns": dict(picks.most_common()),
-        "scenarios": len(scenarios),
-        "duplicate_scenarios": len(scenarios) - len(normalised),
-        "near_duplicate_scenarios": near_duplicates(scenarios),
         "distinct_personas": len(personas),
     }
-    for role, tally in tallies.items():
+    if text_figures:
+        result["scenarios"] = len(scenarios)
+        result["duplicate_scenarios"] = len(scenarios) - len({" ".join(words(s)) for s in scenarios})
+        result["near_duplicate_scenarios"] = near_duplicates(scenarios)
+    for role, tally in tallies.items() if text_figures else ():
         result[f"{role}_messages"] = tally["messages"]
         result[f"{role}_mean_words"] = round(tally["words"] / tally["messages"], 1) if tally["messages"] else 0.0
         result[f"{role}_distinct_1"] = round(distinct(tally, 1), 3)
@@ -172,11 +177,12 @@ def render_table(stats: dict) -> str:
     rows = [("conversations", stats["conversations"]),
             ("turns histogram", ", ".join(f"{k}: {v}" for k, v in stats["turns"].items()) or "-"),
             ("closing exchanges", f"{stats['closing_exchanges']} of {stats['conversations']}"),
-            ("duplicate scenarios", f"{stats['duplicate_scenarios']} exact, {stats['near_duplicate_scenarios']} near"
-                                    f" (of {stats['scenarios']})"),
             ("distinct personas", stats["distinct_personas"]
              if "personas_available" not in stats else f"{stats['distinct_personas']} of {stats['personas_available']}")]
-    for role in ("user", "assistant"):
+    if "scenarios" in stats:
+        rows.append(("duplicate scenarios", f"{stats['duplicate_scenarios']} exact, "
+                                            f"{stats['near_duplicate_scenarios']} near (of {stats['scenarios']})"))
+    for role in ("user", "assistant") if "user_messages" in stats else ():
         rows.append((f"{role} messages", f"{stats[f'{role}_messages']}, mean {stats[f'{role}_mean_words']} words, "
                                          f"distinct-1 {stats[f'{role}_distinct_1']}, distinct-2 {stats[f'{role}_distinct_2']}"))
     lines = [f"{name:<22}{value}" for name, value in rows]
@@ -199,7 +205,7 @@ def render_table(stats: dict) -> str:
 
 def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
     """(Re)write README.md beside the outputs: what the dataset is, how it was made, its figures."""
-    stats = dataset_stats(folder / "final_data.jsonl", task)
+    stats = dataset_stats(folder / "final_data.jsonl", task, text_figures=False)
     last = runs[-1]
     lines = [f"# Dataset card: {task['task_name']}", "",
              f"{stats['conversations']} persona-driven chit-chat conversations made by chitchat_gen "
@@ -212,6 +218,8 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
              f"| command | `{last['command']}` |",
              f"| files | `final_data.jsonl` (every step), `formatted_output.jsonl` (messages for SFT) |",
              "", "## Figures", "", "```", render_table(stats), "```", "",
+             f"Duplicates, distinct-n and message lengths: `python -m chitchat_gen stats {folder} "
+             f"--task-paths {task['path']}`.", "",
              "## Runs", "",
              "| date | engine / model | seed | accepted | dropped | LM calls | tokens | seconds | command |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

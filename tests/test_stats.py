@@ -50,6 +50,12 @@ def test_duplicates_exact_after_normalising_and_near(dataset):
     assert stats["near_duplicate_scenarios"] == 2  # the bread copy, and the runner pair (Jaccard 0.75)
 
 
+def test_light_figures_leave_out_what_grows_with_n(dataset):
+    light = dataset_stats(dataset, text_figures=False)
+    assert light["turns"] == dataset_stats(dataset)["turns"]
+    assert "near_duplicate_scenarios" not in light and "user_distinct_2" not in light
+
+
 def test_message_figures(dataset):
     stats = dataset_stats(dataset)
     assert stats["user_messages"] == 8 and stats["assistant_messages"] == 8
@@ -129,6 +135,7 @@ def test_dataset_card_is_written_and_updated_on_resume(task_dir, server):
     assert "# Dataset card: public/examples/chit_chat" in text and "| conversations | 3 |" in text
     assert "| engine / model | ollama / granite4:3b |" in text and "| seed | 4 |" in text
     assert "`python -m chitchat_gen -n 3 --seed 4 --base-url" in text and "turns histogram" in text
+    assert "duplicate scenarios" not in text and "`python -m chitchat_gen stats " in text  # light figures only
     assert run_cli("-n", 5, "--seed", 4, "--base-url", server.url, cwd=task_dir).returncode == 0
     text = card.read_text()
     assert "| conversations | 5 |" in text and text.count("| ollama / granite4:3b | 4 |") == 2
