@@ -16,7 +16,7 @@ import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from .engines import LMError, check_engine, make_chat
-from .stages import STAGES
+from .stages import STAGES, last_step
 
 
 def run_conversation(task: dict, ctx: dict) -> tuple[dict | None, str | None]:
@@ -30,8 +30,8 @@ def run_conversation(task: dict, ctx: dict) -> tuple[dict | None, str | None]:
                 break
             ctx["turn"] = turn
             reason = run_stages(task["iteration_stages"], record, ctx)
-            flow = [s for s in record["steps"] if s["role"] == "flow_controller"]
-            if flow and flow[-1]["terminate"]:
+            flow = last_step(record, "flow_controller")
+            if flow and flow["terminate"]:
                 break  # the closing exchange was this turn's user and assistant messages
     except LMError as exc:
         reason = f"LM call failed: {exc}"
