@@ -26,8 +26,9 @@ sys.path.insert(0, str(ROOT))
 from chitchat_gen import load_task, make_chat  # noqa: E402
 from chitchat_gen.engines import check_engine  # noqa: E402
 from chitchat_gen.prompts import SCENARIO_USER  # noqa: E402
-from chitchat_gen.stages import STAGES, normalise  # noqa: E402
-from chitchat_gen.stats import near_duplicates, shingles  # noqa: E402
+from chitchat_gen.stages import STAGES  # noqa: E402
+from chitchat_gen.stats import near_duplicates  # noqa: E402
+from chitchat_gen.text import jaccard, normalise, shingles  # noqa: E402
 
 TOPIC_SENTENCE = "Pick a topic that is clearly different from every example above (for instance: $topic_hint). "
 NO_TOPIC_HINT = SCENARIO_USER.template.replace(TOPIC_SENTENCE, "")
@@ -63,7 +64,7 @@ def run_setting(task, chat, k, seeds_only, prompt, temperature, threshold, seed)
             scenarios.append(result["steps"][0]["content"])
     seeds = task["seed_scenarios"]
     seed_grams = [shingles(s) for s in seeds]
-    close_to_seed = sum(1 for s in scenarios if any(len(shingles(s) & g) / len(shingles(s) | g) >= 0.5 for g in seed_grams))
+    close_to_seed = sum(1 for s in scenarios if any(jaccard(shingles(s), g) >= 0.5 for g in seed_grams))
     normalised = [normalise(s) for s in scenarios]
     return {"kept": len(scenarios), "dropped": sum(drops.values()), "calls": calls[0],
             "exact_dup": len(normalised) - len(set(normalised)), "near_dup": near_duplicates(scenarios),
@@ -80,9 +81,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     task = load_task(ROOT / "task.yaml", engine=args.engine, model=args.model, base_url=args.base_url)
-    check_engine(task["engine"])
-    chat = make_chat(task["engine"])
-    print(f"engine {task['engine']['type']} / {task['engine']['model']}, {args.k} scenarios per setting, "
+    engine = check_engine(task["engine"])
+    chat = make_chat(engine)
+    print(f"engine {engine['type']} / {engine['model']}, {args.k} scenarios per setting, "
           f"{time.strftime('%Y-%m-%d')}")
     print(f"{'setting':<8}{'kept':>6}{'dropped':>9}{'calls':>7}{'exact dup':>11}{'near dup':>10}{'near a seed':>13}")
     for name in args.settings:

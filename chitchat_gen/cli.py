@@ -14,16 +14,15 @@ import shlex
 import sys
 import threading
 import time
-from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import ConfigError, load_task
+from .config import ENGINE_FIELDS, TASK_FIELDS, ConfigError, load_task, spec_of, value_problem
 from .engines import LMError, check_engine, default_concurrency, make_chat
-from .pipeline import generate
+from .pipeline import generate, new_stats
 from .trace import make_printer
 from .stats import dataset_stats, render_table, write_card
-from .store import FINAL, FORMATTED, append, clear, close, log_run, open_store
+from .store import FINAL, FORMATTED, append, clear, close, count_existing, log_run, open_store
 
 
 COMMANDS = ("trace", "stats")
@@ -31,30 +30,24 @@ COMMANDS = ("trace", "stats")
 
 def build_parser(command: str = "generate") -> argparse.ArgumentParser:
     if command == "stats":
-        parser = argparse.ArgumentParser(
-            prog="python -m chitchat_gen stats",
-            description="Figures of a dataset: turns, closing exchanges, patterns vs weights, duplicates, distinct-n.")
+        parser = _parser("stats", "Figures of a dataset: turns, closing exchanges, patterns vs weights, duplicates, distinct-n.")
         parser.add_argument("path", metavar="PATH", help="a final_data.jsonl, or the output folder holding one")
         parser.add_argument("--task-paths", nargs=1, metavar="PATH",
                             help="the task file, to compare pattern picks with its weights")
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
         return parser
     if command == "trace":
-        parser = argparse.ArgumentParser(
-            prog="python -m chitchat_gen trace",
-            description="Run ONE conversation and print every prompt, reply and stage decision. Writes no file.")
+        parser = _parser("trace", "Run ONE conversation and print every prompt, reply and stage decision. Writes no file.")
         parser.add_argument("--task-paths", nargs=1, default=["task.yaml"], metavar="PATH",
                             help="the task file (default: ./task.yaml)")
     else:
-        parser = argparse.ArgumentParser(
-            prog="python -m chitchat_gen",
-            description="Generate persona-driven multi-turn chit-chat conversations with an LM.",
-            epilog="Also: 'python -m chitchat_gen trace --help' (one conversation, stage by stage) and "
-                   "'python -m chitchat_gen stats --help' (figures of a dataset).")
+        parser = _parser("", "Generate persona-driven multi-turn chit-chat conversations with an LM.")
+        parser.epilog = ("Also: 'python -m chitchat_gen trace --help' (one conversation, stage by stage) and "
+                         "'python -m chitchat_gen stats --help' (figures of a dataset).")
         parser.add_argument("--task-paths", nargs="+", default=["task.yaml"], metavar="PATH",
                             help="task file(s) to run, one after another (default: ./task.yaml)")
-        parser.add_argument("-n", "--num-outputs-to-generate", type=int, default=10, metavar="N",
-                            help="accepted conversations wanted per task (default: 10)")
+        parser.add_argument("-n", "--num-outputs-to-generate", type=_checked({"kind": "int", "low": 1}), default=10,
+                            metavar="N", help="accepted conversations wanted per task (default: 10)")
         parser.add_argument("--restart", action="store_true",
                             help="delete this task's previous outputs and start from zero (default: resume)")
         parser.add_argument("--output-dir", default="output", metavar="DIR",
@@ -63,17 +56,46 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
                             help="generate shard I of K (1-based): this machine's share of N, in DIR/<task_name>/shard-I-of-K/")
         parser.add_argument("--quiet", action="store_true", help="no progress line")
     engine = parser.add_argument_group("engine (overrides the task file)")
-    engine.add_argument("--engine", choices=["ollama", "openai", "local"])
-    engine.add_argument("--model", help="model name (ollama, openai) or .gguf path (local)")
-    engine.add_argument("--base-url", action="append", metavar="URL",
-                        help="server URL; repeat or comma-separate to spread calls over several servers")
-    engine.add_argument("--concurrency", type=int, metavar="K",
-                        help="conversations in flight at once (default: 4 per Ollama server, 32 per OpenAI-style server, 1 local)")
-    engine.add_argument("--seed", type=int, help="seed for persona, pattern and example sampling")
-    engine.add_argument("--temperature", type=float)
-    engine.add_argument("--max-tokens", type=int, help="cap on the tokens of each reply")
+    for spec in ENGINE_FIELDS + [spec_of(TASK_FIELDS, "seed")]:
+        if spec["flag"] == "--concurrency" and command == "trace":
+            continue  # one conversation: nothing to run concurrently
+        if spec["flag"] == "--engine":
+            engine.add_argument("--engine", choices=spec["kind"].split("|"), help=spec["doc"])
+        elif spec["flag"]:
+            engine.add_argument(spec["flag"], type=_checked(spec), help=spec["doc"],
+                                action="append" if spec["kind"] == "urls" else "store",
+                                metavar=spec["name"].upper())
     parser.add_argument("--verbose", action="store_true", help="also print notes on ignored settings")
     return parser
+
+
+def _parser(command: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m chitchat_gen {command}".strip(), description=description)
+
+    def error(message: str):
+        # One rule for every flag mistake: one line, exit 2 (argparse's usage errors), the fix named.
+        parser.exit(2, f"Error: {message}: see '{parser.prog} --help'\n")
+
+    parser.error = error
+    return parser
+
+
+def _checked(spec: dict):
+    """An argparse type for one setting of the config tables: the same checks as in task.yaml."""
+    spec = {"kind": "str", "low": None, "high": None, "above": None, **spec, "default": ...}  # a flag is never null
+    parse = {"int": int, "number": float}.get(spec["kind"], str)
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            value = text
+        problem = value_problem(value, spec)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return convert
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -93,13 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "stats":
             return run_stats(args)
-        if command == "generate" and args.num_outputs_to_generate < 1:
-            raise ConfigError(f"--num-outputs-to-generate must be >= 1 (got {args.num_outputs_to_generate})")
-        if args.concurrency is not None and args.concurrency < 1:
-            raise ConfigError(f"--concurrency must be >= 1 (got {args.concurrency})")
         # Load every task first, so a broken second task file stops the run before any work.
         overrides = {"engine": args.engine, "model": args.model, "base_url": args.base_url,
-                     "concurrency": args.concurrency, "seed": args.seed,
+                     "concurrency": getattr(args, "concurrency", None), "seed": args.seed,
                      "temperature": args.temperature, "max_tokens": args.max_tokens}
         tasks = [load_task(path, **overrides) for path in args.task_paths]
         for note in (note for task in tasks for note in task["notes"] if args.verbose):
@@ -127,44 +145,45 @@ def _exit_now(code: int):
     os._exit(code)
 
 
+def shard_plan(n: int, shard: tuple[int, int] | None) -> tuple[int, str]:
+    """(conversations this run makes, its sub-folder, also its seed tag) for shard I of K or the whole job.
+
+    Shard I of K makes N // K conversations, one more for the first N % K shards.
+    """
+    if not shard:
+        return n, ""
+    index, count = shard
+    return n // count + (1 if index <= n % count else 0), f"shard-{index}-of-{count}"
+
+
 def run_task(task: dict, args) -> None:
-    n, seed_tag = args.num_outputs_to_generate, ""
-    folder = Path(args.output_dir) / task["task_name"]
-    if args.shard:
-        # Shard I of K makes N // K conversations (one more for the first N % K shards), with its own seeds.
-        index, count = args.shard
-        n = n // count + (1 if index <= n % count else 0)
-        folder, seed_tag = folder / f"shard-{index}-of-{count}", f"shard{index}/"
-        if n == 0:
-            print(f"shard {index}/{count} of {args.num_outputs_to_generate} conversations is empty: nothing to do")
-            return
+    n, part = shard_plan(args.num_outputs_to_generate, args.shard)
+    folder = Path(args.output_dir) / task["task_name"] / part
+    if n == 0:
+        print(f"{part}: an empty share of {args.num_outputs_to_generate} conversations: nothing to do")
+        return
+    # subtle: everything that can fail at start-up is checked before the output folder is touched.
+    existing = 0 if args.restart else count_existing(folder)
+    if existing >= n:
+        print(f"{folder} already holds {existing} conversations (>= {n}): nothing to do "
+              "(use --restart to start again, or a larger -n)")
+        return
+    engine = check_engine(task["engine"])
+    stats = new_stats()
+    chat = make_chat(engine, on_usage=_token_counter(stats))
     store = open_store(folder)
     try:
-        existing = 0 if args.restart else store["existing"]
-        if existing >= n:
-            print(f"{folder} already holds {existing} conversations (>= {n}): nothing to do "
-                  "(use --restart to start again, or a larger -n)")
-            return
-        engine = task["engine"]
-        check_engine(engine)
-        totals = Counter()
-        lock = threading.Lock()
-
-        def on_usage(prompt_tokens, completion_tokens):
-            with lock:
-                totals["prompt_tokens"] += prompt_tokens
-                totals["completion_tokens"] += completion_tokens
-
-        chat = make_chat(engine, on_usage)
+        for note in store["notes"]:
+            print(f"note: {note}", file=sys.stderr)
         if args.restart:
             clear(store)
+        existing = store["existing"]
         concurrency = engine["concurrency"] or default_concurrency(engine)
-        stats = {}
         start = time.monotonic()
         ticker = None if args.quiet else _progress(stats, n - existing, start)
         try:
             # A resumed run with the same --seed must not replay the first run's personas and patterns.
-            seed = None if task["seed"] is None else f"{task['seed']}/{seed_tag}{existing}"
+            seed = None if task["seed"] is None else f"{task['seed']}/{part}/{existing}"
             for record in generate(task, n - existing, chat=chat, seed=seed, concurrency=concurrency, stats=stats):
                 append(store, record)
         finally:
@@ -174,13 +193,25 @@ def run_task(task: dict, args) -> None:
             runs = log_run(store, {
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": _command(),
                 "engine": engine["type"], "model": engine["model"], "seed": task["seed"],
-                "accepted": stats.get("accepted", 0), "dropped": dict(stats.get("dropped", {})),
-                "calls": stats.get("calls", 0), "tokens": totals["prompt_tokens"] + totals["completion_tokens"],
+                "accepted": stats["accepted"], "dropped": dict(stats["dropped"]), "calls": stats["calls"],
+                "tokens": stats["prompt_tokens"] + stats["completion_tokens"],
                 "seconds": round(time.monotonic() - start, 1)})
             write_card(folder, task, runs)
-        _summary(task, stats, totals, existing, time.monotonic() - start, folder)
+        _summary(task, stats, existing, time.monotonic() - start, folder)
     finally:
         close(store)
+
+
+def _token_counter(stats: dict):
+    """`on_usage` for make_chat: adds each call's tokens to the run's stats (from many threads)."""
+    lock = threading.Lock()
+
+    def on_usage(prompt_tokens: int, completion_tokens: int) -> None:
+        with lock:
+            stats["prompt_tokens"] += prompt_tokens
+            stats["completion_tokens"] += completion_tokens
+
+    return on_usage
 
 
 def _command() -> str:
@@ -200,8 +231,7 @@ def run_stats(args) -> int:
 
 
 def run_trace(task: dict) -> None:
-    check_engine(task["engine"])
-    for _ in generate(task, 1, chat=make_chat(task["engine"]), concurrency=1, trace=make_printer()):
+    for _ in generate(task, 1, chat=make_chat(check_engine(task["engine"])), concurrency=1, trace=make_printer()):
         pass
 
 
@@ -228,15 +258,15 @@ def _progress(stats: dict, wanted: int, start: float) -> threading.Event:
     return done
 
 
-def _summary(task, stats, totals, existing, seconds, folder) -> None:
+def _summary(task, stats, existing, seconds, folder) -> None:
     accepted = stats["accepted"]
-    tokens = totals["prompt_tokens"] + totals["completion_tokens"]
+    tokens = stats["prompt_tokens"] + stats["completion_tokens"]
     per = f" ({stats['calls'] / accepted:.1f} per accepted)" if accepted else ""
     tokens_per = f", {tokens / accepted:.0f} per accepted" if accepted else ""
     print(f"{task['task_name']}: {accepted} accepted"
           + (f" (+{existing} from earlier runs)" if existing else "")
           + f", {sum(stats['dropped'].values())} dropped, {stats['calls']} LM calls{per}, "
-          f"{tokens} tokens ({totals['prompt_tokens']} prompt + {totals['completion_tokens']} completion{tokens_per}), "
+          f"{tokens} tokens ({stats['prompt_tokens']} prompt + {stats['completion_tokens']} completion{tokens_per}), "
           f"{seconds:.1f}s")
     for reason, count in stats["dropped"].most_common():
         print(f"  dropped {count}: {reason}")

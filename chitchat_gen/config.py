@@ -1,78 +1,161 @@
 """Load and validate a task: task.yaml, its personas and its seed conversations.
 
-Configuration flows defaults -> task.yaml -> overrides (the CLI flags). Every problem a user
-can fix is a `ConfigError` whose message names the file, the field or line, and the fix; the
-CLI prints it as one `Error: ...` line. Nothing here talks to an LM.
+Configuration flows defaults -> task.yaml -> overrides (the CLI flags). Every setting is one
+row of a table below (name, type, default, bounds, a line of doc), checked by one checker; the
+README's key reference is made from the same tables (`key_reference`). Every problem a user can
+fix is a `ConfigError` naming the file, the field or line, and the fix; the CLI prints it as one
+`Error: ...` line. Nothing here talks to an LM.
 
-    >>> task = load_task("task.yaml", engine="local", seed=7)
-    >>> task["engine"]["type"], len(task["personas"]) > 0
-    ('local', True)
+    task = load_task("task.yaml", engine="local", seed=7)
+    task["engine"]["type"], task["personas"][0]["role"]     # ('local', 'retired teacher')
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 from pathlib import Path
 
 import yaml
 
+from . import prompts
+from .record import STEP_ROLES, read_jsonl
+from .stages import STAGES
+
 
 class ConfigError(Exception):
     """A problem the user fixes in a file or a flag; printed as one `Error:` line."""
 
 
+REQUIRED = object()  # a field's default when the field must be given
+
+
+def field(name: str, kind: str, default, doc: str, *, low=None, high=None, above=None, flag=None) -> dict:
+    """One setting. kind: int | number | bool | str | mapping | list | urls | one of "a|b|c".
+
+    `low`/`high` are inclusive bounds, `above` an exclusive lower bound; a default of None means
+    null is allowed; `flag` is the command-line flag that overrides it.
+    """
+    return {"name": name, "kind": kind, "default": default, "doc": doc,
+            "low": low, "high": high, "above": above, "flag": flag}
+
+
+TASK_FIELDS = [
+    field("task_name", "str", REQUIRED, "names the output folder: `DIR/<task_name>/`"),
+    field("task_description", "str", "", "shown to the LM when a conversation has no scenario step"),
+    field("max_turns", "int", 4, "a conversation never has more turns (a turn is one user message + one reply)", low=1),
+    field("min_turns", "int", 1, "shorter conversations are dropped, never written", low=1),
+    field("close_at_max_turns", "bool", True, "at max_turns the flow controller must pick a termination pattern"),
+    field("seed", "int", None, "seeds persona, pattern and example sampling and each call's seed", flag="--seed"),
+    field("engine", "mapping", {}, "the LM engine (keys below)"),
+    field("initialization_stages", "list", [], "stages run once per conversation"),
+    field("iteration_stages", "list", [], "stages run every turn"),
+    field("seed_datastore", "mapping", None, "`data_path` of the seed conversations (lm/scenario learns from them)"),
+    field("prompts", "mapping", {}, "replacements for templates of chitchat_gen/prompts.py, by name"),
+]
+
 ENGINE_TYPES = ("ollama", "openai", "local")
+ENGINE_FIELDS = [
+    field("type", "|".join(ENGINE_TYPES), "ollama", "which engine speaks to the model", flag="--engine"),
+    field("model", "str", None, "model name (ollama, openai) or .gguf path (local); null: the engine's default",
+          flag="--model"),
+    field("base_url", "urls", None, "server URL or list of URLs (flag: repeat it or comma-separate); null: the engine's default",
+          flag="--base-url"),
+    field("api_key", "str", None, "openai only; OPENAI_API_KEY wins when set"),
+    field("temperature", "number", 0.7, "sampling temperature", low=0, flag="--temperature"),
+    field("max_tokens", "int", None, "cap on every reply; null: 512 (local: 200)", low=1, flag="--max-tokens"),
+    field("json_max_tokens", "int", 200, "cap on JSON replies (the flow controller's)", low=1),
+    field("n_ctx", "int", 4096, "local only: the model's context window", low=256),
+    field("timeout", "number", 120, "seconds per HTTP request", above=0),
+    field("retries", "int", 4, "extra attempts for a transient failure (connection, timeout, 429, 5xx)", low=0),
+    field("concurrency", "int", None, "conversations in flight; null: 4 per Ollama server, 32 per OpenAI-style, 1 local",
+          low=1, flag="--concurrency"),
+]
 DEFAULT_MODELS = {"ollama": "granite4:3b", "openai": None, "local": None}
 DEFAULT_MAX_TOKENS = {"ollama": 512, "openai": 512, "local": 200}  # a 135M model mostly loops past 200
 DEFAULT_BASE_URLS = {"ollama": "http://localhost:11434", "openai": "http://localhost:8000", "local": None}
 
-DEFAULT_ENGINE = {
-    "type": "ollama",
-    "model": None,            # None: the engine type's default (DEFAULT_MODELS; openai: the first served model)
-    "base_url": None,         # a URL or a list of URLs; None: the engine type's default
-    "api_key": None,          # openai only; OPENAI_API_KEY wins when set
-    "temperature": 0.7,
-    "max_tokens": None,       # cap on every reply (None: DEFAULT_MAX_TOKENS); JSON replies get `json_max_tokens`
-    "json_max_tokens": 200,
-    "n_ctx": 4096,            # local only: the model's context window
-    "timeout": 120,           # seconds per HTTP request
-    "retries": 4,             # extra attempts for a transient failure (connection, timeout, 429, 5xx)
-    "concurrency": None,      # None: sized from the engine (see engines.default_concurrency)
-}
+DATA_STORE_FIELDS = [
+    field("type", "str", "default", "DiGiT's store type; only `default` (a JSONL file) exists here"),
+    field("data_path", "str", REQUIRED, "the JSONL file; relative to the task file's folder, ${VAR}s expand"),
+]
 
-# Keys of DiGiT's task files that mean nothing here; accepted so its files run unchanged.
+# Settings of each built-in stage besides `name`; a user's own stage takes any keys.
+STAGE_FIELDS = {
+    "lm/scenario": [
+        field("num_icl_examples", "int", 2, "example scenarios shown in the prompt", low=0),
+        field("near_duplicate_threshold", "number", None,
+              "retry once, then drop, a scenario this close (3-gram Jaccard) to an earlier one", above=0, high=1)],
+    "sample/persona": [field("persona_store", "mapping", REQUIRED, "`data_path` of personas.jsonl")],
+    "lm/flow_controller": [
+        field("patterns", "list", REQUIRED, "the moves (keys below)"),
+        field("termination_patterns", "list", [], "names of the patterns that end a conversation"),
+        field("judge_eligibility", "bool", True, "false: skip the \"which moves fit?\" call; picks follow the weights"),
+        field("generate_hint", "bool", True, "false: pass the pattern's hint as is, one call less per turn")],
+    "lm/user/guided": [field("max_tokens", "int", None, "cap on user messages; null: 160 or the engine's cap if lower", low=1)],
+    "lm/assistant/naive": [field("max_tokens", "int", None, "cap on assistant replies; null: the engine's cap", low=1)],
+    "filter/unique_first_user": [],
+}
+PATTERN_FIELDS = [
+    field("name", "str", REQUIRED, "unique name, e.g. chit_chat/follow_up"),
+    field("description", "str", None, "what the move is, shown to the eligibility call; null: the hint"),
+    field("hint", "str", REQUIRED, "the instruction passed to the user stage"),
+    field("weight", "number", 1.0, "relative chance of being picked among the eligible moves", low=0),
+]
+
+# Keys of DiGiT's task files that mean nothing here; accepted (and noted) so its files run unchanged.
 IGNORED_KEYS = {"created_by", "data_builder", "formatter", "runner_config", "seed_batch_size",
                 "machine_batch_size", "generator"}
-
-TASK_KEYS = {"task_name", "task_description", "max_turns", "min_turns", "close_at_max_turns",
-             "seed", "engine", "initialization_stages", "iteration_stages", "seed_datastore",
-             "prompts"}
-
-# Keys each built-in stage accepts besides `name`; a custom stage accepts any keys.
-STAGE_KEYS = {
-    "lm/scenario": {"num_icl_examples", "near_duplicate_threshold"},
-    "sample/persona": {"persona_store"},
-    "lm/flow_controller": {"patterns", "termination_patterns", "generate_hint", "judge_eligibility", "max_turns"},
-    "lm/user/guided": {"max_tokens"},
-    "lm/assistant/naive": {"max_tokens"},
-}
-
-PERSONA_FIELDS = ("role", "expertise", "domain", "goals", "personality", "style_override")
+# DiGiT lets its flow controller carry its own max_turns; here the task's max_turns alone bounds a conversation.
+IGNORED_STAGE_KEYS = IGNORED_KEYS | {"max_turns"}
 BIG_FIVE = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
-STEP_ROLES = ("scenario", "persona", "flow_controller", "user", "assistant")
+OVERRIDES = {"engine": "type", "model": "model", "base_url": "base_url", "temperature": "temperature",
+             "max_tokens": "max_tokens", "concurrency": "concurrency", "api_key": "api_key"}
 
 
 def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
-    """Read, validate and resolve a task file; `overrides` are CLI-level settings.
+    """Read, validate and resolve a task file; `overrides` are the CLI-level settings.
 
     Overrides: engine (type), model, base_url (str or list), temperature, max_tokens,
-    concurrency, seed, api_key. Returns a plain dict with the data files loaded:
-    `personas` (list of dicts) and `seed_scenarios` (list of str) beside the YAML keys.
+    concurrency, api_key, seed. Returns a plain dict: the checked settings with defaults filled
+    in, `engine.base_urls`, and the data files loaded (`personas`, `seed_scenarios`).
     """
     path = Path(path)
+    raw = _read_yaml(path)
+    notes: list[str] = []
+    task = check_fields(raw, TASK_FIELDS, f"{path}: ", notes, IGNORED_KEYS)
+    name = task["task_name"]
+    if not name.strip() or ".." in Path(name).parts or Path(name).is_absolute():
+        raise ConfigError(f"{path}: task_name: expected a relative name like public/examples/chit_chat, got {name!r}")
+    if task["min_turns"] > task["max_turns"]:
+        raise ConfigError(f"{path}: min_turns ({task['min_turns']}) is greater than max_turns ({task['max_turns']}): "
+                          "lower min_turns or raise max_turns")
+    for template, text in task["prompts"].items():
+        if template not in prompts.TEMPLATES:
+            raise ConfigError(f"{path}: prompts.{template}: unknown prompt{_did_you_mean(template, prompts.TEMPLATES)}; "
+                              f"known: {', '.join(prompts.TEMPLATES)}")
+        if problem := prompts.check_override(template, text):
+            raise ConfigError(f"{path}: prompts.{template}: {problem}")
+    if task["seed_datastore"] is not None:
+        store = check_fields(task["seed_datastore"], DATA_STORE_FIELDS, f"{path}: seed_datastore.", notes)
+        task["seed_path"] = _data_path(store["data_path"], path, "seed_datastore.data_path")
+    task.update(path=str(path), notes=notes, personas=[],
+                seed_scenarios=load_seed_scenarios(task["seed_path"]) if "seed_path" in task else [],
+                engine=_engine(task["engine"], overrides, path))
+    if overrides.get("seed") is not None:
+        task["seed"] = check_value(overrides["seed"], spec_of(TASK_FIELDS, "seed"), "seed (override)")
+    for key in ("initialization_stages", "iteration_stages"):
+        task[key] = [_stage(stage, f"{key}[{i}]", task, path, notes) for i, stage in enumerate(task[key])]
+    if any(s["name"] == "lm/scenario" for s in task["initialization_stages"]) and not task["seed_scenarios"]:
+        raise ConfigError(f"{path}: seed_datastore: lm/scenario learns from seed examples: "
+                          "set seed_datastore.data_path to a seed_examples.jsonl file")
+    return task
+
+
+def _read_yaml(path: Path) -> dict:
+    if path.is_dir():
+        raise ConfigError(f"task file {path} is a directory: pass the task file inside it, e.g. {path / 'task.yaml'}")
     if not path.is_file():
         raise ConfigError(f"task file {path} not found: pass an existing file with --task-paths")
     try:
@@ -83,295 +166,228 @@ def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
         raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)}): fix the syntax")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys (task_name, max_turns, ...) at top level")
-
-    notes = []
-    _check_keys(raw, TASK_KEYS, IGNORED_KEYS, str(path), notes)
-    task_name = _get(raw, "task_name", str, path)
-    if not task_name.strip() or ".." in Path(task_name).parts or task_name.startswith("/"):
-        raise ConfigError(f"{path}: task_name: expected a relative name like public/examples/chit_chat")
-    task = {
-        "path": str(path),
-        "task_name": task_name,
-        "task_description": raw.get("task_description") or "",
-        "max_turns": _get(raw, "max_turns", int, path, default=4),
-        "min_turns": _get(raw, "min_turns", int, path, default=1),
-        "close_at_max_turns": _get(raw, "close_at_max_turns", bool, path, default=True),
-        "seed": _get(raw, "seed", int, path, default=None),
-        "prompts": _get(raw, "prompts", dict, path, default={}),
-        "notes": notes,
-    }
-    if task["min_turns"] < 1 or task["max_turns"] < 1:
-        raise ConfigError(f"{path}: min_turns and max_turns must be >= 1 (got {task['min_turns']}, {task['max_turns']})")
-    if task["min_turns"] > task["max_turns"]:
-        raise ConfigError(f"{path}: min_turns ({task['min_turns']}) is greater than max_turns ({task['max_turns']}): lower min_turns or raise max_turns")
-    from . import prompts  # late: prompts is data, config only checks the names
-    for name, text in task["prompts"].items():
-        if name not in prompts.TEMPLATES:
-            raise ConfigError(f"{path}: prompts.{name}: unknown prompt{_did_you_mean(name, prompts.TEMPLATES)}; known: {', '.join(prompts.TEMPLATES)}")
-        problem = prompts.check_override(name, text)
-        if problem:
-            raise ConfigError(f"{path}: prompts.{name}: {problem}")
-
-    base = path.resolve().parent
-    task["initialization_stages"] = _stages(raw, "initialization_stages", path, notes)
-    task["iteration_stages"] = _stages(raw, "iteration_stages", path, notes)
-    task["engine"] = _engine(raw.get("engine"), overrides, path)
-    if overrides.get("seed") is not None:
-        task["seed"] = overrides["seed"]
-
-    task["personas"] = []
-    for stage in task["initialization_stages"] + task["iteration_stages"]:
-        field = f"{stage['where']}"
-        if stage["name"] == "sample/persona":
-            store = stage.get("persona_store") or {}
-            if not isinstance(store, dict) or "data_path" not in store:
-                raise ConfigError(f"{path}: {field}.persona_store.data_path: expected the path of a personas.jsonl file")
-            stage["data_path"] = _data_path(store["data_path"], base, path, f"{field}.persona_store.data_path")
-            task["personas"] = load_personas(stage["data_path"])
-        elif stage["name"] == "lm/flow_controller":
-            _flow_controller(stage, path, notes)
-        elif stage["name"] in ("lm/user/guided", "lm/assistant/naive"):
-            # A chit-chat user writes a line or two; capping them keeps transcripts (and prompts) short.
-            default = task["engine"]["max_tokens"]
-            cap = stage.setdefault("max_tokens", min(160, default) if stage["name"] == "lm/user/guided" else default)
-            if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-                raise ConfigError(f"{path}: {field}.max_tokens: expected a whole number >= 1, got {cap!r}")
-        elif stage["name"] == "lm/scenario":
-            n = stage.setdefault("num_icl_examples", 2)
-            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-                raise ConfigError(f"{path}: {field}.num_icl_examples: expected a whole number >= 0, got {n!r}")
-            threshold = stage.setdefault("near_duplicate_threshold", None)
-            if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                          or not 0 < threshold <= 1):
-                raise ConfigError(f"{path}: {field}.near_duplicate_threshold: expected a number in (0, 1] or null, got {threshold!r}")
-
-    datastore = raw.get("seed_datastore")
-    task["seed_scenarios"] = []
-    if datastore is not None:
-        if not isinstance(datastore, dict) or "data_path" not in datastore:
-            raise ConfigError(f"{path}: seed_datastore.data_path: expected the path of a seed_examples.jsonl file")
-        task["seed_path"] = _data_path(datastore["data_path"], base, path, "seed_datastore.data_path")
-        task["seed_scenarios"] = load_seed_scenarios(task["seed_path"])
-    if any(s["name"] == "lm/scenario" for s in task["initialization_stages"]) and not task["seed_scenarios"]:
-        raise ConfigError(f"{path}: seed_datastore: lm/scenario learns from seed examples: set seed_datastore.data_path to a seed_examples.jsonl file")
-    return task
+    return raw
 
 
-def _check_keys(mapping: dict, known: set, ignored: set, where: str, notes: list) -> None:
-    for key in mapping:
+# --- the checker --------------------------------------------------------------------------
+
+def check_fields(raw, fields: list[dict], prefix: str, notes: list, ignored=frozenset()) -> dict:
+    """`raw` checked against `fields`: defaults filled in, unknown keys refused with a hint.
+
+    `prefix` locates the mapping in messages ("task.yaml: engine."); `ignored` keys are noted.
+    """
+    where = prefix.rstrip(": .")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(f['name'] for f in fields)}")
+    known = {f["name"] for f in fields}
+    for key in raw:
         if key in ignored:
-            notes.append(f"{where}: {key}: DiGiT setting, ignored here")
+            notes.append(f"{prefix}{key}: DiGiT setting, ignored here")
         elif key not in known:
             raise ConfigError(f"{where}: unknown key '{key}'{_did_you_mean(key, known)}; known keys: {', '.join(sorted(known))}")
+    return {f["name"]: check_value(raw.get(f["name"]), f, f"{prefix}{f['name']}") for f in fields}
 
 
-def _did_you_mean(word: str, choices) -> str:
+def spec_of(fields: list[dict], name: str) -> dict:
+    return next(f for f in fields if f["name"] == name)
+
+
+def check_value(value, spec: dict, at: str):
+    """`value` if it fits `spec` (None: the default), else a ConfigError at `at`."""
+    if value is None:
+        if spec["default"] is REQUIRED:
+            raise ConfigError(f"{at}: missing: add '{spec['name']}: ...' ({spec['doc']})")
+        return spec["default"]
+    problem = value_problem(value, spec)
+    if problem:
+        raise ConfigError(f"{at}: {problem}")
+    return float(value) if spec["kind"] == "number" else value
+
+
+def value_problem(value, spec: dict) -> str | None:
+    """Why `value` does not fit `spec` ("expected a whole number >= 1, got 0"), or None."""
+    kind, low, high, above = spec["kind"], spec["low"], spec["high"], spec["above"]
+    # subtle: bool is a subclass of int in Python, so `max_turns: true` must be refused by hand.
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    fits = {"int": number and isinstance(value, int), "number": number, "bool": isinstance(value, bool),
+            "str": isinstance(value, str), "mapping": isinstance(value, dict), "list": isinstance(value, list),
+            "urls": isinstance(value, (str, list))}.get(kind, value in kind.split("|"))
+    if fits and number:
+        fits = (low is None or value >= low) and (high is None or value <= high) and (above is None or value > above)
+    if fits and kind == "urls":
+        return next(filter(None, map(_url_problem, _split_urls(value))), None)
+    if fits:
+        return None
+    choices = kind.split("|")
+    if len(choices) > 1:
+        return f"expected one of {', '.join(choices)}, got {value!r}{_did_you_mean(value, choices)}"
+    return f"expected {describe(spec)}, got {value!r}"
+
+
+def describe(spec: dict) -> str:
+    """The kind and bounds in words: "a whole number >= 1", "a number in (0, 1] or null"."""
+    kind, low, high, above = spec["kind"], spec["low"], spec["high"], spec["above"]
+    text = {"int": "a whole number", "number": "a number", "bool": "true or false", "str": "a string",
+            "mapping": "a mapping", "list": "a list", "urls": "a URL or a list of URLs"}.get(kind, "one of " + kind.replace("|", ", "))
+    if (low is not None or above is not None) and high is not None:
+        text += f" in {'[' if above is None else '('}{low if above is None else above}, {high}]"
+    elif low is not None or above is not None:
+        text += f" >= {low}" if above is None else f" > {above}"
+    return text + (" or null" if spec["default"] is None else "")
+
+
+def _did_you_mean(word, choices) -> str:
     close = difflib.get_close_matches(str(word), list(choices), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _get(raw: dict, key: str, kind: type, path, default=...):
-    if key not in raw or raw[key] is None:
-        if default is ...:
-            raise ConfigError(f"{path}: {key}: missing: add '{key}: ...' to the task file")
-        return default
-    value = raw[key]
-    # subtle: bool is a subclass of int in Python, so `max_turns: true` must be refused by hand.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{path}: {key}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
-    return value
+def _split_urls(value) -> list[str]:
+    parts = [part.strip().rstrip("/") for url in ([value] if isinstance(value, str) else value)
+             for part in str(url).split(",")]
+    return [part for part in parts if part]
 
 
-def _stages(raw: dict, key: str, path, notes: list) -> list[dict]:
-    from .stages import STAGES  # late: the registry may have grown with the user's own stages
-    stages = raw.get(key) or []
-    if not isinstance(stages, list):
-        raise ConfigError(f"{path}: {key}: expected a list of stages (- name: lm/scenario ...)")
-    resolved = []
-    for i, stage in enumerate(stages):
-        where = f"{key}[{i}]"
-        if isinstance(stage, str):
-            stage = {"name": stage}
-        if not isinstance(stage, dict) or not isinstance(stage.get("name"), str):
-            raise ConfigError(f"{path}: {where}: expected a mapping with a 'name' key")
-        name = stage["name"]
-        if name not in STAGES:
-            raise ConfigError(f"{path}: {where}.name: unknown stage '{name}'{_did_you_mean(name, STAGES)}; known stages: {', '.join(STAGES)}")
-        if name in STAGE_KEYS:
-            extra = dict(stage)
-            del extra["name"]
-            _check_keys(extra, STAGE_KEYS[name], IGNORED_KEYS, f"{path}: {where}", notes)
-        resolved.append(dict(stage, where=where))
-    return resolved
+def _url_problem(url: str) -> str | None:
+    if re.match(r"^https?://[^/\s:@]+(:\d+)?(/\S*)?$", url):
+        return None
+    hint = f" (e.g. http://{url})" if "://" not in url else ""
+    return f"'{url}' is not a URL: expected http:// or https://, a host and an optional port{hint}"
 
 
-def _flow_controller(stage: dict, path, notes: list) -> None:
-    where = stage["where"]
-    if "max_turns" in stage:
-        # DiGiT lets the stage carry its own max_turns; here the task's max_turns alone bounds a conversation.
-        notes.append(f"{path}: {where}.max_turns: DiGiT setting, ignored here (the task's max_turns applies)")
-        stage.pop("max_turns")
-    patterns = stage.get("patterns")
-    if not isinstance(patterns, list) or not patterns:
-        raise ConfigError(f"{path}: {where}.patterns: expected a non-empty list of patterns (name, hint, weight)")
-    names = set()
-    for i, pattern in enumerate(patterns):
-        at = f"{where}.patterns[{i}]"
-        if not isinstance(pattern, dict):
-            raise ConfigError(f"{path}: {at}: expected a mapping with name, description, hint, weight")
-        _check_keys(pattern, {"name", "description", "hint", "weight"}, set(), f"{path}: {at}", [])
-        name = pattern.get("name")
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{path}: {at}.name: expected a non-empty string")
-        if name in names:
-            raise ConfigError(f"{path}: {at}.name: pattern '{name}' appears twice: names must be unique")
-        names.add(name)
-        if not isinstance(pattern.get("hint"), str) or not pattern["hint"].strip():
-            raise ConfigError(f"{path}: {at}.hint: pattern '{name}' needs a hint (the instruction passed to the user stage)")
-        weight = pattern.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise ConfigError(f"{path}: {at}.weight: expected a number >= 0, got {weight!r}")
-        pattern["weight"] = float(weight)
-        pattern.setdefault("description", pattern["hint"])
-    terminations = stage.get("termination_patterns") or []
-    if isinstance(terminations, str):
-        terminations = [terminations]
-    if not isinstance(terminations, list):
-        raise ConfigError(f"{path}: {where}.termination_patterns: expected a list of pattern names")
-    for name in terminations:
-        if name not in names:
-            raise ConfigError(f"{path}: {where}.termination_patterns: '{name}' is not one of the patterns{_did_you_mean(name, names)}: add a pattern with that name")
-    stage["termination_patterns"] = terminations
-    if not any(p["weight"] > 0 and p["name"] not in terminations for p in patterns):
-        raise ConfigError(f"{path}: {where}.patterns: at least one non-termination pattern needs a weight > 0")
-    for switch in ("generate_hint", "judge_eligibility"):
-        value = stage.setdefault(switch, True)
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: {where}.{switch}: expected true or false, got {value!r}")
+# --- sections -----------------------------------------------------------------------------
 
-
-def _engine(raw, overrides: dict, path) -> dict:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: engine: expected a mapping (type, model, base_url, ...)")
-    _check_keys(raw, set(DEFAULT_ENGINE), set(), f"{path}: engine", [])
-    engine = dict(DEFAULT_ENGINE, **raw)
+def _engine(raw: dict, overrides: dict, path) -> dict:
+    engine = check_fields(raw, ENGINE_FIELDS, f"{path}: engine.", [])
     type_flag = overrides.get("engine")
     if type_flag and type_flag != engine["type"]:
         # The task's model, URL and reply cap belong to its own engine type; a switched engine starts from its defaults.
-        engine.update(type=type_flag, model=None, base_url=None, max_tokens=None)
-    for key in ("model", "base_url", "temperature", "max_tokens", "concurrency", "api_key"):
+        engine.update(model=None, base_url=None, max_tokens=None)
+    for key, name in OVERRIDES.items():
         if overrides.get(key) is not None:
-            engine[key] = overrides[key]
-    where = f"{path}: engine"
-    if engine["type"] not in ENGINE_TYPES:
-        raise ConfigError(f"{where}.type: unknown engine '{engine['type']}'{_did_you_mean(engine['type'], ENGINE_TYPES)}; known: {', '.join(ENGINE_TYPES)}")
-    if engine["model"] is None:
-        engine["model"] = DEFAULT_MODELS[engine["type"]]
-    if engine["max_tokens"] is None:
-        engine["max_tokens"] = DEFAULT_MAX_TOKENS[engine["type"]]
-    urls = engine["base_url"] or DEFAULT_BASE_URLS[engine["type"]]
-    if engine["type"] == "ollama" and not engine["base_url"] and os.environ.get("OLLAMA_HOST"):
+            spec = spec_of(ENGINE_FIELDS, name)
+            engine[name] = check_value(overrides[key], spec, spec["flag"] or f"{key} (override)")
+    kind = engine["type"]
+    engine["model"] = engine["model"] or DEFAULT_MODELS[kind]
+    engine["max_tokens"] = engine["max_tokens"] or DEFAULT_MAX_TOKENS[kind]
+    urls = engine.pop("base_url") or DEFAULT_BASE_URLS[kind]
+    if kind == "ollama" and urls == DEFAULT_BASE_URLS[kind] and os.environ.get("OLLAMA_HOST"):
+        # The default URL (as the shipped task.yaml writes it) gives way to Ollama's own variable:
+        # host, host:port or a URL.
         urls = os.environ["OLLAMA_HOST"]
+        urls = urls if "://" in urls else "http://" + urls
         if not re.search(r":\d+/?$", urls):
             urls += ":11434"  # OLLAMA_HOST=0.0.0.0 means Ollama's own port, not http's 80
-    engine["base_urls"] = [] if urls is None else _urls(urls, where)
-    del engine["base_url"]
-    for key, low in (("temperature", 0), ("max_tokens", 1), ("json_max_tokens", 1), ("timeout", 0.001), ("retries", 0), ("n_ctx", 256)):
-        value = engine[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
-            raise ConfigError(f"{where}.{key}: expected a number >= {low}, got {value!r}")
-    if engine["concurrency"] is not None and (not isinstance(engine["concurrency"], int) or engine["concurrency"] < 1):
-        raise ConfigError(f"{where}.concurrency: expected a whole number >= 1, got {engine['concurrency']!r}")
+        if problem := _url_problem(urls):
+            raise ConfigError(f"OLLAMA_HOST: {problem}")
+    engine["base_urls"] = _split_urls(urls) if urls else []
     return engine
 
 
-def _urls(urls, where: str) -> list[str]:
-    if isinstance(urls, str):
-        urls = [urls]
-    if not isinstance(urls, list):
-        raise ConfigError(f"{where}.base_url: expected a URL or a list of URLs")
-    result = []
-    for url in urls:
-        for part in str(url).split(","):
-            part = part.strip().rstrip("/")
-            if not part:
-                continue
-            if not re.match(r"^[a-z]+://", part):
-                part = "http://" + part  # OLLAMA_HOST is often host:port
-            if not re.match(r"^https?://[^/\s:]+(:\d+)?(/\S*)?$", part):
-                raise ConfigError(f"{where}.base_url: '{part}' is not a URL: expected e.g. http://localhost:11434")
-            result.append(part)
-    if not result:
-        raise ConfigError(f"{where}.base_url: empty: give a URL such as http://localhost:11434")
-    return result
+def _stage(raw, where: str, task: dict, path, notes: list) -> dict:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise ConfigError(f"{path}: {where}: expected a mapping with a 'name' key, got {raw!r}")
+    name = raw["name"]
+    if name not in STAGES:
+        raise ConfigError(f"{path}: {where}.name: unknown stage '{name}'{_did_you_mean(name, STAGES)}; "
+                          f"known stages: {', '.join(STAGES)}")
+    if name not in STAGE_FIELDS:
+        return dict(raw, where=where)  # a user's own stage: its settings are its business
+    settings = {key: value for key, value in raw.items() if key != "name"}
+    stage = check_fields(settings, STAGE_FIELDS[name], f"{path}: {where}.", notes, IGNORED_STAGE_KEYS)
+    stage.update(name=name, where=where)
+    if name == "sample/persona":
+        store = check_fields(stage["persona_store"], DATA_STORE_FIELDS, f"{path}: {where}.persona_store.", notes)
+        task["personas"] = load_personas(_data_path(store["data_path"], path, f"{where}.persona_store.data_path"))
+    elif name == "lm/flow_controller":
+        _flow_controller(stage, f"{path}: {where}.", notes)
+    elif name in ("lm/user/guided", "lm/assistant/naive") and stage["max_tokens"] is None:
+        # A chit-chat user writes a line or two; capping them keeps transcripts (and prompts) short.
+        cap = task["engine"]["max_tokens"]
+        stage["max_tokens"] = min(160, cap) if name == "lm/user/guided" else cap
+    return stage
 
 
-def _data_path(value, base: Path, path, field: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{path}: {field}: expected a file path")
+def _flow_controller(stage: dict, prefix: str, notes: list) -> None:
+    if not stage["patterns"]:
+        raise ConfigError(f"{prefix}patterns: expected a non-empty list of patterns (name, hint, weight)")
+    patterns, names = [], set()
+    for i, raw in enumerate(stage["patterns"]):
+        pattern = check_fields(raw, PATTERN_FIELDS, f"{prefix}patterns[{i}].", notes)
+        if pattern["name"] in names:
+            raise ConfigError(f"{prefix}patterns[{i}].name: pattern '{pattern['name']}' appears twice: names must be unique")
+        if not pattern["hint"].strip():
+            raise ConfigError(f"{prefix}patterns[{i}].hint: pattern '{pattern['name']}' needs a hint "
+                              "(the instruction passed to the user stage)")
+        names.add(pattern["name"])
+        pattern["description"] = pattern["description"] or pattern["hint"]
+        patterns.append(pattern)
+    terminations = stage["termination_patterns"]
+    for name in terminations:
+        if name not in names:
+            raise ConfigError(f"{prefix}termination_patterns: '{name}' is not one of the patterns"
+                              f"{_did_you_mean(name, names)}: add a pattern with that name")
+    if not any(p["weight"] > 0 and p["name"] not in terminations for p in patterns):
+        raise ConfigError(f"{prefix}patterns: at least one non-termination pattern needs a weight > 0")
+    stage["patterns"] = patterns
+
+
+def _data_path(value: str, path, at: str) -> Path:
     def expand(match):
         name = match.group(1)
         if name not in os.environ:
-            raise ConfigError(f"{path}: {field}: environment variable ${{{name}}} is not set: export {name}=... or write the path out")
+            raise ConfigError(f"{path}: {at}: environment variable ${{{name}}} is not set: export {name}=... or write the path out")
         return os.environ[name]
     resolved = Path(re.sub(r"\$\{(\w+)\}", expand, value)).expanduser()
     if not resolved.is_absolute():
-        resolved = base / resolved
+        resolved = Path(path).resolve().parent / resolved
     if not resolved.is_file():
-        raise ConfigError(f"{path}: {field}: file {resolved} not found: fix the path (relative paths start at the task file's folder)")
+        raise ConfigError(f"{path}: {at}: file {resolved} not found: fix the path (relative paths start at the task file's folder)")
     return resolved
 
 
-def _jsonl(path: Path):
-    """Yield (line_number, object) for each non-blank line; a bad line is a ConfigError."""
-    with open(path, "rb") as lines:
-        for number, raw in enumerate(lines, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ConfigError(f"{path} line {number}: not UTF-8 text: save the file as UTF-8")
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path} line {number}: not valid JSON ({exc.msg}): one JSON object per line")
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path} line {number}: expected a JSON object, got {type(value).__name__}")
-            yield number, value
+# --- data files ---------------------------------------------------------------------------
+
+def _objects(path: Path):
+    """(line number, object) for each non-blank line; a line that is not a JSON object is a ConfigError."""
+    for number, _, value, problem in read_jsonl(path):
+        if problem:
+            fix = "save the file as UTF-8" if "UTF-8" in problem else "one JSON object per line"
+            raise ConfigError(f"{path} line {number}: {problem}: {fix}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} line {number}: expected a JSON object, got {type(value).__name__}")
+        yield number, value
+
+
+PERSONA_TEXT_FIELDS = [field(key, "str", None, "") for key in ("expertise", "domain", "style_override")]
+TRAIT_FIELD = field("trait", "number", None, "", low=-1, high=1)
 
 
 def load_personas(path: Path) -> list[dict]:
     """Personas with every field present: `role` required, the rest defaulted when missing or null."""
     personas = []
-    for number, raw in _jsonl(path):
-        at = f"{path} line {number}"
+    for number, raw in _objects(path):
+        at = f"{path} line {number}: "
         role = raw.get("role")
         if not isinstance(role, str) or not role.strip():
-            raise ConfigError(f"{at}: role: every persona needs a non-empty 'role' string")
+            raise ConfigError(f"{at}role: every persona needs a non-empty 'role' string")
         persona = {"role": role.strip()}
-        for key in ("expertise", "domain", "style_override"):
-            value = raw.get(key)
-            if value is not None and not isinstance(value, str):
-                raise ConfigError(f"{at}: {key}: expected a string or null, got {value!r}")
-            persona[key] = value.strip() if value and value.strip() else None
+        for spec in PERSONA_TEXT_FIELDS:
+            value = check_value(raw.get(spec["name"]), spec, at + spec["name"])
+            persona[spec["name"]] = value.strip() if value and value.strip() else None
         goals = raw.get("goals") or []
-        if isinstance(goals, str):
-            goals = [goals]
+        goals = [goals] if isinstance(goals, str) else goals
         if not isinstance(goals, list) or not all(isinstance(g, str) for g in goals):
-            raise ConfigError(f"{at}: goals: expected a list of strings, got {goals!r}")
-        persona["goals"] = goals
+            raise ConfigError(f"{at}goals: expected a list of strings, got {goals!r}")
         personality = raw.get("personality") or {}
         if not isinstance(personality, dict):
-            raise ConfigError(f"{at}: personality: expected an object like {{\"openness\": 0.5}}, got {personality!r}")
+            raise ConfigError(f"{at}personality: expected an object like {{\"openness\": 0.5}}, got {personality!r}")
         for trait, value in personality.items():
             if trait not in BIG_FIVE:
-                raise ConfigError(f"{at}: personality.{trait}: unknown trait{_did_you_mean(trait, BIG_FIVE)}; known: {', '.join(BIG_FIVE)}")
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not -1 <= value <= 1):
-                raise ConfigError(f"{at}: personality.{trait}: expected a number in [-1, 1], got {value!r}")
-        persona["personality"] = {t: float(personality.get(t) or 0.0) for t in BIG_FIVE}
+                raise ConfigError(f"{at}personality.{trait}: unknown trait{_did_you_mean(trait, BIG_FIVE)}; known: {', '.join(BIG_FIVE)}")
+            check_value(value, TRAIT_FIELD, f"{at}personality.{trait}")
+        persona.update(goals=goals, personality={t: float(personality.get(t) or 0.0) for t in BIG_FIVE})
         personas.append(persona)
     if not personas:
         raise ConfigError(f"{path}: no personas: add one JSON object per line with at least a 'role'")
@@ -384,7 +400,7 @@ def load_seed_scenarios(path: Path) -> list[str]:
     Each seed is checked for the shape of a complete conversation record, ours or DiGiT's.
     """
     scenarios = []
-    for number, record in _jsonl(path):
+    for number, record in _objects(path):
         at = f"{path} line {number}"
         steps = record.get("steps")
         if not isinstance(steps, list) or not steps:
@@ -396,48 +412,32 @@ def load_seed_scenarios(path: Path) -> list[str]:
             if not isinstance(step.get("content"), str):
                 raise ConfigError(f"{at}: steps[{i}].content: expected a string")
         roles = [s["role"] for s in steps]
-        scenario = [s["content"].strip() for s in steps if s["role"] == "scenario"]
-        if not scenario or not scenario[0]:
+        scenario = next((s["content"].strip() for s in steps if s["role"] == "scenario"), "")
+        if not scenario:
             raise ConfigError(f"{at}: no scenario step: each seed needs a step with role 'scenario' and its sentence")
         if "user" not in roles or "assistant" not in roles:
             raise ConfigError(f"{at}: a seed needs at least one user and one assistant step")
-        scenarios.append(scenario[0])
+        scenarios.append(scenario)
     if not scenarios:
         raise ConfigError(f"{path}: no seed examples: add one conversation record per line")
     return scenarios
 
 
-def render_persona(persona: dict) -> str:
-    """One line describing a persona, as shown to the user stage and stored in the persona step.
+# --- the README's key reference -----------------------------------------------------------
 
-    >>> render_persona({"role": "retired nurse", "expertise": None, "domain": "gardening",
-    ...   "goals": ["grow tomatoes"], "personality": {"openness": 0.8}, "style_override": None})
-    'Role: retired nurse. Domain: gardening. Goals: grow tomatoes. Personality: curious and imaginative.'
-    """
-    parts = [f"Role: {persona['role']}."]
-    if persona.get("expertise"):
-        parts.append(f"Expertise: {persona['expertise']}.")
-    if persona.get("domain"):
-        parts.append(f"Domain: {persona['domain']}.")
-    if persona.get("goals"):
-        parts.append(f"Goals: {'; '.join(persona['goals'])}.")
-    traits = personality_traits(persona.get("personality") or {})
-    if traits:
-        parts.append(f"Personality: {', '.join(traits)}.")
-    if persona.get("style_override"):
-        parts.append(f"Style: {persona['style_override']}.")
-    return " ".join(parts)
-
-
-TRAIT_WORDS = {  # (low, high) for each Big-Five trait; |value| < 0.3 says nothing
-    "openness": ("conventional and practical", "curious and imaginative"),
-    "conscientiousness": ("relaxed and spontaneous", "organised and thorough"),
-    "extraversion": ("reserved and quiet", "outgoing and talkative"),
-    "agreeableness": ("blunt and sceptical", "warm and cooperative"),
-    "neuroticism": ("calm and even-tempered", "anxious and easily worried"),
-}
-
-
-def personality_traits(personality: dict) -> list[str]:
-    return [TRAIT_WORDS[t][value > 0] for t, value in personality.items()
-            if t in TRAIT_WORDS and abs(value or 0) >= 0.3]
+def key_reference() -> str:
+    """The Markdown tables of every task-file key, as the README shows them (a test compares)."""
+    sections = [("top level", TASK_FIELDS), ("engine", ENGINE_FIELDS),
+                ("seed_datastore, persona_store", DATA_STORE_FIELDS)]
+    sections += [(f"stage `{name}`", fields) for name, fields in STAGE_FIELDS.items() if fields]
+    sections += [("each of the flow controller's `patterns`", PATTERN_FIELDS)]
+    lines = []
+    for title, fields in sections:
+        lines += [f"**{title}**", "", "| key | type | default | doc |", "| --- | --- | --- | --- |"]
+        for spec in fields:
+            default = "required" if spec["default"] is REQUIRED else \
+                f"`{yaml.safe_dump(spec['default']).replace(chr(10) + '...', '').strip()}`"
+            flag = f" (flag `{spec['flag']}`)" if spec["flag"] else ""
+            lines.append(f"| `{spec['name']}` | {describe(spec)} | {default} | {spec['doc']}{flag} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -5,8 +5,8 @@ Every engine is one function with the same shape, built by `make_chat(engine)`:
     chat = make_chat({"type": "ollama", "model": "granite4:3b", "base_urls": ["http://localhost:11434"], ...})
     text = chat([{"role": "user", "content": "Hi"}], json_schema=None, temperature=0.7, max_tokens=64, seed=1)
 
-`check_engine(engine)` runs once before any work and turns "server down" or "model missing"
-into a `ConfigError` naming the fix. A call that fails after its retries raises `LMError`;
+`check_engine(engine)` runs once before any work, returns the engine resolved (model path or
+served model) and turns "server down" or "model missing" into a `ConfigError` naming the fix. A call that fails after its retries raises `LMError`;
 the pipeline drops that conversation and goes on.
 """
 
@@ -175,16 +175,21 @@ def _retry_after(response) -> float | None:
         return None
 
 
-def check_engine(engine: dict) -> None:
-    """Fail fast, before any work, when the server is unreachable or the model is missing."""
+def check_engine(engine: dict) -> dict:
+    """The engine settings resolved (the local model's path, the served model), checked to work.
+
+    Fails fast, before any work, with a ConfigError naming the fix when a server is unreachable
+    or the model is missing. The argument is left as it was.
+    """
+    engine = dict(engine)
     if engine["type"] == "local":
         engine["model"] = _local_model_path(engine["model"])
-        return
     for url in engine["base_urls"]:
         if engine["type"] == "ollama":
             _check_ollama(url, engine)
-        else:
-            _check_openai(url, engine)
+        elif engine["type"] == "openai":
+            engine["model"] = _check_openai(url, engine)
+    return engine
 
 
 def _get_json(url: str, engine: dict, down: str, headers=None) -> dict:
@@ -210,7 +215,8 @@ def _check_ollama(url: str, engine: dict) -> None:
         raise ConfigError(f"model '{model}' not found at {url}: run 'ollama pull {model}'")
 
 
-def _check_openai(url: str, engine: dict) -> None:
+def _check_openai(url: str, engine: dict) -> str:
+    """The model to use at `url`: the one asked for, or without one the first the server lists."""
     models = _get_json(url + "/v1/models", engine,
                        f"cannot reach an OpenAI-compatible server at {url}: start it (vLLM, llama-server, ...) or pass --base-url",
                        _auth_headers(engine))
@@ -218,9 +224,10 @@ def _check_openai(url: str, engine: dict) -> None:
     if engine["model"] is None:
         if not served:
             raise ConfigError(f"{url}/v1/models lists no model: pass --model")
-        engine["model"] = served[0]
-    elif served and engine["model"] not in served:
+        return served[0]
+    if served and engine["model"] not in served:
         raise ConfigError(f"model '{engine['model']}' is not served at {url} (it serves: {', '.join(served[:5])}): pass one of those with --model")
+    return engine["model"]
 
 
 # --- local: an embedded GGUF model through llama-cpp-python -------------------------------

@@ -1,8 +1,8 @@
 """The loop: run one conversation through the stages, and run many of them at once.
 
-    >>> task = load_task("task.yaml")
-    >>> for record in generate(task, 3, chat=my_chat, seed=1):
-    ...     print(record["conversation_id"], len(record["steps"]))
+    task = load_task("task.yaml")
+    for record in generate(task, 3, chat=my_chat, seed=1):
+        print(record["conversation_id"], len(record["steps"]))
 
 `generate` writes nothing; the CLI (cli.py) writes what it yields with store.py.
 """
@@ -12,17 +12,16 @@ from __future__ import annotations
 import collections
 import random
 import threading
-import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from .engines import LMError, check_engine, make_chat
-from .stages import STAGES, last_step
+from .record import last_step, messages, new_record
+from .stages import STAGES
 
 
 def run_conversation(task: dict, ctx: dict) -> tuple[dict | None, str | None]:
     """Return (record, None) when accepted, or (None, drop reason)."""
-    record = {"task_name": task["task_name"], "is_seed": False,
-              "conversation_id": uuid.uuid4().hex, "steps": []}  # random: unique across runs and machines
+    record = new_record(task["task_name"])
     try:
         reason = run_stages(task["initialization_stages"], record, ctx)
         for turn in range(1, task["max_turns"] + 1):
@@ -35,9 +34,9 @@ def run_conversation(task: dict, ctx: dict) -> tuple[dict | None, str | None]:
                 break  # the closing exchange was this turn's user and assistant messages
     except LMError as exc:
         reason = f"LM call failed: {exc}"
-    messages = [s for s in record["steps"] if s["role"] in ("user", "assistant")]
-    turns = sum(1 for s in messages if s["role"] == "assistant")
-    if reason is None and any(not s["content"].strip() for s in messages):
+    said = messages(record)
+    turns = sum(1 for m in said if m["role"] == "assistant")
+    if reason is None and any(not m["content"].strip() for m in said):
         reason = "empty message"
     if reason is None and not task["min_turns"] <= turns <= task["max_turns"]:
         reason = f"{turns} turns, outside min_turns..max_turns"
@@ -60,27 +59,32 @@ def run_stages(stages: list[dict], record: dict, ctx: dict) -> str | None:
     return None
 
 
+def new_stats() -> dict:
+    """The figures of a run, one dict that the progress line, the summary and the run log read.
+
+    accepted, dropped ({reason: count}) and calls are kept by `generate`; prompt_tokens and
+    completion_tokens by whoever sees the engine's usage (cli.py passes `count_tokens`).
+    """
+    return {"accepted": 0, "dropped": collections.Counter(), "calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+
 def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, concurrency: int = 1,
              stats: dict | None = None, stop: threading.Event | None = None, trace=None):
     """Yield `n` accepted records as they complete, with up to `concurrency` in flight.
 
-    `stats` (optional) is updated in this thread: accepted, dropped ({reason: count}), calls.
-    A conversation is only started while accepted + in flight < n, so no call is spent on a
-    conversation that could not be kept; a drop starts a replacement. `stop` ends the run early.
-    `trace(event, **data)` is called on every LM call and stage decision (see trace.py).
-    Without `chat`, the task's own engine is checked and used. If every conversation keeps
-    being dropped (the LM failing, or a stage that always drops), LMError is raised instead of
-    spending calls forever.
+    `stats` (optional: a dict, filled in as `new_stats`) is updated in this thread. A conversation is only
+    started while accepted + in flight < n, so no call is spent on a conversation that could
+    not be kept; a drop starts a replacement. `stop` ends the run early. `trace(event, **data)`
+    is called on every LM call and stage decision (see trace.py). Without `chat`, the task's own
+    engine is checked and used. If every conversation keeps being dropped (the LM failing, or a
+    stage that always drops), LMError is raised instead of spending calls forever.
     """
     if chat is None:
-        check_engine(task["engine"])
-        chat = make_chat(task["engine"])
-    seed = task.get("seed") if seed is None else seed
-    master = random.Random(seed)
-    stats = stats if stats is not None else {}
-    stats.setdefault("accepted", 0)
-    stats.setdefault("dropped", collections.Counter())
-    stats.setdefault("calls", 0)
+        chat = make_chat(check_engine(task["engine"]))
+    master = random.Random(task.get("seed") if seed is None else seed)
+    stats = {} if stats is None else stats
+    for key, value in new_stats().items():
+        stats.setdefault(key, value)  # a caller's {} fills in; a caller's figures add up
     stop = stop or threading.Event()
     memory = {"scenarios": collections.deque(maxlen=1000)}  # bounded: memory stays flat in n
     failures_in_a_row = drops_in_a_row = 0
@@ -89,30 +93,28 @@ def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, co
     max_failures, max_drops = 2 * concurrency + 3, max(50, 4 * concurrency)
 
     def start():
-        calls = [0]
+        ctx = {"task": task, "memory": memory, "trace": trace, "calls": 0,
+               "rng": random.Random(master.randrange(2**63))}
 
         def counted_chat(messages, json_schema=None, **options):
             if stop.is_set():
                 raise LMError("run stopped")
-            calls[0] += 1
+            ctx["calls"] += 1  # only this conversation's thread touches its ctx
             return chat(messages, json_schema=json_schema, **options)
 
-        ctx = {"task": task, "chat": counted_chat, "memory": memory, "trace": trace,
-               "rng": random.Random(master.randrange(2**63))}
-        future = pool.submit(run_conversation, task, ctx)
-        future.calls = calls
-        return future
+        ctx["chat"] = counted_chat
+        in_flight[pool.submit(run_conversation, task, ctx)] = ctx
 
     pool = ThreadPoolExecutor(max_workers=concurrency)
-    in_flight = set()
+    in_flight: dict = {}  # future -> its conversation's ctx
     try:
         while stats["accepted"] < n:
             while len(in_flight) < concurrency and stats["accepted"] + len(in_flight) < n:
-                in_flight.add(start())
-            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                start()
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 record, reason = future.result()
-                stats["calls"] += future.calls[0]
+                stats["calls"] += in_flight.pop(future)["calls"]
                 if record is None:
                     lm_failed = reason.startswith("LM call failed")
                     stats["dropped"]["LM call failed" if lm_failed else reason] += 1

@@ -91,6 +91,39 @@ TOPIC_HINTS = (
     "the history of a local bridge", "a weekly budget for groceries", "trying meditation",
 )
 
+
+
+def render_persona(persona: dict) -> str:
+    """One line describing a persona, as shown to the user stage and stored in the persona step.
+
+    >>> render_persona({"role": "retired nurse", "expertise": None, "domain": "gardening",
+    ...   "goals": ["grow tomatoes"], "personality": {"openness": 0.8}, "style_override": None})
+    'Role: retired nurse. Domain: gardening. Goals: grow tomatoes. Personality: curious and imaginative.'
+    """
+    parts = [f"Role: {persona['role']}."]
+    if persona.get("expertise"):
+        parts.append(f"Expertise: {persona['expertise']}.")
+    if persona.get("domain"):
+        parts.append(f"Domain: {persona['domain']}.")
+    if persona.get("goals"):
+        parts.append(f"Goals: {'; '.join(persona['goals'])}.")
+    traits = [TRAIT_WORDS[t][value > 0] for t, value in (persona.get("personality") or {}).items()
+              if t in TRAIT_WORDS and abs(value or 0) >= 0.3]
+    if traits:
+        parts.append(f"Personality: {', '.join(traits)}.")
+    if persona.get("style_override"):
+        parts.append(f"Style: {persona['style_override']}.")
+    return " ".join(parts)
+
+
+TRAIT_WORDS = {  # (low, high) for each Big-Five trait; |value| < 0.3 says nothing
+    "openness": ("conventional and practical", "curious and imaginative"),
+    "conscientiousness": ("relaxed and spontaneous", "organised and thorough"),
+    "extraversion": ("reserved and quiet", "outgoing and talkative"),
+    "agreeableness": ("blunt and sceptical", "warm and cooperative"),
+    "neuroticism": ("calm and even-tempered", "anxious and easily worried"),
+}
+
 TEMPLATES = {name: value for name, value in globals().items() if isinstance(value, Template)}
 
 

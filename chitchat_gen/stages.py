@@ -13,7 +13,7 @@ Adding a stage is one function and one decorator line:
 
     @stage("filter/short_users")
     def short_users(record, ctx):
-        users = [s for s in record["steps"] if s["role"] == "user"]
+        users = [m for m in messages(record) if m["role"] == "user"]
         return "user message too short" if users and len(users[-1]["content"]) < 10 else record
 """
 
@@ -23,8 +23,8 @@ import json
 import re
 
 from . import prompts
-from .config import render_persona
-from .stats import shingles
+from .record import last_step, messages, new_step
+from .text import jaccard, normalise, shingles
 
 STAGES: dict = {}
 
@@ -52,13 +52,10 @@ def template(ctx: dict, name: str, **variables) -> str:
     return prompts.render(name, ctx["task"]["prompts"], **variables)
 
 
-def new_step(role: str, content: str, ctx: dict, **fields) -> dict:
-    return {"role": role, "content": content, "stage_name": ctx["stage"]["name"],
-            "scores": {}, "metadata": {"turn": ctx.get("turn")} if ctx.get("turn") else {}, **fields}
-
-
-def last_step(record: dict, role: str) -> dict | None:
-    return next((s for s in reversed(record["steps"]) if s["role"] == role), None)
+def add_step(record: dict, ctx: dict, role: str, content: str, **fields) -> dict:
+    """Append a step written by the running stage in this turn; return the record."""
+    record["steps"].append(new_step(role, content, ctx["stage"]["name"], ctx.get("turn"), **fields))
+    return record
 
 
 def scenario_of(record: dict, ctx: dict) -> str:
@@ -72,7 +69,7 @@ def persona_of(record: dict) -> str:
 
 
 def transcript(record: dict) -> str:
-    lines = [f"{s['role'].capitalize()}: {s['content']}" for s in record["steps"] if s["role"] in ("user", "assistant")]
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages(record)]
     return "\n".join(lines) or "(nothing yet: this is the first message)"
 
 
@@ -82,7 +79,7 @@ NEXT_SPEAKER = re.compile(r"\n\s*\**(user|assistant|human|ai)\**\s*:", re.I)
 
 
 def clean(text: str) -> str:
-    """Strip labels, wrapping quotes, lines where the model went on as the other speaker, and loops.
+    r"""Strip labels, wrapping quotes, lines where the model went on as the other speaker, and loops.
 
     >>> clean('User: "Nice! Nice! What next?"\nAssistant: Well...')
     'Nice! What next?'
@@ -104,10 +101,6 @@ def drop_repeated_sentences(text: str) -> str:
             seen.add(key)
             kept.append(sentence)
     return text if len(kept) == len(sentences) else " ".join(kept)
-
-
-def normalise(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
 ASSISTANT_VOICE = re.compile(r"\b(as an ai|i'?m an ai|as a (large )?language model|how (can|may) i (help|assist) you|"
@@ -144,8 +137,7 @@ def scenario(record: dict, ctx: dict) -> dict | str:
     else:
         return problem
     ctx["memory"]["scenarios"].append(text)
-    record["steps"].append(new_step("scenario", text, ctx))
-    return record
+    return add_step(record, ctx, "scenario", text)
 
 
 def scenario_problem(text: str, examples: list[str], earlier: list[str], threshold: float | None) -> str | None:
@@ -155,7 +147,7 @@ def scenario_problem(text: str, examples: list[str], earlier: list[str], thresho
         return "scenario copies an example"
     if threshold is not None:
         grams = shingles(text)
-        if any(len(grams & g) / len(grams | g) >= threshold for g in map(shingles, earlier)):
+        if any(jaccard(grams, g) >= threshold for g in map(shingles, earlier)):
             return "scenario near-duplicate of an earlier one"
     return None
 
@@ -166,8 +158,7 @@ def persona(record: dict, ctx: dict) -> dict:
     chosen = ctx["rng"].choice(ctx["task"]["personas"])
     fields = {"target": "user", "persona_role": chosen["role"],
               **{k: chosen[k] for k in ("expertise", "domain", "goals", "personality", "style_override")}}
-    record["steps"].append(new_step("persona", render_persona(chosen), ctx, **fields))
-    return record
+    return add_step(record, ctx, "persona", prompts.render_persona(chosen), **fields)
 
 
 # --- iteration stages ----------------------------------------------------------------------
@@ -211,11 +202,9 @@ def flow_controller(record: dict, ctx: dict) -> dict:
             history=transcript(record), pattern=chosen["name"], description=chosen["description"],
             hint=chosen["hint"])}], max_tokens=120))
         hint = written or hint
-    record["steps"].append(new_step(
-        "flow_controller", chosen["name"], ctx, terminate=chosen["name"] in closing, hint=hint,
-        eligible_patterns=[p["name"] for p in eligible], weights={p["name"]: p["weight"] for p in eligible},
-        reasoning=reasoning))
-    return record
+    return add_step(record, ctx, "flow_controller", chosen["name"], terminate=chosen["name"] in closing, hint=hint,
+                    eligible_patterns=[p["name"] for p in eligible], weights={p["name"]: p["weight"] for p in eligible},
+                    reasoning=reasoning)
 
 
 def eligibility_schema(names: list[str]) -> dict:
@@ -255,21 +244,16 @@ def user(record: dict, ctx: dict) -> dict | str:
     for _ in range(2):  # one retry when the model slips into the assistant's voice
         text = clean(lm(ctx, messages, max_tokens=ctx["stage"]["max_tokens"]))
         if text and not ASSISTANT_VOICE.search(text):
-            record["steps"].append(new_step("user", text, ctx))
-            return record
+            return add_step(record, ctx, "user", text)
     return "user message empty" if not text else "user message in the assistant's voice"
 
 
 @stage("lm/assistant/naive")
 def assistant(record: dict, ctx: dict) -> dict | str:
     """A helpful, friendly reply given the scenario and the history (the persona stays hidden)."""
-    messages = [{"role": "system", "content": template(ctx, "ASSISTANT_SYSTEM", scenario=scenario_of(record, ctx))}]
-    messages += [{"role": s["role"], "content": s["content"]} for s in record["steps"] if s["role"] in ("user", "assistant")]
-    text = clean(lm(ctx, messages, max_tokens=ctx["stage"]["max_tokens"]))
-    if not text:
-        return "assistant message empty"
-    record["steps"].append(new_step("assistant", text, ctx))
-    return record
+    prompt = [{"role": "system", "content": template(ctx, "ASSISTANT_SYSTEM", scenario=scenario_of(record, ctx))}]
+    text = clean(lm(ctx, prompt + messages(record), max_tokens=ctx["stage"]["max_tokens"]))
+    return add_step(record, ctx, "assistant", text) if text else "assistant message empty"
 
 
 # --- filters -------------------------------------------------------------------------------
@@ -280,11 +264,11 @@ def unique_first_user(record: dict, ctx: dict) -> dict | str:
 
     Put it right after lm/user/guided. Only this run's conversations are compared.
     """
-    users = [s for s in record["steps"] if s["role"] == "user"]
+    users = [m for m in messages(record) if m["role"] == "user"]
     if len(users) != 1:
         return record
-    key = normalise(users[0]["content"])
-    seen = ctx["memory"].setdefault("first_users", set())
-    before = len(seen)
-    seen.add(key)  # subtle: one atomic add, so two threads with the same opener cannot both pass
-    return record if len(seen) > before else "first user message repeats an earlier conversation"
+    openers = ctx["memory"].setdefault("first_users", {})
+    # subtle: dict.setdefault checks and claims the opener in one step (no Python code runs in
+    # between, so no thread switch): of two conversations with the same opener, exactly one owns it.
+    owner = openers.setdefault(normalise(users[0]["content"]), record["conversation_id"])
+    return record if owner == record["conversation_id"] else "first user message repeats an earlier conversation"

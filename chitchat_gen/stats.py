@@ -14,17 +14,14 @@ distinct-1/2 and mean length (words) of user and of assistant messages; persona 
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from .record import read_jsonl
+from .text import jaccard, normalise, shingles, words
+
 NEAR_DUPLICATE = 0.5  # word 3-gram Jaccard at or above which two scenarios count as near-duplicates
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
 
 
 def new_tally() -> dict:
@@ -47,11 +44,6 @@ def distinct(tally: dict, n: int) -> float:
     return len(tally[f"distinct_{n}"]) / total if total else 0.0
 
 
-def shingles(text: str, n: int = 3) -> set:
-    tokens = words(text)
-    return {tuple(tokens[i:i + n]) for i in range(max(1, len(tokens) - n + 1))}
-
-
 def near_duplicates(texts: list[str], threshold: float = NEAR_DUPLICATE, scan: int = 200) -> int:
     """How many texts repeat an earlier text exactly (normalised) or with 3-gram Jaccard >= threshold.
 
@@ -66,7 +58,7 @@ def near_duplicates(texts: list[str], threshold: float = NEAR_DUPLICATE, scan: i
         key = frozenset(grams)
         rarer = sorted(grams, key=frequency.__getitem__)[:len(grams) // 2 + 1]
         candidates = {j for g in rarer for j in index[g][-scan:]}
-        if key in exact or any(len(grams & sets[j]) / len(grams | sets[j]) >= threshold for j in candidates):
+        if key in exact or any(jaccard(grams, sets[j]) >= threshold for j in candidates):
             count += 1
         exact.add(key)
         for g in grams:
@@ -118,31 +110,26 @@ def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = Tru
     conversations, turns, closing = 0, Counter(), 0
     picks, scenarios, personas = Counter(), [], Counter()
     tallies = {"user": new_tally(), "assistant": new_tally()}
-    with open(path, encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from a killed run
-            if not isinstance(record, dict):
-                continue
-            steps = record.get("steps") or []
-            conversations += 1
-            turns[sum(1 for s in steps if s.get("role") == "assistant")] += 1
-            flows = [i for i, s in enumerate(steps) if s.get("role") == "flow_controller"]
-            if flows and steps[flows[-1]].get("terminate") and \
-                    [s.get("role") for s in steps[flows[-1] + 1:]] == ["user", "assistant"]:
-                closing += 1
-            for s in steps:
-                role = s.get("role")
-                if role == "flow_controller":
-                    picks[s.get("content")] += 1
-                elif role == "scenario" and text_figures:
-                    scenarios.append(s.get("content") or "")
-                elif role == "persona":
-                    personas[s.get("persona_role") or s.get("content")] += 1
-                elif role in tallies and text_figures:
-                    add_message(tallies[role], s.get("content") or "")
+    for _, _, record, _ in read_jsonl(path):
+        if not isinstance(record, dict):
+            continue  # a torn last line from a killed run
+        steps = record.get("steps") or []
+        conversations += 1
+        turns[sum(1 for s in steps if s.get("role") == "assistant")] += 1
+        flows = [i for i, s in enumerate(steps) if s.get("role") == "flow_controller"]
+        if flows and steps[flows[-1]].get("terminate") and \
+                [s.get("role") for s in steps[flows[-1] + 1:]] == ["user", "assistant"]:
+            closing += 1
+        for s in steps:
+            role = s.get("role")
+            if role == "flow_controller":
+                picks[s.get("content")] += 1
+            elif role == "scenario" and text_figures:
+                scenarios.append(s.get("content") or "")
+            elif role == "persona":
+                personas[s.get("persona_role") or s.get("content")] += 1
+            elif role in tallies and text_figures:
+                add_message(tallies[role], s.get("content") or "")
     result = {
         "conversations": conversations,
         "turns": dict(sorted(turns.items())),
@@ -152,7 +139,7 @@ def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = Tru
     }
     if text_figures:
         result["scenarios"] = len(scenarios)
-        result["duplicate_scenarios"] = len(scenarios) - len({" ".join(words(s)) for s in scenarios})
+        result["duplicate_scenarios"] = len(scenarios) - len(set(map(normalise, scenarios)))
         result["near_duplicate_scenarios"] = near_duplicates(scenarios)
     for role, tally in tallies.items() if text_figures else ():
         result[f"{role}_messages"] = tally["messages"]

@@ -2,17 +2,19 @@
 
     output/<task_name>/final_data.jsonl        one full record per accepted conversation
     output/<task_name>/formatted_output.jsonl  {"conversation_id", "messages"}, same ids, same order
+    output/<task_name>/rejected.jsonl          lines that repair took out, with line number and reason
+    output/<task_name>/runs.jsonl              one line per run (read by the dataset card)
 
 Each accepted record is appended and flushed to final_data.jsonl first, then to
 formatted_output.jsonl, so a killed run loses only conversations in flight. `open_store`
-repairs what a kill can leave behind (a torn last line, a formatted line not yet written, an
-id written twice) with final_data.jsonl as the source of truth, and holds a lock file so two
-runs cannot interleave their lines in one folder.
+repairs what a kill (or a hand edit) can leave behind, with final_data.jsonl as the source of
+truth: a line that is not a whole record (a torn last line, broken JSON) or repeats an id is
+moved to rejected.jsonl, never silently deleted; formatted lines are rebuilt from the records.
+It holds a lock file so two runs cannot interleave their lines in one folder.
 
-    >>> store = open_store(Path("output/demo"))
-    >>> store["existing"]          # accepted conversations already on disk
-    0
-    >>> append(store, record); close(store)
+    store = open_store(Path("output/demo"))
+    store["existing"], store["notes"]      # conversations already on disk, what repair did
+    append(store, record); close(store)
 """
 
 from __future__ import annotations
@@ -20,21 +22,27 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import ConfigError
+from .record import format_record, read_jsonl, to_line
 
 FINAL = "final_data.jsonl"
 FORMATTED = "formatted_output.jsonl"
-RUNS = "runs.jsonl"  # one line per run: what made the dataset (read by the dataset card)
+REJECTED = "rejected.jsonl"
+RUNS = "runs.jsonl"
 LOCK = ".lock"
 
 
-def format_record(record: dict) -> dict:
-    """The SFT view of a record: only the user and assistant messages."""
-    return {"conversation_id": record["conversation_id"],
-            "messages": [{"role": s["role"], "content": s["content"]}
-                         for s in record["steps"] if s["role"] in ("user", "assistant")]}
+def _open(path: Path, mode: str = "a"):
+    # subtle: "\n" line endings and UTF-8 on every OS, so the files are the same bytes everywhere.
+    return open(path, mode, encoding="utf-8", newline="\n")
+
+
+def count_existing(folder: Path) -> int:
+    """Whole, distinct records in the folder's final_data.jsonl; reads only, changes nothing."""
+    return len(scan(folder / FINAL)[0]) if (folder / FINAL).is_file() else 0
 
 
 def open_store(folder: Path) -> dict:
@@ -44,21 +52,20 @@ def open_store(folder: Path) -> dict:
         lock = _take_lock(folder)
     except OSError as exc:
         raise ConfigError(f"cannot write to {folder} ({exc.strerror}): choose a writable folder with --output-dir")
-    existing = repair(folder)
-    return {"folder": folder, "lock": lock, "existing": existing,
-            "final": open(folder / FINAL, "a", encoding="utf-8"),
-            "formatted": open(folder / FORMATTED, "a", encoding="utf-8")}
+    existing, notes = repair(folder)
+    return {"folder": folder, "lock": lock, "existing": existing, "notes": notes,
+            "final": _open(folder / FINAL), "formatted": _open(folder / FORMATTED)}
 
 
 def append(store: dict, record: dict) -> None:
     # subtle: final_data first; if we die between the two writes, repair() rebuilds the formatted line.
     for key, value in (("final", record), ("formatted", format_record(record))):
-        store[key].write(json.dumps(value, ensure_ascii=False) + "\n")
+        store[key].write(to_line(value))
         store[key].flush()
 
 
 def clear(store: dict) -> None:
-    """--restart: empty both files (called only once the engine is known to work)."""
+    """--restart: empty both files and the run log (called only once the engine is known to work)."""
     for key in ("final", "formatted"):
         store[key].truncate(0)
     (store["folder"] / RUNS).unlink(missing_ok=True)
@@ -68,17 +75,9 @@ def clear(store: dict) -> None:
 def log_run(store: dict, run: dict) -> list[dict]:
     """Append this run's summary to runs.jsonl; return every run logged in this folder."""
     path = store["folder"] / RUNS
-    with open(path, "a", encoding="utf-8") as out:
+    with _open(path) as out:
         out.write(json.dumps(run) + "\n")
-    return [run for run in map(_parse_run, _lines(path)) if run]
-
-
-def _parse_run(line: str) -> dict | None:
-    try:
-        run = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return run if isinstance(run, dict) and "accepted" in run else None
+    return [value for _, _, value, _ in read_jsonl(path) if isinstance(value, dict) and "accepted" in value]
 
 
 def close(store: dict) -> None:
@@ -87,71 +86,82 @@ def close(store: dict) -> None:
     store["lock"].close()  # releases the flock; the file stays, harmless
 
 
-def repair(folder: Path) -> int:
-    """Make the two files consistent after a crash; return how many conversations they hold.
+# --- repair -------------------------------------------------------------------------------
 
-    Drops torn or unparsable lines and repeated ids from final_data.jsonl, then rewrites
-    formatted_output.jsonl from it when the two disagree (formatted lines are rebuilt from records).
-    Streams line by line, so memory holds the ids only, never the records.
+def scan(path: Path) -> tuple[list[str], dict[int, str]]:
+    """(ids of the whole records in order, {line number: why that line is not one}) of a JSONL file.
+
+    Streams: memory holds the ids, never the records.
+    """
+    ids, bad, first = [], {}, {}
+    for number, text, value, problem in read_jsonl(path):
+        conversation_id = value.get("conversation_id") if isinstance(value, dict) else None
+        if not text.endswith("\n"):
+            bad[number] = "torn last line (a run was killed while writing it)"
+        elif problem:
+            bad[number] = problem
+        elif not isinstance(conversation_id, str):
+            bad[number] = "not a conversation record (no conversation_id)"
+        elif conversation_id in first:
+            bad[number] = f"repeats conversation_id {conversation_id} of line {first[conversation_id]}"
+        else:
+            first[conversation_id] = number
+            ids.append(conversation_id)
+    return ids, bad
+
+
+def repair(folder: Path) -> tuple[int, list[str]]:
+    """Make the two files consistent after a crash; return (conversations held, notes for the user).
+
+    Bad lines of final_data.jsonl, and formatted lines whose record is not kept, go to
+    rejected.jsonl (written and synced before the file they leave is replaced). A torn last
+    formatted line is rebuilt from its record, so it is not kept.
     """
     final, formatted = folder / FINAL, folder / FORMATTED
     final.touch()
-    seen, ids, total = set(), [], 0
-    for line in _lines(final):
-        total += 1
-        if conversation_id := _new_id(line, seen):
-            ids.append(conversation_id)
-    if len(ids) != total:
-        seen = set()
-        _rewrite(final, (line for line in _lines(final) if _new_id(line, seen)))
-    if _formatted_ids(formatted) != ids:
-        _rewrite(formatted, (json.dumps(format_record(r), ensure_ascii=False) + "\n"
-                             for r in map(_parse, _lines(final))))
-    return len(ids)
+    ids, bad = scan(final)
+    notes = []
+    if bad:
+        _reject(folder, final, bad)
+        _rewrite(final, (text for number, text, _, _ in read_jsonl(final) if number not in bad))
+        notes.append(_note(FINAL, bad))
+    formatted_ids, formatted_bad = scan(formatted) if formatted.exists() else ([], {})
+    if formatted_ids != ids or formatted_bad:
+        kept, orphans = set(ids), {}
+        for number, text, value, _ in read_jsonl(formatted):
+            if not text.endswith("\n"):
+                continue  # torn: its record (if whole) rebuilds it
+            if number in formatted_bad:
+                orphans[number] = formatted_bad[number]
+            elif value["conversation_id"] not in kept:
+                orphans[number] = f"its record is not in {FINAL}"
+        if orphans:
+            _reject(folder, formatted, orphans)
+            notes.append(_note(FORMATTED, orphans))
+        _rewrite(formatted, (to_line(format_record(value)) for number, _, value, _ in read_jsonl(final)))
+    return len(ids), notes
 
 
-def _parse(line: str) -> dict | None:
-    """A complete record line, or None for a torn, blank or foreign line."""
-    if not line.endswith("\n"):
-        return None  # torn: the writer died mid-line
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("conversation_id"), str) else None
+def _note(name: str, bad: dict[int, str]) -> str:
+    shown = "; ".join(f"line {number}: {reason}" for number, reason in list(bad.items())[:3])
+    more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return f"{name}: moved {len(bad)} bad line{'s' if len(bad) > 1 else ''} to {REJECTED} ({shown}{more})"
 
 
-def _new_id(line: str, seen: set) -> str | None:
-    """The line's conversation_id if the line is whole and the id not in `seen` (then added)."""
-    record = _parse(line)
-    if record is None or record["conversation_id"] in seen:
-        return None
-    seen.add(record["conversation_id"])
-    return record["conversation_id"]
-
-
-def _lines(path: Path):
-    # errors="replace": a torn last line may end inside a multi-byte character; it is dropped anyway.
-    with open(path, encoding="utf-8", errors="replace") as lines:
-        yield from lines
-
-
-def _formatted_ids(path: Path) -> list[str] | None:
-    if not path.exists():
-        return []
-    ids = []
-    for line in _lines(path):
-        record = _parse(line)
-        if record is None:
-            return None
-        ids.append(record["conversation_id"])
-    return ids
+def _reject(folder: Path, path: Path, bad: dict[int, str]) -> None:
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    with _open(folder / REJECTED) as out:
+        for number, text, _, _ in read_jsonl(path):
+            if number in bad:
+                out.write(to_line({"file": path.name, "line": number, "reason": bad[number], "date": when, "text": text}))
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _rewrite(path: Path, lines) -> None:
     """Write `lines` to a temporary file and rename it over `path` (atomic on POSIX)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
+    with _open(tmp, "w") as out:
         out.writelines(lines)
         out.flush()
         os.fsync(out.fileno())

@@ -1,5 +1,8 @@
 """The command line as a user runs it: a subprocess against a real local fake Ollama server."""
 
+import json
+
+import pytest
 import yaml
 
 from conftest import outputs, run_cli, read_jsonl
@@ -92,16 +95,38 @@ def test_missing_task_file(tmp_path):
     assert result.stderr.strip() == "Error: task file nope.yaml not found: pass an existing file with --task-paths"
 
 
-def test_bad_numbers_are_errors(task_dir):
-    for flags, message in ((("-n", 0), "--num-outputs-to-generate must be >= 1"),
-                           (("--concurrency", 0), "--concurrency must be >= 1")):
-        result = run_cli(*flags, cwd=task_dir)
-        assert result.returncode == 1 and result.stderr.startswith(f"Error: {message}")
+FLAG_CASES = [
+    (("-n", 0), "argument -n/--num-outputs-to-generate: expected a whole number >= 1, got 0"),
+    (("-n", "abc"), "argument -n/--num-outputs-to-generate: expected a whole number >= 1, got 'abc'"),
+    (("--concurrency", 0), "argument --concurrency: expected a whole number >= 1, got 0"),
+    (("--temperature", -1), "argument --temperature: expected a number >= 0, got -1.0"),
+    (("--max-tokens", 2.5), "argument --max-tokens: expected a whole number >= 1, got '2.5'"),
+    (("--base-url", "notaurl"), "argument --base-url: 'notaurl' is not a URL: expected http:// or https://, "
+                                "a host and an optional port (e.g. http://notaurl)"),
+    (("--base-url", "http://bad host"), "argument --base-url: 'http://bad host' is not a URL"),
+    (("--engine", "olama"), "argument --engine: invalid choice: 'olama'"),
+    (("--shard", "5/4"), "argument --shard: expected 1 <= I <= K"),
+]
 
 
-def test_bad_base_url(task_dir):
-    result = run_cli("--base-url", "http://bad host", cwd=task_dir)
-    assert result.returncode == 1 and "is not a URL" in result.stderr
+@pytest.mark.parametrize("flags,message", FLAG_CASES, ids=[" ".join(map(str, f)) for f, _ in FLAG_CASES])
+def test_a_bad_flag_is_one_error_line_naming_the_flag_exit_2(task_dir, flags, message):
+    result = run_cli(*flags, cwd=task_dir)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(f"Error: {message}")
+    assert "task.yaml" not in result.stderr  # the flag is to blame, not the file
+    assert not (task_dir / "output").exists()
+
+
+def test_a_folder_given_as_the_task_file_says_it_is_a_folder(task_dir):
+    result = run_cli("--task-paths", ".", cwd=task_dir)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: task file . is a directory: pass the task file inside it, e.g. task.yaml"
+
+
+def test_trace_offers_no_concurrency(task_dir):
+    result = run_cli("trace", "--help", cwd=task_dir)
+    assert result.returncode == 0 and "--seed" in result.stdout and "--concurrency" not in result.stdout
 
 
 def test_unknown_flag_is_a_usage_error(task_dir):
@@ -162,3 +187,29 @@ def test_bad_shard_is_a_usage_error(task_dir):
     for shard in ("4/3", "0/2", "x"):
         result = run_cli("--shard", shard, cwd=task_dir)
         assert result.returncode == 2 and "--shard" in result.stderr
+
+
+def test_a_corrupt_line_is_never_lost_even_when_the_server_is_down(task_dir, server):
+    assert run_cli("-n", 5, "--base-url", server.url, cwd=task_dir).returncode == 0
+    out = task_dir / OUT
+    lines = (out / "final_data.jsonl").read_text().splitlines(keepends=True)
+    corrupt = lines[2].replace("{", "{{", 1)  # a hand edit broke line 3
+    (out / "final_data.jsonl").write_text("".join(lines[:2] + [corrupt] + lines[3:]))
+    before = {name: (out / name).read_bytes() for name in ("final_data.jsonl", "formatted_output.jsonl")}
+
+    result = run_cli("--engine", "ollama", "-n", 5, "--base-url", free_port_url(), cwd=task_dir)
+    assert result.returncode == 1 and "cannot reach Ollama" in result.stderr
+    assert {name: (out / name).read_bytes() for name in before} == before  # start-up failed: nothing touched
+    assert not (out / "rejected.jsonl").exists()
+
+    result = run_cli("-n", 5, "--base-url", server.url, cwd=task_dir)
+    assert result.returncode == 0
+    assert "note: final_data.jsonl: moved 1 bad line to rejected.jsonl (line 3: not valid JSON" in result.stderr
+    assert "note: formatted_output.jsonl: moved 1 bad line to rejected.jsonl (line 3: its record is not in" in result.stderr
+    rejected = read_jsonl(out / "rejected.jsonl")
+    assert [(r["file"], r["line"]) for r in rejected] == [("final_data.jsonl", 3), ("formatted_output.jsonl", 3)]
+    assert rejected[0]["text"] == corrupt and "not valid JSON" in rejected[0]["reason"]
+    assert json.loads(rejected[1]["text"])["conversation_id"] == json.loads(lines[2])["conversation_id"]
+    final, formatted = outputs(task_dir)
+    assert len(final) == 5 and [r["conversation_id"] for r in final] == [r["conversation_id"] for r in formatted]
+    assert [r["conversation_id"] for r in final[:4]] == [json.loads(line)["conversation_id"] for line in lines[:2] + lines[3:]]

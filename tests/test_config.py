@@ -5,7 +5,8 @@ import json
 import pytest
 import yaml
 
-from chitchat_gen.config import ConfigError, load_task, render_persona
+from chitchat_gen.config import ConfigError, load_task
+from chitchat_gen.prompts import render_persona
 
 
 def write_task(task_dir, change):
@@ -59,8 +60,8 @@ def test_digit_bookkeeping_keys_are_accepted_with_a_note(task_dir):
 TASK_CASES = [
     ("missing task_name", lambda r: r.pop("task_name"), "task_name: missing"),
     ("task_name escapes", lambda r: r.update(task_name="../../etc"), "task_name"),
-    ("max_turns string", lambda r: r.update(max_turns="four"), "max_turns: expected int"),
-    ("max_turns bool", lambda r: r.update(max_turns=True), "max_turns: expected int"),
+    ("max_turns string", lambda r: r.update(max_turns="four"), "max_turns: expected a whole number >= 1, got 'four'"),
+    ("max_turns bool", lambda r: r.update(max_turns=True), "max_turns: expected a whole number >= 1, got True"),
     ("min_turns zero", lambda r: r.update(min_turns=0), ">= 1"),
     ("min > max", lambda r: r.update(min_turns=5, max_turns=3), "min_turns (5) is greater than max_turns (3)"),
     ("unknown top key", lambda r: r.update(max_turn=3), "unknown key 'max_turn' (did you mean 'max_turns'?)"),
@@ -85,11 +86,17 @@ TASK_CASES = [
     ("missing personas file", lambda r: r["initialization_stages"][1]["persona_store"].update(data_path="nope.jsonl"), "nope.jsonl not found"),
     ("persona store without path", lambda r: r["initialization_stages"][1].update(persona_store={"type": "default"}), "persona_store.data_path"),
     ("no seed datastore", lambda r: r.pop("seed_datastore"), "lm/scenario learns from seed examples"),
-    ("unknown engine type", lambda r: r["engine"].update(type="olama"), "unknown engine 'olama' (did you mean 'ollama'?)"),
+    ("unknown engine type", lambda r: r["engine"].update(type="olama"), "engine.type: expected one of ollama, openai, local, got 'olama' (did you mean 'ollama'?)"),
     ("unknown engine key", lambda r: r["engine"].update(modle="x"), "did you mean 'model'"),
     ("bad base_url", lambda r: r["engine"].update(base_url="http://exa mple:11434"), "is not a URL"),
     ("negative temperature", lambda r: r["engine"].update(temperature=-1), "engine.temperature"),
     ("zero concurrency", lambda r: r["engine"].update(concurrency=0), "engine.concurrency"),
+    ("fractional retries", lambda r: r["engine"].update(retries=2.5), "engine.retries: expected a whole number >= 0, got 2.5"),
+    ("boolean concurrency", lambda r: r["engine"].update(concurrency=True), "engine.concurrency: expected a whole number >= 1 or null, got True"),
+    ("zero timeout", lambda r: r["engine"].update(timeout=0), "engine.timeout: expected a number > 0, got 0"),
+    ("url without scheme", lambda r: r["engine"].update(base_url="localhost:11434"), "engine.base_url: 'localhost:11434' is not a URL"),
+    ("task_name not a string", lambda r: r.update(task_name=5), "task_name: expected a string, got 5"),
+    ("store not a mapping", lambda r: r.update(seed_datastore="seeds.jsonl"), "seed_datastore: expected a mapping or null, got 'seeds.jsonl'"),
     ("unknown prompt", lambda r: r.update(prompts={"USER_SYSTEN": "x"}), "did you mean 'USER_SYSTEM'"),
     ("prompt variable typo", lambda r: r.update(prompts={"ASSISTANT_SYSTEM": "Hi. $scenaro"}), "prompts.ASSISTANT_SYSTEM: unknown variable $scenaro; this template knows: $scenario"),
     ("prompt stray dollar", lambda r: r.update(prompts={"ASSISTANT_SYSTEM": "Costs $ 5"}), "write $$ for a literal $"),

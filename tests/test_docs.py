@@ -1,6 +1,7 @@
 """Every ```python block of the README and docs/ runs, in order, in a folder holding the shipped
 task: documentation that cannot rot. Also: a task file naming a custom stage, end to end."""
 
+import ast
 import random
 import re
 
@@ -8,6 +9,7 @@ import pytest
 import yaml
 
 from chitchat_gen import STAGES, generate, load_task, stage
+from chitchat_gen.config import key_reference
 from chitchat_gen.pipeline import run_conversation
 from conftest import ROOT
 from fake_lm import fake_chat
@@ -62,3 +64,35 @@ def test_a_custom_filter_stage_drops_with_its_reason(task_dir, registry_restored
     task = load_task(task_dir / "task.yaml")
     ctx = {"task": task, "chat": fake_chat, "rng": random.Random(0), "memory": {"scenarios": []}}
     assert run_conversation(task, ctx) == (None, "test/no_questions: user asked a question")  # fake users ask
+
+
+@pytest.mark.parametrize("module", ["text", "record", "prompts", "stats", "stages", "engines"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+    result = doctest.testmod(importlib.import_module(f"chitchat_gen.{module}"))
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    imports = {}
+    for path in (ROOT / "chitchat_gen").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imports[path.stem] = {node.module for node in ast.walk(tree)
+                              if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+        imports[path.stem] |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                               and node.level == 1 and not node.module for alias in node.names}
+
+    def reaches(start, goal, seen=()):
+        return any(m == goal or (m not in seen and reaches(m, goal, seen + (m,))) for m in imports.get(start, ()))
+
+    assert [m for m in imports if reaches(m, m)] == []
+
+
+def test_the_readme_key_reference_is_made_from_the_config_tables():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- keys: begin -->\n(.*?)<!-- keys: end -->", readme, re.S)
+    assert block, "README.md lacks the <!-- keys: begin --> ... <!-- keys: end --> block"
+    assert block.group(1) == key_reference(), (
+        "README.md's key reference is out of date: paste the output of "
+        "python -c 'from chitchat_gen.config import key_reference; print(key_reference(), end=\"\")'")

@@ -5,9 +5,12 @@ import socket
 
 import pytest
 
-from chitchat_gen.config import ConfigError, DEFAULT_ENGINE
+from chitchat_gen.config import ENGINE_FIELDS, ConfigError
 from chitchat_gen.engines import LMError, check_engine, make_chat
 from fake_lm import FakeServer
+
+
+DEFAULT_ENGINE = {spec["name"]: spec["default"] for spec in ENGINE_FIELDS}
 
 
 def engine(kind, *servers, **extra):
@@ -137,8 +140,8 @@ def test_check_ollama_missing_model_names_ollama_pull(server):
 
 def test_check_openai_picks_the_served_model_when_none_given(server):
     settings = engine("openai", server, model=None)
-    check_engine(settings)
-    assert settings["model"] == "granite4:3b"
+    assert check_engine(settings)["model"] == "granite4:3b"
+    assert settings["model"] is None  # the caller's settings are left as they were
 
 
 def test_check_openai_model_not_served(server):

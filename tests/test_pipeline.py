@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from chitchat_gen import LMError, generate, load_task
+from chitchat_gen import STAGES, LMError, generate, load_task, stage
 from chitchat_gen.pipeline import run_conversation
 from fake_lm import fake_chat
 
@@ -51,12 +51,34 @@ def test_without_forced_close_a_conversation_stops_at_max_turns(task):
     assert not any(s.get("terminate") for s in record["steps"])
 
 
-def test_min_turns_above_what_the_stages_reach_drops(task):
+def test_without_a_flow_controller_a_conversation_runs_max_turns(task):
     task["iteration_stages"] = [s for s in task["iteration_stages"] if s["name"] != "lm/flow_controller"]
     task["max_turns"], task["min_turns"] = 1, 1
     record, reason = run_conversation(task, {"task": task, "chat": fake_chat, "rng": random.Random(0),
                                              "memory": {"scenarios": []}})
     assert reason is None and turns(record) == 1
+
+
+def test_fewer_turns_than_min_turns_drops(task):
+    task["iteration_stages"] = [s for s in task["iteration_stages"] if s["name"] != "lm/assistant/naive"]
+    record, reason = run_conversation(task, {"task": task, "chat": fake_chat, "rng": random.Random(0),
+                                             "memory": {"scenarios": []}})
+    assert record is None and reason == "0 turns, outside min_turns..max_turns"
+
+
+def test_an_empty_message_written_by_a_custom_stage_drops(task):
+    @stage("test/blank_reply")
+    def blank_reply(record, ctx):
+        record["steps"][-1]["content"] = "   "  # a stage that rewrites the last reply, badly
+        return record
+
+    try:
+        task["iteration_stages"].append({"name": "test/blank_reply"})
+        record, reason = run_conversation(task, {"task": task, "chat": fake_chat, "rng": random.Random(0),
+                                                 "memory": {"scenarios": []}})
+    finally:
+        del STAGES["test/blank_reply"]
+    assert record is None and reason == "empty message"
 
 
 def test_a_stage_drop_is_reported_with_the_stage_name(task):

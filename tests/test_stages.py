@@ -4,6 +4,9 @@ import collections
 import json
 import math
 import random
+import threading
+import time
+import uuid
 
 import pytest
 
@@ -30,7 +33,7 @@ def make_ctx(task, chat=fake_chat, name="lm/flow_controller", turn=1, seed=0):
 
 
 def record_with(*steps):
-    return {"task_name": "t", "is_seed": False, "conversation_id": "c1",
+    return {"task_name": "t", "is_seed": False, "conversation_id": uuid.uuid4().hex,
             "steps": [{"role": role, "content": content} for role, content in steps]}
 
 
@@ -95,6 +98,37 @@ def test_unique_first_user_filter(task):
     assert STAGES["filter/unique_first_user"](again, ctx) == "first user message repeats an earlier conversation"
     later_turn = record_with(("user", "Hi! Any tips for tomatoes?"), ("assistant", "Yes."), ("user", "Thanks"))
     assert STAGES["filter/unique_first_user"](later_turn, ctx) is later_turn
+
+
+def test_unique_first_user_lets_exactly_one_of_many_racing_openers_pass(task):
+    ctx = make_ctx(task)
+    ctx["stage"] = {"name": "filter/unique_first_user"}
+    ctx["memory"] = {}
+    start = threading.Barrier(8)
+    passed = []
+
+    def yield_at_every_line(frame, event, arg):
+        # Forces the worst interleaving: every line of the stage hands the processor to another thread.
+        if frame.f_code.co_filename.endswith("stages.py"):
+            return lambda frame, event, arg: time.sleep(0.001) if event == "line" else None
+        return None
+
+    def run():
+        record = record_with(("user", "The same opener, word for word"))
+        start.wait()
+        if STAGES["filter/unique_first_user"](record, ctx) is record:
+            passed.append(record["conversation_id"])
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    threading.settrace(yield_at_every_line)
+    try:
+        for thread in threads:
+            thread.start()
+    finally:
+        threading.settrace(None)
+    for thread in threads:
+        thread.join()
+    assert len(passed) == 1
 
 
 def test_persona_is_sampled_with_the_rng_and_rendered(task):

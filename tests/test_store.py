@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from chitchat_gen.config import ConfigError
-from chitchat_gen.store import FINAL, FORMATTED, append, clear, close, format_record, open_store
+from chitchat_gen.record import format_record
+from chitchat_gen.store import FINAL, FORMATTED, REJECTED, append, clear, close, count_existing, open_store
 from conftest import ROOT, read_jsonl
 
 
@@ -62,6 +63,9 @@ def test_a_torn_last_line_is_dropped(tmp_path):
     close(store)
     assert store["existing"] == 3
     assert ids(tmp_path / FINAL) == ids(tmp_path / FORMATTED) == ["id0", "id1", "id2"]
+    rejected = read_jsonl(tmp_path / REJECTED)
+    assert [(r["file"], r["line"], r["text"]) for r in rejected] == [(FINAL, 4, json.dumps(record(3))[:40])]
+    assert store["notes"] == [f"{FINAL}: moved 1 bad line to {REJECTED} (line 4: torn last line (a run was killed while writing it))"]
 
 
 def test_a_missing_formatted_line_is_rebuilt_from_its_record(tmp_path):
@@ -80,6 +84,26 @@ def test_a_repeated_id_is_kept_once(tmp_path):
     close(store)
     assert store["existing"] == 2 and ids(tmp_path / FINAL) == ["id0", "id1"]
     assert ids(tmp_path / FORMATTED) == ["id0", "id1"]
+    assert [(r["line"], r["reason"]) for r in read_jsonl(tmp_path / REJECTED)] == [(3, "repeats conversation_id id0 of line 1")]
+
+
+def test_a_bad_line_in_the_middle_is_moved_with_its_formatted_line_and_counted_without_changes(tmp_path):
+    write(tmp_path, 4)
+    final_lines = (tmp_path / FINAL).read_text().splitlines(keepends=True)
+    final_lines[1] = '{"conversation_id": "id1", "steps": [\n'  # broken by a hand edit
+    (tmp_path / FINAL).write_text("".join(final_lines))
+    before = (tmp_path / FINAL).read_bytes(), (tmp_path / FORMATTED).read_bytes()
+    assert count_existing(tmp_path) == 3
+    assert ((tmp_path / FINAL).read_bytes(), (tmp_path / FORMATTED).read_bytes()) == before  # counting changes nothing
+    store = open_store(tmp_path)
+    close(store)
+    assert store["existing"] == 3 and ids(tmp_path / FINAL) == ids(tmp_path / FORMATTED) == ["id0", "id2", "id3"]
+    rejected = read_jsonl(tmp_path / REJECTED)
+    assert [(r["file"], r["line"]) for r in rejected] == [(FINAL, 2), (FORMATTED, 2)]
+    assert rejected[0]["text"] == final_lines[1] and rejected[0]["reason"].startswith("not valid JSON")
+    assert json.loads(rejected[1]["text"]) == format_record(record(1))  # its SFT line is kept too
+    close(open_store(tmp_path))
+    assert len(read_jsonl(tmp_path / REJECTED)) == 2  # a second open finds nothing more to move
 
 
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
