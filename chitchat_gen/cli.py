@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import ENGINE_FIELDS, TASK_FIELDS, ConfigError, load_task, spec_of, value_problem
-from .engines import LMError, check_engine, default_concurrency, make_chat
+from .engines import LMError, check_engine, default_concurrency, make_chat, make_pool
+from .load import describe, report
 from .pipeline import generate, new_stats
 from .trace import make_printer
 from .stats import dataset_stats, render_table, write_card
@@ -118,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         # Load every task first, so a broken second task file stops the run before any work.
         overrides = {"engine": args.engine, "model": args.model, "base_url": args.base_url,
                      "concurrency": getattr(args, "concurrency", None), "seed": args.seed,
-                     "temperature": args.temperature, "max_tokens": args.max_tokens}
+                     "temperature": args.temperature, "max_tokens": args.max_tokens,
+                     "max_rpm": args.max_rpm, "max_tpm": args.max_tpm}
         tasks = [load_task(path, **overrides) for path in args.task_paths]
         for note in (note for task in tasks for note in task["notes"] if args.verbose):
             print(f"note: {note}", file=sys.stderr)
@@ -169,8 +171,11 @@ def run_task(task: dict, args) -> None:
               "(use --restart to start again, or a larger -n)")
         return
     engine = check_engine(task["engine"])
-    stats = new_stats()
-    chat = make_chat(engine, on_usage=_token_counter(stats))
+    for problem in engine.get("unreachable", ()):
+        print(f"note: {problem.split(': start it')[0]}: the other servers carry the run; it is tried again as it goes",
+              file=sys.stderr)
+    stats, pool = new_stats(), make_pool(engine)
+    chat = make_chat(engine, on_usage=_token_counter(stats), pool=pool)
     store = open_store(folder)
     try:
         for note in store["notes"]:
@@ -180,7 +185,7 @@ def run_task(task: dict, args) -> None:
         existing = store["existing"]
         concurrency = engine["concurrency"] or default_concurrency(engine)
         start = time.monotonic()
-        ticker = None if args.quiet else _progress(stats, n - existing, start)
+        ticker = None if args.quiet else _progress(stats, pool, n - existing, start)
         try:
             # A resumed run with the same --seed must not replay the first run's personas and patterns.
             seed = None if task["seed"] is None else f"{task['seed']}/{part}/{existing}"
@@ -195,9 +200,9 @@ def run_task(task: dict, args) -> None:
                 "engine": engine["type"], "model": engine["model"], "seed": task["seed"],
                 "accepted": stats["accepted"], "dropped": dict(stats["dropped"]), "calls": stats["calls"],
                 "tokens": stats["prompt_tokens"] + stats["completion_tokens"],
-                "seconds": round(time.monotonic() - start, 1)})
+                "seconds": round(time.monotonic() - start, 1), "endpoints": report(pool) if pool else []})
             write_card(folder, task, runs)
-        _summary(task, stats, existing, time.monotonic() - start, folder)
+        _summary(task, stats, pool, existing, time.monotonic() - start, folder)
     finally:
         close(store)
 
@@ -235,18 +240,18 @@ def run_trace(task: dict) -> None:
         pass
 
 
-def _progress(stats: dict, wanted: int, start: float) -> threading.Event:
+def _progress(stats: dict, pool: dict | None, wanted: int, start: float) -> threading.Event:
     """Print a progress line on stderr until the returned event is set."""
     done = threading.Event()
     tty = sys.stderr.isatty()
 
     def line():
-        accepted, dropped = stats.get("accepted", 0), sum(stats.get("dropped", {}).values())
+        accepted, dropped = stats["accepted"], sum(stats["dropped"].values())
         elapsed = time.monotonic() - start
         rate = accepted / elapsed if elapsed else 0
         eta = f"{(wanted - accepted) / rate:.0f}s" if rate else "?"
-        return (f"accepted {accepted}/{wanted}  dropped {dropped}  LM calls {stats.get('calls', 0)}  "
-                f"{rate * 60:.1f}/min  ETA {eta}")
+        return (f"accepted {accepted}/{wanted}  dropped {dropped}  LM calls {stats['calls']}  "
+                f"{rate * 60:.1f}/min  ETA {eta}" + (f"  [{describe(report(pool))}]" if pool else ""))
 
     def loop():
         while not done.wait(0.5 if tty else 10):
@@ -258,7 +263,7 @@ def _progress(stats: dict, wanted: int, start: float) -> threading.Event:
     return done
 
 
-def _summary(task, stats, existing, seconds, folder) -> None:
+def _summary(task, stats, pool, existing, seconds, folder) -> None:
     accepted = stats["accepted"]
     tokens = stats["prompt_tokens"] + stats["completion_tokens"]
     per = f" ({stats['calls'] / accepted:.1f} per accepted)" if accepted else ""
@@ -270,4 +275,8 @@ def _summary(task, stats, existing, seconds, folder) -> None:
           f"{seconds:.1f}s")
     for reason, count in stats["dropped"].most_common():
         print(f"  dropped {count}: {reason}")
+    for row in report(pool) if pool else ():
+        answers = ", ".join(f"{n} x {status}" for status, n in sorted(row["answers"].items(), key=str))
+        print(f"  {row['url']}: {row['calls']} calls ({answers}), limit {row['limit']}"
+              + (f", paced at {row['pace_rpm']}/min" if row["pace_rpm"] else "") + f", mean latency {row['latency']:.2f}s")
     print(f"  {folder / FINAL}\n  {folder / FORMATTED}\n  {folder / 'README.md'} (dataset card)")

@@ -71,6 +71,12 @@ ENGINE_FIELDS = [
     field("retries", "int", 4, "extra attempts for a transient failure (connection, timeout, 429, 5xx)", low=0),
     field("concurrency", "int", None, "conversations in flight; null: 4 per Ollama server, 32 per OpenAI-style, 1 local",
           low=1, flag="--concurrency"),
+    field("max_rpm", "number", None, "requests per minute per endpoint, paced (a rate limit you know); null: none",
+          above=0, flag="--max-rpm"),
+    field("max_tpm", "number", None, "tokens per minute per endpoint, paced (prompt estimate + max_tokens, "
+          "corrected by each reply's usage); null: none", above=0, flag="--max-tpm"),
+    field("max_wait", "number", 600, "seconds one call may wait in all on backpressure (429/503, pacing) "
+          "before it counts as failed", above=0),
 ]
 DEFAULT_MODELS = {"ollama": "granite4:3b", "openai": None, "local": None}
 DEFAULT_MAX_TOKENS = {"ollama": 512, "openai": 512, "local": 200}  # a 135M model mostly loops past 200
@@ -111,7 +117,8 @@ IGNORED_KEYS = {"created_by", "data_builder", "formatter", "runner_config", "see
 IGNORED_STAGE_KEYS = IGNORED_KEYS | {"max_turns"}
 BIG_FIVE = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
 OVERRIDES = {"engine": "type", "model": "model", "base_url": "base_url", "temperature": "temperature",
-             "max_tokens": "max_tokens", "concurrency": "concurrency", "api_key": "api_key"}
+             "max_tokens": "max_tokens", "concurrency": "concurrency", "api_key": "api_key",
+             "max_rpm": "max_rpm", "max_tpm": "max_tpm"}
 
 
 def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:

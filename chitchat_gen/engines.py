@@ -13,7 +13,6 @@ the pipeline drops that conversation and goes on.
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import os
 import random
 import re
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import requests
 
+from . import load
 from .config import ConfigError
 
 
@@ -30,17 +30,30 @@ class LMError(Exception):
     """An LM call that failed for good (after retries): the conversation is dropped."""
 
 
-RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+class Unreachable(ConfigError):
+    """A server that did not answer the start-up check; among several, the others carry the run."""
 
 
-def make_chat(engine: dict, on_usage=None):
+RETRY_STATUS = {408, 500, 502, 504}  # a failure that may pass on a retry; 429/503/529 are backpressure (load.py)
+
+
+def make_pool(engine: dict) -> dict | None:
+    """The load control of an HTTP engine's endpoints (load.py); None for the local model."""
+    if engine["type"] == "local":
+        return None
+    return load.new_pool(engine["base_urls"], concurrency=engine["concurrency"] or default_concurrency(engine),
+                         slots=engine.get("slots"), max_rpm=engine["max_rpm"], max_tpm=engine["max_tpm"])
+
+
+def make_chat(engine: dict, on_usage=None, pool: dict | None = None):
     """Return `chat(messages, json_schema=None, **options) -> str` for the engine settings.
 
-    `on_usage(prompt_tokens, completion_tokens)` is called after each successful call.
+    `on_usage(prompt_tokens, completion_tokens)` is called after each successful call; `pool`
+    (from `make_pool`, to read its figures while the run goes) routes and paces the calls.
     """
     if engine["type"] == "local":
         return _local_chat(engine, on_usage)
-    urls = itertools.cycle(engine["base_urls"])  # round-robin spreads calls over the servers
+    pool = pool or make_pool(engine)
     session = requests.Session()
     session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=256))
     session.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=256))
@@ -58,7 +71,7 @@ def make_chat(engine: dict, on_usage=None):
         while True:
             body = build(engine, messages, json_schema, options, json_forms[0])
             try:
-                reply = _post_with_retries(session, lambda: next(urls) + path, body, headers, engine)
+                text, usage = _post(session, pool, path, body, headers, engine, parse)
                 break
             except LMError as exc:
                 if "response_format" not in body or "response_format" not in str(exc):
@@ -66,7 +79,6 @@ def make_chat(engine: dict, on_usage=None):
                 with forms_lock:  # threads refused at once must step down one form, not one each
                     if body["response_format"]["type"] == json_forms[0]:
                         json_forms.pop(0)
-        text, usage = parse(reply)
         if on_usage:
             on_usage(*usage)
         return text
@@ -142,35 +154,77 @@ def _auth_headers(engine: dict) -> dict:
     return {"Authorization": f"Bearer {key}"} if engine["type"] == "openai" and key else {}
 
 
-def _post_with_retries(session, next_url, body, headers, engine) -> dict:
-    """POST with exponential backoff and jitter on transient failures; return the JSON reply."""
-    attempts = engine["retries"] + 1
-    for attempt in range(attempts):
-        url = next_url()  # a retry may go to another server
+def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple[int, int]]:
+    """POST `body` to the endpoint load control picks; return the parsed (text, usage).
+
+    A failure (connection, timeout, 408, 5xx, a reply that is not JSON) is retried with
+    exponential backoff and full jitter, `engine.retries` times. Backpressure (429, 503, 529) is
+    not a failure: the call waits (`Retry-After`, or a short backoff) and goes again, for at most
+    `engine.max_wait` seconds of waiting in all. Anything else (404, 400, ...) fails at once.
+    """
+    estimate = sum(len(str(m.get("content", ""))) for m in body["messages"]) / 4 + _cap(body)
+    failures, waited, busy = 0, 0.0, 0
+    while True:
+        started = time.monotonic()
+        ticket = load.acquire(pool, estimate, timeout=engine["max_wait"] - waited)
+        waited += time.monotonic() - started
+        if ticket is None:
+            raise LMError(f"no endpoint could take the call within engine.max_wait ({engine['max_wait']:g} s): "
+                          f"{load.describe(load.report(pool))}")
+        url, sent = ticket["url"], time.monotonic()
         try:
-            response = session.post(url, json=body, headers=headers, timeout=engine["timeout"])
+            response = session.post(url + path, json=body, headers=headers, timeout=engine["timeout"])
         except requests.RequestException as exc:  # refused, reset (also mid-body), timed out, ...
-            problem, wait = f"{type(exc).__name__} from {url}", None
+            refused = isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower()
+            outcome = "timeout" if isinstance(exc, requests.Timeout) else "refused" if refused else "failed"
+            load.release(pool, ticket, outcome)
+            problem = f"{type(exc).__name__} from {url}"
         else:
-            if response.status_code == 200:
+            status, text = response.status_code, response.text
+            if status == 200:
                 try:
-                    return response.json()
+                    reply, usage = parse(response.json())
                 except ValueError:
-                    problem, wait = f"{url} answered 200 with a body that is not JSON: {response.text[:120]!r}", None
-            elif response.status_code in RETRY_STATUS and "response_format" not in response.text:
-                problem, wait = f"HTTP {response.status_code} from {url}: {response.text[:200]}", _retry_after(response)
+                    load.release(pool, ticket, "failed", status=status)
+                    problem = f"{url} answered 200 with a body that is not JSON: {text[:120]!r}"
+                except LMError:  # JSON without the reply's text: a bad reply, not retried
+                    load.release(pool, ticket, "rejected", status=status)
+                    raise
+                else:
+                    load.release(pool, ticket, "ok", status=status, seconds=time.monotonic() - sent,
+                                 headers=response.headers, used_tokens=sum(usage))
+                    return reply, usage
+            elif status in load.BUSY_STATUS and "response_format" not in text:
+                wait = _retry_after(response)
+                load.release(pool, ticket, "busy", status=status, retry_after=wait, headers=response.headers)
+                wait = wait if wait is not None else random.uniform(0.05, min(4.0, 0.25 * 2 ** busy))
+                busy += 1
+                if waited + wait > engine["max_wait"]:
+                    raise LMError(f"HTTP {status} from {url} for {waited + wait:.0f} s, past engine.max_wait "
+                                  f"({engine['max_wait']:g} s): {text[:160]}")
+                time.sleep(wait)
+                waited += wait
+                continue
             else:
-                raise LMError(f"HTTP {response.status_code} from {url}: {response.text[:200]}")
-        if attempt + 1 == attempts:
+                retry = status in RETRY_STATUS and "response_format" not in text
+                load.release(pool, ticket, "failed" if retry else "rejected", status=status)
+                if not retry:
+                    raise LMError(f"HTTP {status} from {url}: {text[:200]}")
+                problem = f"HTTP {status} from {url}: {text[:200]}"
+        failures += 1
+        if failures > engine["retries"]:
             raise LMError(problem)
         # Full jitter keeps many threads from retrying in lockstep against a recovering server.
-        time.sleep(wait if wait is not None else random.uniform(0, min(8.0, 0.5 * 2 ** attempt)))
-    raise AssertionError("unreachable")
+        time.sleep(random.uniform(0, min(8.0, 0.5 * 2 ** (failures - 1))))
+
+
+def _cap(body: dict) -> int:
+    return body.get("max_tokens") or body.get("options", {}).get("num_predict") or 0
 
 
 def _retry_after(response) -> float | None:
     try:
-        return min(30.0, max(0.0, float(response.headers.get("Retry-After", ""))))
+        return min(60.0, max(0.0, float(response.headers.get("Retry-After", ""))))
     except ValueError:
         return None
 
@@ -178,17 +232,25 @@ def _retry_after(response) -> float | None:
 def check_engine(engine: dict) -> dict:
     """The engine settings resolved (the local model's path, the served model), checked to work.
 
-    Fails fast, before any work, with a ConfigError naming the fix when a server is unreachable
-    or the model is missing. The argument is left as it was.
+    Fails fast, before any work, with a ConfigError naming the fix when the model is missing or
+    no server answers. Servers that do not answer while others do are listed in
+    `unreachable` (load control probes them during the run). The argument is left as it was.
     """
     engine = dict(engine)
     if engine["type"] == "local":
         engine["model"] = _local_model_path(engine["model"])
+    engine["slots"], engine["unreachable"] = {}, []
     for url in engine["base_urls"]:
-        if engine["type"] == "ollama":
-            _check_ollama(url, engine)
-        elif engine["type"] == "openai":
-            engine["model"] = _check_openai(url, engine)
+        try:
+            if engine["type"] == "ollama":
+                _check_ollama(url, engine)
+            elif engine["type"] == "openai":
+                engine["model"] = _check_openai(url, engine)
+                engine["slots"][url] = _served_slots(url, engine)
+        except Unreachable as exc:
+            engine["unreachable"].append(str(exc))
+    if engine["unreachable"] and len(engine["unreachable"]) == len(engine["base_urls"]):
+        raise ConfigError(engine["unreachable"][0])  # a fleet with nobody home: nothing to do
     return engine
 
 
@@ -196,7 +258,7 @@ def _get_json(url: str, engine: dict, down: str, headers=None) -> dict:
     try:
         response = requests.get(url, headers=headers or {}, timeout=min(engine["timeout"], 10))
     except (requests.ConnectionError, requests.Timeout):
-        raise ConfigError(down)
+        raise Unreachable(down)
     if response.status_code in (401, 403):
         raise ConfigError(f"{url} refused the API key (HTTP {response.status_code}): set OPENAI_API_KEY or engine.api_key")
     try:
@@ -228,6 +290,16 @@ def _check_openai(url: str, engine: dict) -> str:
     if served and engine["model"] not in served:
         raise ConfigError(f"model '{engine['model']}' is not served at {url} (it serves: {', '.join(served[:5])}): pass one of those with --model")
     return engine["model"]
+
+
+def _served_slots(url: str, engine: dict) -> int | None:
+    """The parallel slots llama-server reports at /props (`total_slots`); None where unsaid (vLLM, OpenAI)."""
+    try:
+        slots = requests.get(url + "/props", headers=_auth_headers(engine), timeout=min(engine["timeout"], 5)).json()
+    except (requests.RequestException, ValueError):
+        return None
+    slots = slots.get("total_slots") if isinstance(slots, dict) else None
+    return slots if isinstance(slots, int) and not isinstance(slots, bool) and slots > 0 else None
 
 
 # --- local: an embedded GGUF model through llama-cpp-python -------------------------------

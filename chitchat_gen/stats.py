@@ -208,12 +208,13 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
              f"Duplicates, distinct-n and message lengths: `python -m chitchat_gen stats {folder} "
              f"--task-paths {task['path']}`.", "",
              "## Runs", "",
-             "| date | engine / model | seed | accepted | dropped | LM calls | tokens | seconds | command |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| date | engine / model | seed | accepted | dropped | LM calls | 429/503 answers | tokens | seconds | command |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for run in runs:
         dropped = ", ".join(f"{n} {reason}" for reason, n in run["dropped"].items()) or "0"
+        busy = sum(endpoint.get("busy", 0) for endpoint in run.get("endpoints") or ())
         lines.append(f"| {run['date']} | {run['engine']} / {run['model']} | {run['seed']} | {run['accepted']} | "
-                     f"{dropped} | {run['calls']} | {run['tokens']} | {run['seconds']} | `{run['command']}` |")
+                     f"{dropped} | {run['calls']} | {busy} | {run['tokens']} | {run['seconds']} | `{run['command']}` |")
     card = folder / "README.md"
     card.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return card

@@ -5,10 +5,19 @@
         ...  # point the engine at server.url; server.requests holds (path, body) pairs
 
 Faults are queued per call: server.faults.extend(["500", "reset", "429", "garbage", "hang"]).
+
+Backpressure as real servers apply it (ENGINE-FACTS.md, "Backpressure"); server.answered counts
+the status codes sent on the chat endpoints:
+
+    FakeServer(rate=40, ratelimit_headers=True)  # hosted API: 429 + Retry-After beyond 40 requests/s
+    FakeServer(slots=1, queue=2)                 # Ollama with OLLAMA_MAX_QUEUE=2: 503 beyond 1 + 2
+    FakeServer(slots=64, props=True)             # llama-server: GET /props -> {"total_slots": 64}
+    server.answered                              # Counter({200: 812, 429: 40})
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import socket
@@ -17,6 +26,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 COUNTER = itertools.count(1)
+CHAT_PATHS = ("/api/chat", "/v1/chat/completions")
+# Ollama's own wording (server/sched.go, ErrMaxQueue), two spaces included: clients may match on it.
+OLLAMA_BUSY = {"error": "server busy, please try again.  maximum pending requests exceeded"}
 
 
 def canned_reply(messages: list[dict], json_schema: dict | None = None) -> str:
@@ -42,10 +54,24 @@ def fake_chat(messages, json_schema=None, **options) -> str:
 
 class FakeServer:
     def __init__(self, models=("granite4:3b",), latency: float = 0.0, slots: int | None = None,
-                 reply=canned_reply, json_forms=("json_schema", "json_object"), port: int = 0):
+                 reply=canned_reply, json_forms=("json_schema", "json_object"), port: int = 0,
+                 rate: float | None = None, ratelimit_headers: bool = False, queue: int | None = None,
+                 props: bool = False):
+        if queue is not None and not slots:
+            raise ValueError("queue=Q bounds the requests waiting for slots: give slots=S too")
+        if ratelimit_headers and not rate:
+            raise ValueError("ratelimit_headers=True reports the rate limit: give rate=R too")
         self.models, self.latency, self.reply = list(models), latency, reply
         self.json_forms = json_forms  # the OpenAI response_format types this server accepts
         self.slots = threading.Semaphore(slots) if slots else None
+        self.total_slots = slots or 1  # what GET /props reports (llama-server without -np has 1 slot)
+        self.queue, self.props = queue, props
+        self.admitted = 0  # chat requests running or waiting for a slot, bounded by slots + queue
+        # Rate limit: a token bucket of capacity R refilled at R per second (a request that finds it
+        # below 1 token gets 429 and takes none), so a burst of R passes at once, then R/s on average.
+        self.rate, self.ratelimit_headers = rate, ratelimit_headers
+        self.tokens, self.refilled = float(rate or 0), time.monotonic()
+        self.answered: collections.Counter = collections.Counter()  # chat endpoints: status -> replies
         self.requests: list[tuple[str, dict]] = []
         self.faults: list[str] = []
         self.finish = "stop"  # "length": replies say they hit the token cap
@@ -73,6 +99,28 @@ class FakeServer:
     def chat_requests(self) -> list[dict]:
         return [body for path, body in self.requests if path.endswith(("/api/chat", "/chat/completions"))]
 
+    def _take_token(self) -> tuple[bool, dict]:
+        """Spend one token of the rate limit if there is one: (allowed, headers for the reply)."""
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.rate, self.tokens + (now - self.refilled) * self.rate)
+            self.refilled = now
+            allowed = self.tokens >= 1
+            if allowed:
+                self.tokens -= 1
+            tokens = self.tokens
+        return allowed, self._ratelimit_headers(tokens)
+
+    def _ratelimit_headers(self, tokens: float) -> dict:
+        """OpenAI's x-ratelimit-* headers. OpenAI states request limits per minute and enforces them
+        over shorter periods, so our R per second is reported as R x 60 per minute, the bucket's fill
+        scaled the same way, and the reset as the time until the bucket is full again."""
+        if not self.ratelimit_headers:
+            return {}
+        return {"x-ratelimit-limit-requests": str(int(self.rate * 60)),
+                "x-ratelimit-remaining-requests": str(max(0, int(tokens * 60))),
+                "x-ratelimit-reset-requests": _duration((self.rate - tokens) / self.rate)}
+
     def _handler(server):
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as real LM servers do
@@ -99,14 +147,17 @@ class FakeServer:
                     self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(data)
+                if self.path in CHAT_PATHS:
+                    with server.lock:
+                        server.answered[status] += 1
 
             def do_GET(self):
                 with server.lock:
                     server.requests.append((self.path, {}))
                 if self.path == "/api/tags":
                     self._send(200, {"models": [{"name": m, "model": m} for m in server.models]})
-                elif self.path == "/api/version":
-                    self._send(200, {"version": "0.0-fake"})
+                elif self.path == "/props" and server.props:
+                    self._send(200, {"total_slots": server.total_slots})
                 elif self.path == "/v1/models":
                     self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
                 else:
@@ -140,10 +191,6 @@ class FakeServer:
                 if fault == "garbage":
                     self._send(200, b"<html>not json")
                     return
-                if self.path == "/api/show":
-                    found = body.get("model") in server.models
-                    self._send(200 if found else 404, {"details": {}} if found else {"error": "not found"})
-                    return
                 if body.get("model") not in server.models:
                     self._send(404, {"error": f"model \"{body.get('model')}\" not found, try pulling it first"})
                     return
@@ -155,6 +202,27 @@ class FakeServer:
                                                               f"{' or '.join(server.json_forms)}"}})
                         return
                     schema = form["json_schema"]["schema"] if form["type"] == "json_schema" else form["schema"]
+                if self.path not in CHAT_PATHS:
+                    self._send(404, {"error": "not found"})
+                    return
+                headers = {}
+                if server.rate:  # a hosted API's gateway refuses before the model sees the request
+                    allowed, headers = server._take_token()
+                    if not allowed:
+                        self._send(429, {"error": {
+                            "message": f"Rate limit reached for requests on {body['model']}: limit "
+                                       f"{int(server.rate * 60)} / min. Please try again in 1s.",
+                            "type": "requests", "param": None, "code": "rate_limit_exceeded"}},
+                            {"Retry-After": "1", **headers})
+                        return
+                if server.queue is not None:  # Ollama refuses at once when its pending queue is full
+                    with server.lock:
+                        full = server.admitted >= server.total_slots + server.queue
+                        if not full:
+                            server.admitted += 1
+                    if full:
+                        self._send(503, OLLAMA_BUSY)
+                        return
                 if server.slots:
                     server.slots.acquire()
                 try:
@@ -163,14 +231,20 @@ class FakeServer:
                 finally:
                     if server.slots:
                         server.slots.release()
+                    if server.queue is not None:
+                        with server.lock:
+                            server.admitted -= 1
                 if self.path == "/api/chat":
                     self._send(200, {"model": body["model"], "message": {"role": "assistant", "content": text},
                                      "done": True, "done_reason": server.finish, "prompt_eval_count": 10, "eval_count": 5})
-                elif self.path == "/v1/chat/completions":
+                else:
                     self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                                   "finish_reason": server.finish}],
-                                     "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
-                else:
-                    self._send(404, {"error": "not found"})
+                                     "usage": {"prompt_tokens": 10, "completion_tokens": 5}}, headers)
 
         return Handler
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's way of writing a reset time: "1s", "250ms"."""
+    return f"{seconds:g}s" if seconds >= 1 else f"{round(seconds * 1000)}ms"

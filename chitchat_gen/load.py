@@ -1,0 +1,232 @@
+"""Load control: which endpoint gets the next call, and when it may go. No HTTP here.
+
+engines.py asks `acquire(pool, tokens)` before each request and tells `release(pool, endpoint,
+outcome, ...)` how it went. In between, this module keeps for every endpoint (base URL):
+
+- **a limit on calls in flight** (AIMD, as TCP does): halved when the server says "slow down"
+  (429, 503, 529) or a call times out, at most once per burst of such answers; then grown by one
+  per `limit` successes, slowly near the level where the last "slow down" came. It starts at the
+  server's `total_slots` where the server says it (llama-server's `/props`), else at the
+  conversations in flight; it never exceeds those.
+- **pacing** (token buckets): `max_rpm` / `max_tpm` given by the user; the rate the server states
+  in OpenAI's `x-ratelimit-limit-*` headers; or, after a 429 without them, the rate that was
+  getting through, lowered by a tenth on each later 429 and raised again while none comes.
+  `Retry-After` pauses the endpoint that sent it.
+- **health**: three failures in a row (connection refused, 5xx, timeouts) take an endpoint out of
+  rotation for 1 s, then 2, 4 ... 30 s; after that one call probes it, and a success brings it
+  back. While every endpoint is out, calls go to the one due back first, so they fail (and use up
+  their retries) as they would against one dead server, and the run stops after its bounds.
+
+Routing: of the endpoints that may take a call now, the one with the least `(in flight + 1) x
+mean latency`: calls flow to where they finish soonest (an endpoint 4x slower gets ~4x fewer).
+
+    pool = new_pool(["http://a:8000", "http://b:8000"], concurrency=64)
+    endpoint = acquire(pool, tokens=700)          # blocks until a call may go
+    ... POST to endpoint["url"] ...
+    release(pool, endpoint, "ok", seconds=0.4, tokens=612)
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import threading
+import time
+
+BUSY_STATUS = {429, 503, 529}  # "slow down": backpressure, not failure
+OUTCOMES = ("ok", "busy", "timeout", "failed", "refused", "rejected")  # rejected: the request was refused (4xx)
+SLOW_PROBE = 20  # successes per unit of limit before probing above the level of the last "slow down"
+
+
+def new_pool(urls: list[str], *, concurrency: int, slots: dict | None = None,
+             max_rpm: float | None = None, max_tpm: float | None = None) -> dict:
+    """Endpoints for `urls`; `slots` maps a URL to the parallel slots its server reported."""
+    return {"lock": threading.Condition(),
+            "endpoints": [_endpoint(url, concurrency, (slots or {}).get(url), max_rpm, max_tpm) for url in urls]}
+
+
+def _endpoint(url: str, concurrency: int, slots: int | None, max_rpm, max_tpm) -> dict:
+    start = min(slots, concurrency) if slots else concurrency
+    return {"url": url, "limit": float(start), "max_limit": concurrency, "ceiling": None, "epoch": 0,
+            "in_flight": 0, "calls": 0, "answers": collections.Counter(), "seconds": 0.0, "latency": None,
+            "failures": 0, "down_until": 0.0, "cooldown": 0.0, "pause_until": 0.0,
+            "requests": _bucket(max_rpm / 60 if max_rpm else None), "tokens": _bucket(max_tpm / 60 if max_tpm else None),
+            "rate_cap": max_rpm / 60 if max_rpm else None, "adaptive": False, "rate_ceiling": None,
+            "successes": collections.deque()}
+
+
+def _bucket(rate: float | None) -> dict:
+    """A token bucket: `rate` per second (None: unlimited), holding at most one second's worth."""
+    return {"rate": rate, "level": rate or 0.0, "at": time.monotonic()}
+
+
+def _refill(bucket: dict, now: float) -> None:
+    if bucket["rate"]:
+        bucket["level"] = min(max(bucket["rate"], 1.0), bucket["level"] + (now - bucket["at"]) * bucket["rate"])
+    bucket["at"] = now
+
+
+def _ready_in(bucket: dict, need: float) -> float:
+    """Seconds until the bucket holds `need` (capped at one second's worth, so any need is met)."""
+    if not bucket["rate"]:
+        return 0.0
+    need = min(need, max(bucket["rate"], 1.0))
+    return max(0.0, (need - bucket["level"]) / bucket["rate"])
+
+
+def acquire(pool: dict, tokens: float = 0.0, timeout: float = float("inf")) -> dict | None:
+    """Wait until some endpoint may take a call of about `tokens` tokens; return the call's ticket.
+
+    The ticket ({"endpoint", "url", "epoch", "tokens"}) goes back to `release` when the call ends.
+    None when no endpoint could take it within `timeout` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    with pool["lock"]:
+        while True:
+            now = time.monotonic()
+            up = [e for e in pool["endpoints"] if e["down_until"] <= now]
+            # subtle: with every endpoint out, calls go on (to the one due back first) and fail there,
+            # so a dead fleet stops the run through the retries instead of hanging it.
+            candidates = up or [min(pool["endpoints"], key=lambda e: e["down_until"])]
+            waits = [_wait(e, tokens, now) for e in candidates]
+            ready = [e for e, wait in zip(candidates, waits) if wait <= 0]
+            if ready:
+                known = [e["latency"] for e in pool["endpoints"] if e["latency"] is not None]
+                typical = sum(known) / len(known) if known else 1.0  # an endpoint not yet measured
+                # Ties (equal cost) go to the endpoint with fewer calls so far: each one gets measured.
+                chosen = min(ready, key=lambda e: ((e["in_flight"] + 1) * (e["latency"] or typical), e["calls"]))
+                chosen["in_flight"] += 1
+                chosen["calls"] += 1
+                for bucket, amount in ((chosen["requests"], 1), (chosen["tokens"], tokens)):
+                    bucket["level"] -= amount if bucket["rate"] else 0
+                return {"endpoint": chosen, "url": chosen["url"], "epoch": chosen["epoch"], "tokens": tokens}
+            if now >= deadline:
+                return None
+            # Wake when a pause ends or a bucket refills, or earlier when a release frees a place.
+            pool["lock"].wait(timeout=min(min(waits), 1.0, deadline - now))
+
+
+def _wait(e: dict, tokens: float, now: float) -> float:
+    """Seconds before endpoint `e` may take a call (inf: when a call in flight there ends)."""
+    _refill(e["requests"], now)
+    _refill(e["tokens"], now)
+    # An endpoint back from being out takes one call (the probe) until a call there succeeds.
+    full = e["in_flight"] >= (1 if e["cooldown"] else max(1, int(e["limit"])))
+    return max(e["pause_until"] - now, _ready_in(e["requests"], 1.0), _ready_in(e["tokens"], tokens),
+               float("inf") if full else 0.0)
+
+
+def release(pool: dict, ticket: dict, outcome: str, *, seconds: float = 0.0, status: int | None = None,
+            retry_after: float | None = None, headers=None, used_tokens: float | None = None) -> None:
+    """Record how a call ended: `outcome` is one of OUTCOMES; `status` the HTTP status if any."""
+    e = ticket["endpoint"]
+    with pool["lock"]:
+        now = time.monotonic()
+        e["in_flight"] -= 1
+        e["answers"][status or outcome] += 1
+        if used_tokens is not None and e["tokens"]["rate"]:
+            e["tokens"]["level"] += ticket["tokens"] - used_tokens  # the estimate, corrected by the reply's usage
+        _read_rate_headers(e, headers or {}, now)
+        if outcome == "ok":
+            e["failures"], e["cooldown"] = 0, 0.0
+            e["seconds"] += seconds
+            e["latency"] = seconds if e["latency"] is None else 0.8 * e["latency"] + 0.2 * seconds
+            e["successes"].append(now)
+            while e["successes"][0] < now - 1.0:
+                e["successes"].popleft()
+            _grow(e)
+        if outcome in ("busy", "timeout") and ticket["epoch"] == e["epoch"]:
+            # subtle: the other answers of the same burst were sent before this cut; they must not cut again.
+            e["ceiling"], e["limit"], e["epoch"] = e["limit"], max(1.0, e["limit"] / 2), e["epoch"] + 1
+        if status == 429:
+            _slow_pace(e, now, retry_after)
+        elif retry_after:
+            e["pause_until"] = max(e["pause_until"], now + retry_after)
+        if outcome in ("failed", "timeout", "refused"):
+            e["failures"] += 1
+            if e["failures"] >= 3 or outcome == "refused":
+                e["cooldown"] = min(30.0, max(1.0, 2 * e["cooldown"]))
+                e["down_until"] = now + e["cooldown"]
+        pool["lock"].notify_all()
+
+
+def _grow(e: dict) -> None:
+    """Additive increase: +1 per `limit` successes; SLOW_PROBE times slower at the last "slow down" level."""
+    step = 1 / e["limit"]
+    if e["ceiling"] is not None and e["limit"] + 1 > e["ceiling"]:
+        step /= SLOW_PROBE
+    e["limit"] = min(float(e["max_limit"]), e["limit"] + step)
+    if e["ceiling"] is not None and e["limit"] >= e["ceiling"] + 1:
+        e["ceiling"] = None  # calls went past the old level without complaint: it no longer holds
+    pace = e["requests"]
+    if e["adaptive"]:  # a pace learned from 429s: probe upwards the same way, +2/s per second of successes
+        step = 2 / pace["rate"]
+        if e["rate_ceiling"] is not None and pace["rate"] + 2 > e["rate_ceiling"]:
+            step /= SLOW_PROBE
+        pace["rate"] = min(e["rate_cap"] or float("inf"), pace["rate"] + step)
+        if e["rate_ceiling"] is not None and pace["rate"] >= e["rate_ceiling"] + 2:
+            e["rate_ceiling"] = None
+
+
+def _slow_pace(e: dict, now: float, retry_after: float | None) -> None:
+    """A 429: pace the endpoint at the rate that was getting through, or a tenth below its pace."""
+    pace = e["requests"]
+    if now - e.get("cut_at", 0.0) < 1.0:
+        return  # one cut per second: a burst of 429s is one signal
+    e["cut_at"], e["adaptive"] = now, True
+    if pace["rate"] is None:
+        # No pace yet: the successes of the last second are what the server lets through; and the
+        # burst that found the limit must age out before the pace can hold, so honour Retry-After.
+        pace.update(rate=max(1.0, float(len(e["successes"]))), level=0.0, at=now)
+        e["pause_until"] = max(e["pause_until"], now + (retry_after or 1.0))
+    else:
+        e["rate_ceiling"], pace["rate"] = pace["rate"], max(0.1, pace["rate"] * 0.9)
+
+
+RATE_HEADERS = {"requests": ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+                "tokens": ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")}
+
+
+def _read_rate_headers(e: dict, headers, now: float) -> None:
+    """OpenAI's x-ratelimit-* headers: pace at the stated per-minute limit; wait for the reset at zero."""
+    for key, (limit, remaining, reset) in RATE_HEADERS.items():
+        try:
+            stated = float(headers[limit]) / 60
+        except (KeyError, ValueError):
+            continue
+        if e.get(f"stated_{key}") != stated:  # a new statement: adopt it (within the user's own limit)
+            e[f"stated_{key}"] = stated
+            cap = min(stated, e["rate_cap"] or stated) if key == "requests" else stated
+            e[key].update(rate=cap, level=0.0, at=now)
+            if key == "requests":
+                e["rate_cap"] = cap
+        if headers.get(remaining) == "0":
+            e["pause_until"] = max(e["pause_until"], now + parse_duration(headers.get(reset, "")))
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in OpenAI's reset durations: "1s", "250ms", "6m0s", "1h2m3.5s" (0.0 if unreadable).
+
+    >>> parse_duration("6m0s"), parse_duration("250ms"), parse_duration("1.5s")
+    (360.0, 0.25, 1.5)
+    """
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(number) * units[unit] for number, unit in re.findall(r"([\d.]+)(ms|h|m|s)", text))
+
+
+def report(pool: dict) -> list[dict]:
+    """Per endpoint: url, calls, answers by status, busy (429/503/529 answers), limit, mean latency."""
+    with pool["lock"]:
+        return [{"url": e["url"], "calls": e["calls"], "answers": dict(e["answers"]),
+                 "busy": sum(n for status, n in e["answers"].items() if status in BUSY_STATUS),
+                 "limit": int(e["limit"]), "pace_rpm": round(e["requests"]["rate"] * 60) if e["requests"]["rate"] else None,
+                 "latency": round(e["seconds"] / max(1, e["answers"][200] + e["answers"]["ok"]), 3),
+                 "down": e["down_until"] > time.monotonic()}
+                for e in pool["endpoints"]]
+
+
+def describe(rows: list[dict]) -> str:
+    """`report` rows in one line: "a:8000 612 calls 3 busy limit 12 0.41s; b:8000 ..."."""
+    return "; ".join(f"{re.sub(r'^https?://', '', r['url'])} {r['calls']} calls {r['busy']} busy limit {r['limit']}"
+                     + (f" pace {r['pace_rpm']}/min" if r["pace_rpm"] else "") + f" {r['latency']:.2f}s"
+                     + (" DOWN" if r["down"] else "") for r in rows)
