@@ -128,3 +128,15 @@ def test_every_bad_input_is_one_error_line_exit_1_and_leaves_outputs_alone(task_
         assert {n: (out / n).read_bytes() for n in before} == before, name
         (task_dir / file).write_text(pristine[file])
     assert len(cases) >= 45
+
+
+def test_a_fifth_of_calls_failing_in_every_way_still_gives_exactly_n(task_dir):
+    rng = random.Random(5)
+    kinds = ["500", "503", "429", "reset", "garbage", "truncated"]
+    with FakeServer(latency=0.002) as server:
+        server.faults.extend(rng.choice(kinds) if rng.random() < 0.2 else None for _ in range(2000))
+        result = run_cli("-n", 20, "--concurrency", 8, "--base-url", server.url, "--quiet", cwd=task_dir)
+        answered = sum(server.answered.values())
+    assert result.returncode == 0, result.stderr
+    assert len(assert_consistent(task_dir)) == 20
+    assert server.answered[200] < answered  # the faults were met
