@@ -51,6 +51,7 @@ TASK_FIELDS = [
     field("engine", "mapping", {}, "the LM engine (keys below)"),
     field("initialization_stages", "list", [], "stages run once per conversation"),
     field("iteration_stages", "list", [], "stages run every turn"),
+    field("finalization_stages", "list", [], "stages run once the turns are done (e.g. lm/judge)"),
     field("seed_datastore", "mapping", None, "`data_path` of the seed conversations (lm/scenario learns from them)"),
     field("prompts", "mapping", {}, "replacements for templates of chitchat_gen/prompts.py, by name"),
 ]
@@ -97,11 +98,16 @@ STAGE_FIELDS = {
     "lm/flow_controller": [
         field("patterns", "list", REQUIRED, "the moves (keys below)"),
         field("termination_patterns", "list", [], "names of the patterns that end a conversation"),
-        field("judge_eligibility", "bool", True, "false: skip the \"which moves fit?\" call; picks follow the weights"),
-        field("generate_hint", "bool", True, "false: pass the pattern's hint as is, one call less per turn")],
-    "lm/user/guided": [field("max_tokens", "int", None, "cap on user messages; null: 160 or the engine's cap if lower", low=1)],
+        field("judge_eligibility", "bool", None, "false: skip the \"which moves fit?\" call; picks follow the weights; "
+              "null: false for the local engine (measured in docs/quality.md), else true"),
+        field("generate_hint", "bool", None, "false: pass the pattern's hint as is, one call less per turn; "
+              "null: as judge_eligibility")],
+    "lm/user/guided": [field("max_tokens", "int", None, "cap on user messages; null: 160 or the engine's cap if lower", low=1),
+                       field("closing_cues", "list", [], "words that also count as thanks or goodbye on the closing turn "
+                             "(besides prompts.CLOSING_CUES)")],
     "lm/assistant/naive": [field("max_tokens", "int", None, "cap on assistant replies; null: the engine's cap", low=1)],
     "filter/unique_first_user": [],
+    "lm/judge": [field("min_score", "number", None, "drop a conversation whose mean score (1-5) is below this", low=1, high=5)],
 }
 PATTERN_FIELDS = [
     field("name", "str", REQUIRED, "unique name, e.g. chit_chat/follow_up"),
@@ -152,7 +158,7 @@ def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
                 engine=_engine(task["engine"], overrides, path))
     if overrides.get("seed") is not None:
         task["seed"] = check_value(overrides["seed"], spec_of(TASK_FIELDS, "seed"), "seed (override)")
-    for key in ("initialization_stages", "iteration_stages"):
+    for key in ("initialization_stages", "iteration_stages", "finalization_stages"):
         task[key] = [_stage(stage, f"{key}[{i}]", task, path, notes) for i, stage in enumerate(task[key])]
     if any(s["name"] == "lm/scenario" for s in task["initialization_stages"]) and not task["seed_scenarios"]:
         raise ConfigError(f"{path}: seed_datastore: lm/scenario learns from seed examples: "
@@ -309,7 +315,12 @@ def _stage(raw, where: str, task: dict, path, notes: list) -> dict:
         task["personas"] = load_personas(_data_path(store["data_path"], path, f"{where}.persona_store.data_path"))
     elif name == "lm/flow_controller":
         _flow_controller(stage, f"{path}: {where}.", notes)
-    elif name in ("lm/user/guided", "lm/assistant/naive") and stage["max_tokens"] is None:
+        for switch in ("judge_eligibility", "generate_hint"):
+            if stage[switch] is None:  # the tiny embedded model judges and writes hints badly: skip both
+                stage[switch] = task["engine"]["type"] != "local"
+    elif name == "lm/user/guided" and not all(isinstance(cue, str) and cue.strip() for cue in stage["closing_cues"]):
+        raise ConfigError(f"{path}: {where}.closing_cues: expected a list of words or phrases, got {stage['closing_cues']!r}")
+    if name in ("lm/user/guided", "lm/assistant/naive") and stage["max_tokens"] is None:
         # A chit-chat user writes a line or two; capping them keeps transcripts (and prompts) short.
         cap = task["engine"]["max_tokens"]
         stage["max_tokens"] = min(160, cap) if name == "lm/user/guided" else cap

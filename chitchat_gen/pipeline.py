@@ -16,7 +16,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from .engines import LMError, check_engine, make_chat
 from .record import last_step, messages, new_record
-from .stages import STAGES
+from .stages import OPENERS_KEPT, STAGES
+from .text import normalise
 
 
 def run_conversation(task: dict, ctx: dict) -> tuple[dict | None, str | None]:
@@ -32,17 +33,27 @@ def run_conversation(task: dict, ctx: dict) -> tuple[dict | None, str | None]:
             flow = last_step(record, "flow_controller")
             if flow and flow["terminate"]:
                 break  # the closing exchange was this turn's user and assistant messages
+        ctx["turn"] = None
+        # The finalization stages (the judge) see only conversations that could be kept.
+        reason = reason or unacceptable(task, record) or run_stages(task["finalization_stages"], record, ctx)
     except LMError as exc:
         reason = f"LM call failed: {exc}"
-    said = messages(record)
-    turns = sum(1 for m in said if m["role"] == "assistant")
-    if reason is None and any(not m["content"].strip() for m in said):
-        reason = "empty message"
-    if reason is None and not task["min_turns"] <= turns <= task["max_turns"]:
-        reason = f"{turns} turns, outside min_turns..max_turns"
     if ctx.get("trace"):
-        ctx["trace"]("done", conversation_id=record["conversation_id"], turns=turns, drop=reason)
+        ctx["trace"]("done", conversation_id=record["conversation_id"], turns=turns_of(record), drop=reason)
     return (None, reason) if reason else (record, None)
+
+
+def turns_of(record: dict) -> int:
+    return sum(1 for m in messages(record) if m["role"] == "assistant")
+
+
+def unacceptable(task: dict, record: dict) -> str | None:
+    """Why a finished conversation cannot be kept: an empty message, or turns outside the bounds."""
+    if any(not m["content"].strip() for m in messages(record)):
+        return "empty message"
+    if not task["min_turns"] <= turns_of(record) <= task["max_turns"]:
+        return f"{turns_of(record)} turns, outside min_turns..max_turns"
+    return None
 
 
 def run_stages(stages: list[dict], record: dict, ctx: dict) -> str | None:
@@ -68,11 +79,31 @@ def new_stats() -> dict:
     return {"accepted": 0, "dropped": collections.Counter(), "calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
 
+def new_memory(records=()) -> dict:
+    """What the duplicate checks remember across conversations, bounded (memory stays flat in N).
+
+    `records` (a resumed run's, read from disk) seed it, so no run repeats an earlier one's
+    scenario or opener: the last 1,000 scenarios and the last OPENERS_KEPT first user messages.
+    """
+    memory = {"scenarios": collections.deque(maxlen=1000), "first_users": {}}
+    for record in records:
+        if scenario := last_step(record, "scenario"):
+            memory["scenarios"].append(scenario["content"])
+        users = [m["content"] for m in messages(record) if m["role"] == "user"]
+        if users:
+            memory["first_users"][normalise(users[0])] = record["conversation_id"]
+            if len(memory["first_users"]) > OPENERS_KEPT:
+                memory["first_users"].pop(next(iter(memory["first_users"])))
+    return memory
+
+
 def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, concurrency: int = 1,
-             stats: dict | None = None, stop: threading.Event | None = None, trace=None):
+             stats: dict | None = None, stop: threading.Event | None = None, trace=None,
+             memory: dict | None = None):
     """Yield `n` accepted records as they complete, with up to `concurrency` in flight.
 
-    `stats` (optional: a dict, filled in as `new_stats`) is updated in this thread. A conversation is only
+    `stats` (optional: a dict, filled in as `new_stats`) is updated in this thread; `memory`
+    (`new_memory`) carries what the duplicate checks know from earlier runs. A conversation is only
     started while accepted + in flight < n, so no call is spent on a conversation that could
     not be kept; a drop starts a replacement. `stop` ends the run early. `trace(event, **data)`
     is called on every LM call and stage decision (see trace.py). Without `chat`, the task's own
@@ -86,7 +117,7 @@ def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, co
     for key, value in new_stats().items():
         stats.setdefault(key, value)  # a caller's {} fills in; a caller's figures add up
     stop = stop or threading.Event()
-    memory = {"scenarios": collections.deque(maxlen=1000)}  # bounded: memory stays flat in n
+    memory = new_memory() if memory is None else memory
     failures_in_a_row = drops_in_a_row = 0
     # Bounds on hopeless runs: a dead server fails fast, a model whose every conversation is dropped
     # (wrong voice, empty text, a filter that always fires) is given more tries: drops can be common.

@@ -68,6 +68,37 @@ $history
 Instruction for your next message: $hint
 Your message:""")
 
+# Added to the user's instruction on the closing turn; the reply must then carry a closing cue.
+CLOSING_NOTE = Template(
+    "This is your last message: wrap up in a sentence or two, thank the assistant or say goodbye, "
+    "and ask nothing new."
+)
+
+# Words that make a message a real closing (quality.is_closing); a task adds its own under
+# lm/user/guided's `closing_cues`.
+CLOSING_CUES = (
+    "thank", "thanks", "thank you", "thx", "bye", "goodbye", "good bye", "bye bye", "see you", "see ya",
+    "talk soon", "talk later", "talk to you", "speak soon", "take care", "have a good", "have a great",
+    "have a nice", "have a lovely", "cheers", "appreciate", "appreciated", "grateful", "until next time",
+    "catch you later", "good night", "goodnight", "farewell", "that's all", "that's everything",
+)
+
+JUDGE_SYSTEM = Template(
+    "You rate synthetic conversations for a training set, strictly and briefly. Reply in JSON only."
+)
+
+JUDGE_USER = Template("""\
+Scenario: $scenario
+The user: $persona
+Conversation:
+$history
+
+Rate from 1 (bad) to 5 (excellent): coherence (the replies follow each other and make sense), \
+persona (the user sounds like the person described, never like an assistant), naturalness \
+(a real person and a helpful assistant could have written it), closing (the last exchange ends \
+the conversation well). Reply as JSON: {"coherence": n, "persona": n, "naturalness": n, \
+"closing": n, "reason": "one short sentence"}""")
+
 ASSISTANT_SYSTEM = Template("""\
 You are a helpful, friendly AI assistant having a casual conversation. \
 Context: $scenario

@@ -23,6 +23,7 @@ import json
 import re
 
 from . import prompts
+from .quality import clean, copies, is_closing, problems
 from .record import last_step, messages, new_step
 from .text import jaccard, normalise, shingles
 
@@ -52,9 +53,15 @@ def template(ctx: dict, name: str, **variables) -> str:
     return prompts.render(name, ctx["task"]["prompts"], **variables)
 
 
-def add_step(record: dict, ctx: dict, role: str, content: str, **fields) -> dict:
-    """Append a step written by the running stage in this turn; return the record."""
-    record["steps"].append(new_step(role, content, ctx["stage"]["name"], ctx.get("turn"), **fields))
+def add_step(record: dict, ctx: dict, role: str, content: str, cleaned=(), **fields) -> dict:
+    """Append a step written by the running stage in this turn; return the record.
+
+    `cleaned` names what quality.clean removed from the reply (kept in the step's metadata).
+    """
+    step = new_step(role, content, ctx["stage"]["name"], ctx.get("turn"), **fields)
+    if cleaned:
+        step["metadata"]["cleaned"] = list(cleaned)
+    record["steps"].append(step)
     return record
 
 
@@ -71,40 +78,6 @@ def persona_of(record: dict) -> str:
 def transcript(record: dict) -> str:
     lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages(record)]
     return "\n".join(lines) or "(nothing yet: this is the first message)"
-
-
-LABEL = re.compile(r"^\s*\**(user|assistant|scenario|message|instruction|your message|reply)\**\s*:\s*\**\s*", re.I)
-PROMPT_ECHO = re.compile(r"^\s*(conversation so far|your (next )?message|instruction for your next message)\s*:\s*$", re.I | re.M)
-NEXT_SPEAKER = re.compile(r"\n\s*\**(user|assistant|human|ai)\**\s*:", re.I)
-
-
-def clean(text: str) -> str:
-    r"""Strip labels, wrapping quotes, lines where the model went on as the other speaker, and loops.
-
-    >>> clean('User: "Nice! Nice! What next?"\nAssistant: Well...')
-    'Nice! What next?'
-    """
-    text = NEXT_SPEAKER.split(PROMPT_ECHO.sub("", text), maxsplit=1)[0]
-    text = LABEL.sub("", text.strip()).strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
-    return drop_repeated_sentences(text)
-
-
-def drop_repeated_sentences(text: str) -> str:
-    """Small models loop ("I'm so glad! I'm so glad! ..."); keep each sentence once."""
-    sentences = re.split(r"(?<=[.!?])\s+", text)
-    seen, kept = set(), []
-    for sentence in sentences:
-        key = normalise(sentence)
-        if key not in seen:
-            seen.add(key)
-            kept.append(sentence)
-    return text if len(kept) == len(sentences) else " ".join(kept)
-
-
-ASSISTANT_VOICE = re.compile(r"\b(as an ai|i'?m an ai|as a (large )?language model|how (can|may) i (help|assist) you|"
-                             r"i'?m here to (help|assist)|i'?ll be your (\w+ ){0,2}assistant)\b", re.I)
 
 
 # --- initialization stages -----------------------------------------------------------------
@@ -130,21 +103,24 @@ def scenario(record: dict, ctx: dict) -> dict | str:
                                                  topic_hint=rng.choice(prompts.TOPIC_HINTS),
                                                  person=f"\nThe person: {persona['content']}" if persona else "")},
         ]
-        text = clean(clean(lm(ctx, messages)).split("\n")[0])  # first line, then its own quotes and label
-        problem = scenario_problem(text, examples, pool, cfg.get("near_duplicate_threshold"))
+        text, fixes = clean(clean(lm(ctx, messages))[0].split("\n")[0])  # first line, then its own quotes and label
+        problem = scenario_problem(text, pool, cfg.get("near_duplicate_threshold"))
         if not problem:
             break
     else:
         return problem
     ctx["memory"]["scenarios"].append(text)
-    return add_step(record, ctx, "scenario", text)
+    return add_step(record, ctx, "scenario", text, cleaned=fixes)
 
 
-def scenario_problem(text: str, examples: list[str], earlier: list[str], threshold: float | None) -> str | None:
+def scenario_problem(text: str, earlier: list[str], threshold: float | None) -> str | None:
+    """Why a scenario cannot be used, or None; `earlier` are the seeds and earlier scenarios."""
     if not text:
         return "scenario empty"
-    if normalise(text) in {normalise(e) for e in examples}:
-        return "scenario copies an example"
+    if found := problems(text, "scenario"):
+        return f"scenario: {found[0]}"
+    if copies(text, earlier):
+        return "scenario copies a seed or an earlier scenario"
     if threshold is not None:
         grams = shingles(text)
         if any(jaccard(grams, g) >= threshold for g in map(shingles, earlier)):
@@ -195,14 +171,14 @@ def flow_controller(record: dict, ctx: dict) -> dict:
             reasoning = f"reply named no known pattern, all candidates eligible ({reply[:80]!r})"
     weights = [p["weight"] for p in eligible]
     chosen = ctx["rng"].choices(eligible, weights=weights if sum(weights) > 0 else None)[0]
-    hint = chosen["hint"]
-    if cfg["generate_hint"]:
+    hint, terminate = chosen["hint"], chosen["name"] in closing
+    if cfg["generate_hint"] and not terminate:  # the closing turn keeps its pattern's own hint, as written
         written = clean(lm(ctx, [{"role": "user", "content": template(
             ctx, "HINT_USER", scenario=scenario_of(record, ctx), persona=persona_of(record),
             history=transcript(record), pattern=chosen["name"], description=chosen["description"],
-            hint=chosen["hint"])}], max_tokens=120))
-        hint = written or hint
-    return add_step(record, ctx, "flow_controller", chosen["name"], terminate=chosen["name"] in closing, hint=hint,
+            hint=chosen["hint"])}], max_tokens=120))[0]
+        hint = written if written and not problems(written, "hint") else hint
+    return add_step(record, ctx, "flow_controller", chosen["name"], terminate=terminate, hint=hint,
                     eligible_patterns=[p["name"] for p in eligible], weights={p["name"]: p["weight"] for p in eligible},
                     reasoning=reasoning)
 
@@ -233,27 +209,85 @@ def parse_eligibility(reply: str) -> tuple[set, str]:
 
 @stage("lm/user/guided")
 def user(record: dict, ctx: dict) -> dict | str:
-    """The simulated user's next message, from persona, scenario, history and this turn's hint."""
+    """The simulated user's next message, from persona, scenario, history and this turn's hint.
+
+    On the closing turn the message must thank or say goodbye (quality.is_closing). A message
+    with a problem quality.clean cannot fix is asked for again once, then the conversation drops.
+    """
     flow = last_step(record, "flow_controller")
+    closing = bool(flow and flow.get("terminate"))
     hint = flow["hint"] if flow else "Continue the conversation naturally."
+    if closing:
+        hint = f"{hint} {template(ctx, 'CLOSING_NOTE')}"
     messages = [
         {"role": "system", "content": template(ctx, "USER_SYSTEM", persona=persona_of(record),
                                                scenario=scenario_of(record, ctx))},
         {"role": "user", "content": template(ctx, "USER_TURN", history=transcript(record), hint=hint)},
     ]
-    for _ in range(2):  # one retry when the model slips into the assistant's voice
-        text = clean(lm(ctx, messages, max_tokens=ctx["stage"]["max_tokens"]))
-        if text and not ASSISTANT_VOICE.search(text):
-            return add_step(record, ctx, "user", text)
-    return "user message empty" if not text else "user message in the assistant's voice"
+    for _ in range(2):
+        text, fixes = clean(lm(ctx, messages, max_tokens=ctx["stage"]["max_tokens"]))
+        found = problems(text, "user")
+        if closing and not is_closing(text, ctx["stage"]["closing_cues"]):
+            found.append("no thanks or goodbye on the closing turn")
+        if text and not found:
+            return add_step(record, ctx, "user", text, cleaned=fixes)
+    return f"user message: {found[0]}" if text else "user message empty"
 
 
 @stage("lm/assistant/naive")
 def assistant(record: dict, ctx: dict) -> dict | str:
     """A helpful, friendly reply given the scenario and the history (the persona stays hidden)."""
     prompt = [{"role": "system", "content": template(ctx, "ASSISTANT_SYSTEM", scenario=scenario_of(record, ctx))}]
-    text = clean(lm(ctx, prompt + messages(record), max_tokens=ctx["stage"]["max_tokens"]))
-    return add_step(record, ctx, "assistant", text) if text else "assistant message empty"
+    said = messages(record)
+    for _ in range(2):
+        text, fixes = clean(lm(ctx, prompt + said, max_tokens=ctx["stage"]["max_tokens"]))
+        found = problems(text, "assistant", said[-1]["content"] if said else "")
+        if text and not found:
+            return add_step(record, ctx, "assistant", text, cleaned=fixes)
+    return f"assistant message: {found[0]}" if text else "assistant message empty"
+
+
+# --- after the loop ------------------------------------------------------------------------
+
+JUDGED = ("coherence", "persona", "naturalness", "closing")
+
+
+@stage("lm/judge")
+def judge(record: dict, ctx: dict) -> dict | str:
+    """One JSON call scoring the conversation 1-5 on JUDGED, with a reason, into record["scores"].
+
+    Put it under `finalization_stages`. With `min_score`, a conversation whose mean score is
+    below it is dropped; an unusable reply (asked twice) then drops it too, else it is kept unscored.
+    """
+    cfg, task = ctx["stage"], ctx["task"]
+    schema = {"type": "object", "required": [*JUDGED, "reason"],
+              "properties": {**{k: {"type": "integer", "minimum": 1, "maximum": 5} for k in JUDGED},
+                             "reason": {"type": "string", "maxLength": 200}}}
+    prompt = [{"role": "system", "content": template(ctx, "JUDGE_SYSTEM")},
+              {"role": "user", "content": template(ctx, "JUDGE_USER", scenario=scenario_of(record, ctx),
+                                                   persona=persona_of(record), history=transcript(record))}]
+    for _ in range(2):
+        scores = parse_scores(lm(ctx, prompt, json_schema=schema, max_tokens=task["engine"]["json_max_tokens"]))
+        if scores:
+            break
+    else:
+        return "judge reply unusable" if cfg["min_score"] else record
+    record["scores"] = scores
+    if cfg["min_score"] and sum(scores[k] for k in JUDGED) / len(JUDGED) < cfg["min_score"]:
+        return "judge score below min_score"
+    return record
+
+
+def parse_scores(reply: str) -> dict | None:
+    """{coherence, persona, naturalness, closing: 1..5, reason} from the judge's JSON, or None."""
+    match = re.search(r"\{.*\}", reply, re.S)
+    try:
+        data = json.loads(match.group(0)) if match else None
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), int) and 1 <= data[k] <= 5 for k in JUDGED):
+        return None
+    return {**{k: data[k] for k in JUDGED}, "reason": str(data.get("reason") or "")[:200]}
 
 
 # --- filters -------------------------------------------------------------------------------
@@ -262,7 +296,8 @@ def assistant(record: dict, ctx: dict) -> dict | str:
 def unique_first_user(record: dict, ctx: dict) -> dict | str:
     """Drop a conversation whose first user message (normalised) opened an earlier one in this run.
 
-    Put it right after lm/user/guided. Only this run's conversations are compared.
+    Put it right after lm/user/guided. A resumed run also compares with the latest
+    OPENERS_KEPT openers already on disk.
     """
     users = [m for m in messages(record) if m["role"] == "user"]
     if len(users) != 1:
@@ -271,4 +306,9 @@ def unique_first_user(record: dict, ctx: dict) -> dict | str:
     # subtle: dict.setdefault checks and claims the opener in one step (no Python code runs in
     # between, so no thread switch): of two conversations with the same opener, exactly one owns it.
     owner = openers.setdefault(normalise(users[0]["content"]), record["conversation_id"])
+    if len(openers) > OPENERS_KEPT:
+        openers.pop(next(iter(openers)), None)  # the oldest: memory stays flat in N
     return record if owner == record["conversation_id"] else "first user message repeats an earlier conversation"
+
+
+OPENERS_KEPT = 10_000  # first user messages remembered (this run's and, on resume, the latest on disk)

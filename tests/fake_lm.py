@@ -43,6 +43,8 @@ def canned_reply(messages: list[dict], json_schema: dict | None = None) -> str:
         return f"Scenario: A person number {k} wants to chat about hobby {k}."
     if "one-sentence instruction" in last:
         return f"Ask about detail {k}."
+    if "role-playing a human user" in system and "This is your last message" in last:
+        return f"User: Thanks a lot for chat {k}, bye!"
     if "role-playing a human user" in system:
         return f"User: I wonder about thing {k}, can you tell me more?"
     return f"Here is a friendly answer number {k}."

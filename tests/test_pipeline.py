@@ -159,7 +159,7 @@ def test_a_stage_that_always_drops_stops_the_run_with_the_reason(task):
 
     stats = {}
     with pytest.raises(LMError, match="50 conversations in a row were dropped, most often for "
-                                      "'lm/user/guided: user message in the assistant's voice'"):
+                                      "'lm/user/guided: user message: assistant's voice'"):
         list(generate(task, 3, chat=assistant_voice, stats=stats))
     assert stats["accepted"] == 0
 

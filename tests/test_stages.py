@@ -11,7 +11,8 @@ import uuid
 import pytest
 
 from chitchat_gen.config import load_task
-from chitchat_gen.stages import STAGES, clean, parse_eligibility, stage
+from chitchat_gen.quality import clean
+from chitchat_gen.stages import STAGES, parse_eligibility, stage
 from fake_lm import fake_chat
 
 
@@ -52,7 +53,7 @@ def test_scenario_learns_from_seeds_and_cleans_the_reply(task):
 def test_scenario_retries_once_then_drops_a_copy_of_an_example(task):
     task["seed_scenarios"] = ["A cook talks about bread."]
     ctx = make_ctx(task, chat=lambda m, **o: "A cook talks about bread.", name="lm/scenario")
-    assert STAGES["lm/scenario"](record_with(), ctx) == "scenario copies an example"
+    assert STAGES["lm/scenario"](record_with(), ctx) == "scenario copies a seed or an earlier scenario"
     assert len(ctx["calls"]) == 2
     assert ctx["calls"][0]["seed"] != ctx["calls"][1]["seed"]
 
@@ -70,14 +71,15 @@ def test_near_duplicate_filter_retries_then_drops(task):
     task["initialization_stages"][0]["num_icl_examples"] = 1
 
     def run(threshold):
-        ctx = make_ctx(task, chat=lambda m, **o: "A keen cook wants to talk about baking sourdough bread at home.",
+        ctx = make_ctx(task, chat=lambda m, **o: "A keen cook wants to talk about baking sourdough bread with her kids.",
                        name="lm/scenario")
         ctx["stage"] = dict(ctx["stage"], near_duplicate_threshold=threshold)
-        ctx["memory"]["scenarios"].append("A keen cook wants to talk about baking sourdough bread at home today.")
+        # Jaccard 0.28, and less than half of either is in the other: not a copy, but near at 0.25.
+        ctx["memory"]["scenarios"].append("A keen cook wants to talk about growing tomatoes in pots on a balcony.")
         return STAGES["lm/scenario"](record_with(), ctx), ctx["calls"]
 
     assert isinstance(run(None)[0], dict)  # filter off by default: accepted
-    result, calls = run(0.5)
+    result, calls = run(0.25)
     assert result == "scenario near-duplicate of an earlier one" and len(calls) == 2
 
 
@@ -164,8 +166,8 @@ def test_termination_is_a_candidate_from_min_turns(task):
 def test_termination_is_forced_at_max_turns_without_an_eligibility_call(task):
     step, calls = flow_step(task, turn=4)
     assert step["content"] == "chit_chat/termination" and step["terminate"] is True
-    assert all(c["json_schema"] is None for c in calls)  # only the hint call
-    assert len(calls) == 1
+    assert calls == []  # no eligibility call, and the closing turn keeps its pattern's own hint
+    assert step["hint"] == next(p["hint"] for p in task["iteration_stages"][0]["patterns"] if p["name"] == step["content"])
 
 
 def test_close_at_max_turns_false_does_not_force(task):
@@ -238,7 +240,7 @@ def test_user_sees_persona_scenario_hint_and_history(task):
 def test_user_in_the_assistant_voice_is_retried_then_dropped(task):
     replies = iter(["I'm here to help you explore!", "I'll be your next chatbot assistant."])
     ctx = make_ctx(task, chat=lambda m, **o: next(replies), name="lm/user/guided")
-    assert STAGES["lm/user/guided"](record_with(("scenario", "s")), ctx) == "user message in the assistant's voice"
+    assert STAGES["lm/user/guided"](record_with(("scenario", "s")), ctx) == "user message: assistant's voice"
     replies = iter(["As an AI, I can help you.", "So, what about cats?"])
     ctx = make_ctx(task, chat=lambda m, **o: next(replies), name="lm/user/guided")
     assert STAGES["lm/user/guided"](record_with(("scenario", "s")), ctx)["steps"][-1]["content"] == "So, what about cats?"
@@ -282,7 +284,7 @@ def test_every_call_gets_a_distinct_seed_from_the_conversation_rng(task):
     ("Conversation so far:\nI love cats.\nYour next message:", "I love cats."),
 ])
 def test_clean(raw, expected):
-    assert clean(raw) == expected
+    assert clean(raw)[0] == expected
 
 
 def test_parse_eligibility_finds_json_inside_prose():

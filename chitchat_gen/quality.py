@@ -1,0 +1,116 @@
+r"""Quality gates: the mistakes models make in generated text, found by name, cleaned where safe.
+
+A training set inherits every mistake of the model that wrote it; a small model makes more of
+them, a large one fewer. The stages call `clean` on every reply (it removes what can go without
+changing the meaning: labels, prompt lines the model copied, a repeated paragraph or sentence,
+the other speaker's next line) and `problems` on what is left (what cannot be cleaned: the stage
+retries once, then drops the conversation with the problem's name). `stats` counts the same
+checks over a dataset, so the figures mean what the gates mean.
+
+    >>> clean("Situation: a rainy day.\nI love rain! I love rain!")
+    ('I love rain!', ['leaked label', 'repeated sentence'])
+    >>> problems("Sure, I'd be happy to help you plan [insert city here].", "user")
+    ['placeholder', "assistant's voice"]
+    >>> is_closing("Thanks a lot, talk soon!", ())
+    True
+"""
+
+from __future__ import annotations
+
+import re
+
+from .prompts import CLOSING_CUES
+from .text import jaccard, normalise, shingles
+
+# "[insert location here]", "[Your name]", "<name>", "{{topic}}": slots a template meant to be filled.
+PLACEHOLDER = re.compile(r"\[\s*(?:insert|add|enter|your|name|placeholder|topic|location|date|user)\b[^\]]*\]"
+                         r"|<\s*(?:name|your[\w ]*|user|location|date|topic|city|placeholder)\s*>|\{\{[^}]*\}\}", re.I)
+# A speaker label at the very start of a reply: the content after it is the reply.
+LABEL = re.compile(r"^\s*\**(user|assistant|scenario|message|instruction|your message|reply)\**\s*:\s*\**\s*", re.I)
+# A line that starts with a label of our prompts (or a made-up one): the model copied the prompt's shape.
+LEAKED_LABEL = re.compile(r"^\s*\**(chat|situation|scenario|persona|instruction|hint|context|note|who you are|"
+                          r"general instruction|conversation( so far)?|your (next )?message|the user|role|"
+                          r"instruction for your next message)\**\s*:", re.I)
+NEXT_SPEAKER = re.compile(r"\n\s*\**(user|assistant|human|ai)\**\s*:", re.I)
+ASSISTANT_VOICE = re.compile(
+    r"\b(as an ai|i'?m an ai|as a (large )?language model|how (can|may) i (help|assist)( you)?|"
+    r"i'?m here to (help|assist)|i'?ll be your (\w+ ){0,2}assistant|"
+    r"(i'?d|i would|i'?m|i am|i'?ll) (be )?(happy|glad|delighted|pleased) to (help|assist)|assist you with|"
+    r"let me know if (you|there'?s)|feel free to (ask|reach out)|is there anything else i can|"
+    r"happy to help|i hope (this|that) helps)\b", re.I)
+ECHO = 0.6  # share of the user's 3-grams that an assistant reply repeats to count as echoing it
+
+
+def clean(text: str) -> tuple[str, list[str]]:
+    r"""`text` without what can safely go, and the names of what went.
+
+    >>> clean('User: "Nice! What next?"\nAssistant: Well...')
+    ('Nice! What next?', ['next speaker', 'label'])
+    """
+    fixes = []
+    kept = NEXT_SPEAKER.split(text, maxsplit=1)[0]
+    fixes += ["next speaker"] if kept != text else []
+    unlabelled = LABEL.sub("", kept.strip()).strip()
+    fixes += ["label"] if unlabelled != kept.strip() else []
+    lines = [line for line in unlabelled.splitlines() if line.strip()]
+    content = [line for line in lines if not LEAKED_LABEL.match(line)]
+    if content and len(content) < len(lines):  # a reply made only of a leaked line stays: `problems` names it
+        fixes.append("leaked label")
+        lines = content
+    paragraphs = _unique(lines, lambda a, b: normalise(a) == normalise(b) or jaccard(shingles(a), shingles(b)) >= 0.8)
+    fixes += ["repeated paragraph"] if len(paragraphs) < len(lines) else []
+    text = "\n".join(paragraphs)
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    sentences = re.split(r"(?<=[.!?])[ \t]+", text)
+    once = _unique(sentences, lambda a, b: normalise(a) == normalise(b))
+    if len(once) < len(sentences):
+        fixes.append("repeated sentence")  # small models loop: "I'm so glad! I'm so glad! ..."
+        text = " ".join(once)
+    return text, fixes
+
+
+def _unique(items: list[str], same) -> list[str]:
+    kept = []
+    for item in items:
+        if not any(same(item, earlier) for earlier in kept):
+            kept.append(item)
+    return kept
+
+
+def problems(text: str, role: str, previous: str = "") -> list[str]:
+    """What is wrong with a cleaned message that cleaning cannot fix, by name.
+
+    `role` is "user", "assistant" or "scenario"; `previous` the message it answers (for echoes).
+    """
+    found = []
+    if PLACEHOLDER.search(text):
+        found.append("placeholder")
+    if any(LEAKED_LABEL.match(line) for line in text.splitlines()):
+        found.append("leaked label")
+    if role == "user" and ASSISTANT_VOICE.search(text):
+        found.append("assistant's voice")
+    if role == "assistant" and echoes(text, previous):
+        found.append("echo of the user")
+    return found
+
+
+def echoes(reply: str, message: str) -> bool:
+    """The reply repeats most of the message it answers (a message of 6 words or more)."""
+    grams = shingles(message)
+    return len(normalise(message).split()) >= 6 and len(grams & shingles(reply)) / len(grams) >= ECHO
+
+
+def is_closing(text: str, extra_cues) -> bool:
+    """The message thanks or says goodbye (prompts.CLOSING_CUES, plus a task's own cues)."""
+    said = f" {normalise(text)} "
+    return any(f" {normalise(cue)} " in said for cue in (*CLOSING_CUES, *extra_cues))
+
+
+def copies(text: str, earlier: list[str], share: float = 0.6) -> bool:
+    """`text` contains most of some earlier text's 3-grams (`share`), or is contained in it.
+
+    Catches a seed copied word for word with a sentence added, which Jaccard alone lets through.
+    """
+    grams = shingles(text)
+    return any(len(grams & other) >= share * min(len(grams), len(other)) for other in map(shingles, earlier))
