@@ -20,7 +20,8 @@ from pathlib import Path
 from .config import ENGINE_FIELDS, TASK_FIELDS, ConfigError, load_task, spec_of, value_problem
 from .engines import LMError, check_engine, default_concurrency, make_chat, make_pool
 from .load import describe, report
-from .pipeline import generate, new_stats
+from .pipeline import generate, new_memory, new_stats
+from .record import read_jsonl
 from .trace import make_printer
 from .stats import dataset_stats, render_table, write_card
 from .store import FINAL, FORMATTED, append, clear, close, count_existing, log_run, open_store
@@ -189,7 +190,10 @@ def run_task(task: dict, args) -> None:
         try:
             # A resumed run with the same --seed must not replay the first run's personas and patterns.
             seed = None if task["seed"] is None else f"{task['seed']}/{part}/{existing}"
-            for record in generate(task, n - existing, chat=chat, seed=seed, concurrency=concurrency, stats=stats):
+            # The duplicate checks also know what earlier runs wrote (bounded: the latest on disk).
+            memory = new_memory(value for _, _, value, _ in read_jsonl(folder / FINAL)) if existing else None
+            for record in generate(task, n - existing, chat=chat, seed=seed, concurrency=concurrency, stats=stats,
+                                   memory=memory):
                 append(store, record)
         finally:
             if ticker:
