@@ -216,5 +216,5 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
         lines.append(f"| {run['date']} | {run['engine']} / {run['model']} | {run['seed']} | {run['accepted']} | "
                      f"{dropped} | {run['calls']} | {busy} | {run['tokens']} | {run['seconds']} | `{run['command']}` |")
     card = folder / "README.md"
-    card.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    card.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")  # the same bytes on Windows
     return card

@@ -10,7 +10,8 @@ formatted_output.jsonl, so a killed run loses only conversations in flight. `ope
 repairs what a kill (or a hand edit) can leave behind, with final_data.jsonl as the source of
 truth: a line that is not a whole record (a torn last line, broken JSON) or repeats an id is
 moved to rejected.jsonl, never silently deleted; formatted lines are rebuilt from the records.
-It holds a lock file so two runs cannot interleave their lines in one folder.
+It holds a lock on `.lock` so two runs cannot interleave their lines in one folder: flock on
+Linux and macOS, msvcrt.locking on Windows, and elsewhere a pid file taken over once its run is dead.
 
     store = open_store(Path("output/demo"))
     store["existing"], store["notes"]      # conversations already on disk, what repair did
@@ -19,11 +20,19 @@ It holds a lock file so two runs cannot interleave their lines in one folder.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+
+try:  # POSIX (Linux, macOS)
+    import fcntl
+except ImportError:
+    fcntl = None
+try:  # Windows
+    import msvcrt
+except ImportError:
+    msvcrt = None
 
 from .config import ConfigError
 from .record import format_record, read_jsonl, to_line
@@ -49,11 +58,11 @@ def open_store(folder: Path) -> dict:
     """Lock the folder, repair its files, and open both to append."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        lock = _take_lock(folder)
+        unlock = _take_lock(folder)
     except OSError as exc:
         raise ConfigError(f"cannot write to {folder} ({exc.strerror}): choose a writable folder with --output-dir")
     existing, notes = repair(folder)
-    return {"folder": folder, "lock": lock, "existing": existing, "notes": notes,
+    return {"folder": folder, "unlock": unlock, "existing": existing, "notes": notes,
             "final": _open(folder / FINAL), "formatted": _open(folder / FORMATTED)}
 
 
@@ -83,7 +92,7 @@ def log_run(store: dict, run: dict) -> list[dict]:
 def close(store: dict) -> None:
     store["final"].close()
     store["formatted"].close()
-    store["lock"].close()  # releases the flock; the file stays, harmless
+    store["unlock"]()
 
 
 # --- repair -------------------------------------------------------------------------------
@@ -168,18 +177,98 @@ def _rewrite(path: Path, lines) -> None:
     os.replace(tmp, path)
 
 
-def _take_lock(folder: Path):
+def _in_use(folder: Path) -> ConfigError:
+    try:
+        holder = (folder / LOCK).read_text(encoding="utf-8", errors="replace").strip() or "?"
+    except OSError:
+        holder = "?"
+    return ConfigError(f"{folder} is in use by another run (pid {holder}): wait for it, or use another --output-dir")
+
+
+def _flock(folder: Path):
     """An exclusive flock on .lock: the kernel releases it when the run dies, even by SIGKILL."""
-    lock = open(folder / LOCK, "a+")
+    lock = open(folder / LOCK, "a+", encoding="utf-8", newline="\n")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "?"
         lock.close()
-        raise ConfigError(f"{folder} is in use by another run (pid {holder}): wait for it, or use another --output-dir")
+        raise _in_use(folder)
     lock.seek(0)
     lock.truncate()
     lock.write(str(os.getpid()))
     lock.flush()
-    return lock
+    return lock.close  # releases the flock; the file stays, harmless
+
+
+# subtle: Windows locks are mandatory, so a locked byte cannot be read by another process; lock
+# one byte far past the pid, which stays readable for the "in use" message.
+_LOCKED_BYTE = 1 << 20
+
+
+def _msvcrt_lock(folder: Path):
+    """A byte-range lock on .lock: Windows releases it when the handle closes or the run dies."""
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0))
+    os.lseek(fd, _LOCKED_BYTE, os.SEEK_SET)
+    try:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError:
+        os.close(fd)
+        raise _in_use(folder)
+    # Padded to a fixed width instead of truncated: a longer earlier pid is overwritten whole.
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, f"{os.getpid():<20}".encode())
+
+    def unlock():
+        os.lseek(fd, _LOCKED_BYTE, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        os.close(fd)
+    return unlock
+
+
+def _pid_file_lock(folder: Path):
+    """Neither flock nor msvcrt: .lock exists while a run holds the folder and names its pid.
+
+    The file is written in full under another name and hard-linked into place, so a reader never
+    sees it half-written. A lock whose pid is no longer a live process is taken over.
+    """
+    path, mine = folder / LOCK, folder / f"{LOCK}.{os.getpid()}"
+    mine.write_text(str(os.getpid()), encoding="utf-8")
+    try:
+        for attempt in (1, 2):
+            try:
+                os.link(mine, path)
+                break
+            except FileExistsError:
+                if attempt == 2 or _alive(path.read_text(encoding="utf-8", errors="replace")):
+                    raise _in_use(folder)
+                # subtle: two runs starting in the same instant on a dead run's lock could both
+                # get here; flock and msvcrt have no such window, this path is the last resort.
+                path.unlink(missing_ok=True)
+    finally:
+        mine.unlink(missing_ok=True)
+
+    def unlock():
+        try:
+            if path.read_text(encoding="utf-8", errors="replace") == str(os.getpid()):
+                path.unlink()
+        except FileNotFoundError:
+            pass  # someone removed it by hand: nothing left to release
+    return unlock
+
+
+def _alive(pid: str) -> bool:
+    # Signal 0 only asks whether the process exists (never reached on Windows, where os.kill kills).
+    if not pid.strip().isdigit() or int(pid) <= 0:
+        return False  # not a pid we wrote: a leftover, not a holder
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+# The choice is made once, at import: _take_lock(folder) holds .lock for this run (or raises
+# ConfigError naming the holder's pid) and returns the function that releases it.
+_take_lock = _flock if fcntl else _msvcrt_lock if msvcrt else _pid_file_lock

@@ -106,30 +106,67 @@ def test_a_bad_line_in_the_middle_is_moved_with_its_formatted_line_and_counted_w
     assert len(read_jsonl(tmp_path / REJECTED)) == 2  # a second open finds nothing more to move
 
 
-def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
-    store = open_store(tmp_path)
-    with pytest.raises(ConfigError, match="in use by another run"):
-        open_store(tmp_path)
-    close(store)
-    close(open_store(tmp_path))  # free again
+# Each lock test runs in subprocesses, once as on Linux and macOS (flock) and once with fcntl made
+# unimportable, as on a platform without it (the pid-file fallback); the prelude picks the mode.
+LOCK_MODES = {"_flock": "", "_pid_file_lock": "sys.modules['fcntl'] = None"}
 
 
-def test_a_lock_left_by_a_killed_run_is_free(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", f"""
-import sys, time
-sys.path.insert(0, {str(ROOT)!r})
-from pathlib import Path
-from chitchat_gen.store import open_store
+def python(mode, code):
+    """Popen running `code` in lock mode `mode`, after printing which lock function it got."""
+    return subprocess.Popen([sys.executable, "-c", f"import sys\n{LOCK_MODES[mode]}\n"
+                             f"sys.path.insert(0, {str(ROOT)!r})\nfrom pathlib import Path\n"
+                             "from chitchat_gen.config import ConfigError\n"
+                             "from chitchat_gen.store import _take_lock, close, open_store\n"
+                             "print(_take_lock.__name__, flush=True)\n" + code],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def in_use(folder, pid):
+    return f"{folder} is in use by another run (pid {pid}): wait for it, or use another --output-dir"
+
+
+def try_to_open(mode, folder):
+    """The lines a run in `mode` prints when it tries to open `folder`: its lock function, then the outcome."""
+    run = python(mode, f"""
+try:
+    close(open_store(Path({str(folder)!r})))
+    print("opened")
+except ConfigError as exc:
+    print(exc)
+""")
+    return run.communicate(timeout=60)[0].splitlines()
+
+
+@pytest.mark.parametrize("mode", LOCK_MODES)
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path, mode):
+    run = python(mode, f"""
+folder = Path({str(tmp_path)!r})
+store = open_store(folder)
+try:
+    open_store(folder)
+except ConfigError as exc:
+    print(exc)
+close(store)
+close(open_store(folder))
+print("free again")
+""")
+    assert run.communicate(timeout=60)[0].splitlines() == [mode, in_use(tmp_path, run.pid), "free again"]
+    assert try_to_open(mode, tmp_path) == [mode, "opened"]
+
+
+@pytest.mark.parametrize("mode", LOCK_MODES)
+def test_a_lock_left_by_a_killed_run_is_free(tmp_path, mode):
+    holder = python(mode, f"""
+import time
 store = open_store(Path({str(tmp_path)!r}))
 print("locked", flush=True)
 time.sleep(60)
-"""], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(ConfigError, match=f"in use by another run \\(pid {holder.pid}\\)"):
-        open_store(tmp_path)
+""")
+    assert [holder.stdout.readline().strip() for _ in range(2)] == [mode, "locked"]
+    assert try_to_open(mode, tmp_path) == [mode, in_use(tmp_path, holder.pid)]
     holder.kill()
     holder.wait()
-    close(open_store(tmp_path))  # the kernel dropped the dead run's lock
+    assert try_to_open(mode, tmp_path) == [mode, "opened"]  # the kernel dropped the lock, or the dead pid's file was taken over
 
 
 def test_a_torn_line_cut_inside_a_multibyte_character_is_dropped(tmp_path):
