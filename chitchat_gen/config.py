@@ -21,6 +21,7 @@ import yaml
 
 from . import prompts
 from .record import STEP_ROLES, read_jsonl
+from .redact import MASK, is_secret_name, redact_url
 from .stages import STAGES
 
 
@@ -228,7 +229,8 @@ def value_problem(value, spec: dict) -> str | None:
     choices = kind.split("|")
     if len(choices) > 1:
         return f"expected one of {', '.join(choices)}, got {value!r}{_did_you_mean(value, choices)}"
-    return f"expected {describe(spec)}, got {value!r}"
+    got = MASK if is_secret_name(spec["name"]) else repr(value)  # an api_key of the wrong type is still a key
+    return f"expected {describe(spec)}, got {got}"
 
 
 def describe(spec: dict) -> str:
@@ -255,10 +257,12 @@ def _split_urls(value) -> list[str]:
 
 
 def _url_problem(url: str) -> str | None:
-    if re.match(r"^https?://[^/\s:@]+(:\d+)?(/\S*)?$", url):
+    # Gateways may want credentials in the URL: user:password@ (sent as HTTP basic auth) or a
+    # query such as ?api_key=... (kept on every request); both are masked wherever the URL is shown.
+    if re.match(r"^https?://([^/\s?#@]+@)?[^/\s:@?#]+(:\d+)?(/[^\s?#]*)?(\?[^\s#]*)?$", url):
         return None
     hint = f" (e.g. http://{url})" if "://" not in url else ""
-    return f"'{url}' is not a URL: expected http:// or https://, a host and an optional port{hint}"
+    return f"'{redact_url(url)}' is not a URL: expected http:// or https://, a host and an optional port{hint}"
 
 
 # --- sections -----------------------------------------------------------------------------
