@@ -63,7 +63,7 @@ ENGINE_FIELDS = [
           flag="--model"),
     field("base_url", "urls", None, "server URL or list of URLs (flag: repeat it or comma-separate); null: the engine's default",
           flag="--base-url"),
-    field("api_key", "str", None, "openai only; OPENAI_API_KEY wins when set"),
+    field("api_key", "str", None, "openai only; OPENAI_API_KEY wins when set (and is better: a key here draws a warning)"),
     field("temperature", "number", 0.7, "sampling temperature", low=0, flag="--temperature"),
     field("max_tokens", "int", None, "cap on every reply; null: 512 (local: 200)", low=1, flag="--max-tokens"),
     field("json_max_tokens", "int", 200, "cap on JSON replies (the flow controller's)", low=1),
