@@ -229,7 +229,7 @@ def value_problem(value, spec: dict) -> str | None:
     choices = kind.split("|")
     if len(choices) > 1:
         return f"expected one of {', '.join(choices)}, got {value!r}{_did_you_mean(value, choices)}"
-    got = MASK if is_secret_name(spec["name"]) else repr(value)  # an api_key of the wrong type is still a key
+    got = MASK if is_secret_name(spec.get("name", "")) else repr(value)  # an api_key of the wrong type is still a key
     return f"expected {describe(spec)}, got {got}"
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from typing import Iterable
 
 MASK = "***"
 # A URL inside free text ends at white space, a quote or a closing bracket; a trailing ':' or
@@ -83,7 +84,7 @@ def redact_command(argv: list[str], program: str = "python -m chitchat_gen") -> 
     return " ".join([program] + shown)
 
 
-def redact_text(text: str, secrets=()) -> str:
+def redact_text(text: str, secrets: Iterable[str | None] = ()) -> str:
     """`text` (a message, a recorded command) with URLs redacted, secret flags' values masked, and
     each of `secrets` (the API keys in use; None and short strings skipped) replaced by ***."""
     text = URL_IN_TEXT.sub(lambda m: redact_url(m.group()), text)

@@ -6,6 +6,7 @@ import base64
 import socket
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import outputs, run_cli
@@ -40,23 +41,24 @@ def closed_port_url() -> str:
         return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
-def test_credentials_work_and_never_reach_the_files_or_the_screen(task_dir, server):
+@pytest.mark.parametrize("engine, chat_path", [("openai", "/v1/chat/completions"), ("ollama", "/api/chat")])
+def test_credentials_work_and_never_reach_the_files_or_the_screen(task_dir, server, engine, chat_path):
     key_in_task_file(task_dir)
     url = with_credentials(server.url)
-    done = run_cli("--engine", "openai", "--base-url", url, "-n", 3, "--restart", "--seed", 1, cwd=task_dir)
+    done = run_cli("--engine", engine, "--base-url", url, "-n", 3, "--restart", "--seed", 1, cwd=task_dir)
     assert done.returncode == 0, done.stderr
     assert len(outputs(task_dir)[0]) == 3
     # The credentials did their job: every request carried the query and the basic auth of the URL.
     basic = "Basic " + base64.b64encode(f"alice:{URL_PASSWORD}".encode()).decode()
     assert server.received and all(path.endswith(f"?api_key={QUERY_KEY}") and auth == basic
                                    for path, auth in server.received)
-    assert any(path == f"/v1/chat/completions?api_key={QUERY_KEY}" for path, _ in server.received)
+    assert any(path == f"{chat_path}?api_key={QUERY_KEY}" for path, _ in server.received)
     assert_no_secret(task_dir, done.stdout, done.stderr)
     assert "engine.api_key" in done.stderr and "OPENAI_API_KEY" in done.stderr  # the warning
     card = (task_dir / FOLDER / "README.md").read_text()
     assert "http://***@127.0.0.1:" in card and "?api_key=***" in card  # the command is there, masked
     # The trace prints prompts and replies, never what went into the headers or the URL.
-    traced = run_cli("trace", "--engine", "openai", "--base-url", url, cwd=task_dir)
+    traced = run_cli("trace", "--engine", engine, "--base-url", url, cwd=task_dir)
     assert traced.returncode == 0, traced.stderr
     assert "ACCEPTED" in traced.stdout
     assert_no_secret(task_dir, traced.stdout, traced.stderr)
