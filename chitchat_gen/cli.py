@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import collections
 import os
-import shlex
 import sys
 import threading
 import time
@@ -22,6 +22,7 @@ from .engines import LMError, check_engine, default_concurrency, make_chat, make
 from .load import describe, report
 from .pipeline import generate, new_memory, new_stats
 from .record import read_jsonl
+from .redact import redact_command, redact_text, url_secrets
 from .trace import make_printer
 from .stats import dataset_stats, render_table, write_card
 from .store import FINAL, FORMATTED, append, clear, close, count_existing, log_run, open_store
@@ -76,7 +77,7 @@ def _parser(command: str, description: str) -> argparse.ArgumentParser:
 
     def error(message: str):
         # One rule for every flag mistake: one line, exit 2 (argparse's usage errors), the fix named.
-        parser.exit(2, f"Error: {message}: see '{parser.prog} --help'\n")
+        parser.exit(2, f"Error: {_clean(message)}: see '{parser.prog} --help'\n")
 
     parser.error = error
     return parser
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "generate"
     args = build_parser(command).parse_args(argv)
+    tasks = []
     try:
         if command == "stats":
             return run_stats(args)
@@ -126,12 +128,16 @@ def main(argv: list[str] | None = None) -> int:
         for note in (note for task in tasks for note in task["notes"] if args.verbose):
             print(f"note: {note}", file=sys.stderr)
         for task in tasks:
+            if task["engine"]["api_key"]:
+                print(f"note: {task['path']}: engine.api_key: a key in a task file travels with it (shared, "
+                      "committed): delete it and export OPENAI_API_KEY instead", file=sys.stderr)
+        for task in tasks:
             run_trace(task) if command == "trace" else run_task(task, args)
     except ConfigError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        print(f"Error: {_clean(str(exc), tasks)}", file=sys.stderr)
         return 1
     except LMError as exc:
-        print(f"Error: the run stopped ({exc}): fix the cause, then run the same command without --restart "
+        print(f"Error: the run stopped ({_clean(str(exc), tasks)}): fix the cause, then run the same command without --restart "
               "to resume; everything accepted so far is kept", file=sys.stderr)
         _exit_now(1)
     except KeyboardInterrupt:
@@ -139,6 +145,22 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         _exit_now(130)
     return 0
+
+
+def _clean(text: str, tasks=()) -> str:
+    """`text` fit to leave the process: URL credentials, secret flags and the API keys in use masked
+    (a server's error body may echo the key it was sent)."""
+    keys = [os.environ.get("OPENAI_API_KEY")] + [task["engine"]["api_key"] for task in tasks]
+    keys += [key for task in tasks for url in task["engine"]["base_urls"] for key in url_secrets(url)]
+    return redact_text(text, secrets=keys)
+
+
+def _cleaned(dropped: dict, task: dict) -> dict:
+    """Drop reasons cleaned for the run log; reasons that differed only in a secret add up."""
+    counts = collections.Counter()
+    for reason, count in dropped.items():
+        counts[_clean(reason, [task])] += count
+    return dict(counts)
 
 
 def _exit_now(code: int):
@@ -173,7 +195,7 @@ def run_task(task: dict, args) -> None:
         return
     engine = check_engine(task["engine"])
     for problem in engine.get("unreachable", ()):
-        print(f"note: {problem.split(': start it')[0]}: the other servers carry the run; it is tried again as it goes",
+        print(f"note: {_clean(problem.split(': start it')[0], [task])}: the other servers carry the run; it is tried again as it goes",
               file=sys.stderr)
     stats, pool = new_stats(), make_pool(engine)
     chat = make_chat(engine, on_usage=_token_counter(stats), pool=pool)
@@ -202,7 +224,7 @@ def run_task(task: dict, args) -> None:
             runs = log_run(store, {
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": _command(),
                 "engine": engine["type"], "model": engine["model"], "seed": task["seed"],
-                "accepted": stats["accepted"], "dropped": dict(stats["dropped"]), "calls": stats["calls"],
+                "accepted": stats["accepted"], "dropped": _cleaned(stats["dropped"], task), "calls": stats["calls"],
                 "tokens": stats["prompt_tokens"] + stats["completion_tokens"],
                 "seconds": round(time.monotonic() - start, 1), "endpoints": report(pool) if pool else []})
             write_card(folder, task, runs)
@@ -224,7 +246,7 @@ def _token_counter(stats: dict):
 
 
 def _command() -> str:
-    return " ".join(["python -m chitchat_gen"] + [shlex.quote(a) for a in sys.argv[1:]])
+    return redact_command(sys.argv[1:])  # the card gets published: no credentials in it
 
 
 def run_stats(args) -> int:
@@ -278,7 +300,7 @@ def _summary(task, stats, pool, existing, seconds, folder) -> None:
           f"{tokens} tokens ({stats['prompt_tokens']} prompt + {stats['completion_tokens']} completion{tokens_per}), "
           f"{seconds:.1f}s")
     for reason, count in stats["dropped"].most_common():
-        print(f"  dropped {count}: {reason}")
+        print(f"  dropped {count}: {_clean(reason, [task])}")
     for row in report(pool) if pool else ():
         answers = ", ".join(f"{n} x {status}" for status, n in sorted(row["answers"].items(), key=str))
         print(f"  {row['url']}: {row['calls']} calls ({answers}), limit {row['limit']}"

@@ -21,6 +21,7 @@ import yaml
 
 from . import prompts
 from .record import STEP_ROLES, read_jsonl
+from .redact import MASK, is_secret_name, redact_url
 from .stages import STAGES
 
 
@@ -63,7 +64,7 @@ ENGINE_FIELDS = [
           flag="--model"),
     field("base_url", "urls", None, "server URL or list of URLs (flag: repeat it or comma-separate); null: the engine's default",
           flag="--base-url"),
-    field("api_key", "str", None, "openai only; OPENAI_API_KEY wins when set"),
+    field("api_key", "str", None, "openai only; OPENAI_API_KEY wins when set (and is better: a key here draws a warning)"),
     field("temperature", "number", 0.7, "sampling temperature", low=0, flag="--temperature"),
     field("max_tokens", "int", None, "cap on every reply; null: 512 (local: 200)", low=1, flag="--max-tokens"),
     field("json_max_tokens", "int", 200, "cap on JSON replies (the flow controller's)", low=1),
@@ -234,7 +235,8 @@ def value_problem(value, spec: dict) -> str | None:
     choices = kind.split("|")
     if len(choices) > 1:
         return f"expected one of {', '.join(choices)}, got {value!r}{_did_you_mean(value, choices)}"
-    return f"expected {describe(spec)}, got {value!r}"
+    got = MASK if is_secret_name(spec.get("name", "")) else repr(value)  # an api_key of the wrong type is still a key
+    return f"expected {describe(spec)}, got {got}"
 
 
 def describe(spec: dict) -> str:
@@ -261,10 +263,12 @@ def _split_urls(value) -> list[str]:
 
 
 def _url_problem(url: str) -> str | None:
-    if re.match(r"^https?://[^/\s:@]+(:\d+)?(/\S*)?$", url):
+    # Gateways may want credentials in the URL: user:password@ (sent as HTTP basic auth) or a
+    # query such as ?api_key=... (kept on every request); both are masked wherever the URL is shown.
+    if re.match(r"^https?://([^/\s?#@]+@)?[^/\s:@?#]+(:\d+)?(/[^\s?#]*)?(\?[^\s#]*)?$", url):
         return None
     hint = f" (e.g. http://{url})" if "://" not in url else ""
-    return f"'{url}' is not a URL: expected http:// or https://, a host and an optional port{hint}"
+    return f"'{redact_url(url)}' is not a URL: expected http:// or https://, a host and an optional port{hint}"
 
 
 # --- sections -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import requests
 
 from . import load
 from .config import ConfigError
+from .redact import redact_url
 
 
 class LMError(Exception):
@@ -171,9 +172,10 @@ def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple
         if ticket is None:
             raise LMError(f"no endpoint could take the call within engine.max_wait ({engine['max_wait']:g} s): "
                           f"{load.describe(load.report(pool))}")
-        url, sent = ticket["url"], time.monotonic()
+        # subtle: the real URL goes on the wire; messages (drop reasons, Error: lines) get `url`, masked.
+        url, sent = redact_url(ticket["url"]), time.monotonic()
         try:
-            response = session.post(url + path, json=body, headers=headers, timeout=engine["timeout"])
+            response = session.post(_endpoint_url(ticket["url"], path), json=body, headers=headers, timeout=engine["timeout"])
         except requests.RequestException as exc:  # refused, reset (also mid-body), timed out, ...
             refused = isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower()
             outcome = "timeout" if isinstance(exc, requests.Timeout) else "refused" if refused else "failed"
@@ -218,6 +220,17 @@ def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple
         time.sleep(random.uniform(0, min(8.0, 0.5 * 2 ** (failures - 1))))
 
 
+def _endpoint_url(base_url: str, path: str) -> str:
+    """The URL of `path` on the server at `base_url`; a query in the base URL (a gateway's
+    ?api_key=...) stays the query of the result, and userinfo stays for requests to send as basic auth.
+
+    >>> _endpoint_url("https://u:pw@gw.example.com/llm?api_key=k", "/v1/chat/completions")
+    'https://u:pw@gw.example.com/llm/v1/chat/completions?api_key=k'
+    """
+    base, mark, query = base_url.partition("?")
+    return base.rstrip("/") + path + mark + query
+
+
 def _cap(body: dict) -> int:
     return body.get("max_tokens") or body.get("options", {}).get("num_predict") or 0
 
@@ -259,6 +272,7 @@ def _get_json(url: str, engine: dict, down: str, headers=None) -> dict:
         response = requests.get(url, headers=headers or {}, timeout=min(engine["timeout"], 10))
     except (requests.ConnectionError, requests.Timeout):
         raise Unreachable(down)
+    url = redact_url(url)
     if response.status_code in (401, 403):
         raise ConfigError(f"{url} refused the API key (HTTP {response.status_code}): set OPENAI_API_KEY or engine.api_key")
     try:
@@ -269,23 +283,24 @@ def _get_json(url: str, engine: dict, down: str, headers=None) -> dict:
 
 
 def _check_ollama(url: str, engine: dict) -> None:
-    tags = _get_json(url + "/api/tags", engine,
-                     f"cannot reach Ollama at {url}: start it with 'ollama serve' (or use --engine local)")
+    tags = _get_json(_endpoint_url(url, "/api/tags"), engine,
+                     f"cannot reach Ollama at {redact_url(url)}: start it with 'ollama serve' (or use --engine local)")
     names = {m.get("name") for m in tags.get("models", [])} | {m.get("model") for m in tags.get("models", [])}
     model = engine["model"]
     if model not in names and f"{model}:latest" not in names:
-        raise ConfigError(f"model '{model}' not found at {url}: run 'ollama pull {model}'")
+        raise ConfigError(f"model '{model}' not found at {redact_url(url)}: run 'ollama pull {model}'")
 
 
 def _check_openai(url: str, engine: dict) -> str:
     """The model to use at `url`: the one asked for, or without one the first the server lists."""
-    models = _get_json(url + "/v1/models", engine,
-                       f"cannot reach an OpenAI-compatible server at {url}: start it (vLLM, llama-server, ...) or pass --base-url",
-                       _auth_headers(engine))
+    models = _get_json(_endpoint_url(url, "/v1/models"), engine,
+                       f"cannot reach an OpenAI-compatible server at {redact_url(url)}: start it (vLLM, llama-server, ...) "
+                       "or pass --base-url", _auth_headers(engine))
+    url = redact_url(url)  # from here on, only in messages
     served = [m.get("id") for m in models.get("data", []) if isinstance(m, dict)]
     if engine["model"] is None:
         if not served:
-            raise ConfigError(f"{url}/v1/models lists no model: pass --model")
+            raise ConfigError(f"{_endpoint_url(url, '/v1/models')} lists no model: pass --model")
         return served[0]
     if served and engine["model"] not in served:
         raise ConfigError(f"model '{engine['model']}' is not served at {url} (it serves: {', '.join(served[:5])}): pass one of those with --model")
@@ -295,7 +310,7 @@ def _check_openai(url: str, engine: dict) -> str:
 def _served_slots(url: str, engine: dict) -> int | None:
     """The parallel slots llama-server reports at /props (`total_slots`); None where unsaid (vLLM, OpenAI)."""
     try:
-        slots = requests.get(url + "/props", headers=_auth_headers(engine), timeout=min(engine["timeout"], 5)).json()
+        slots = requests.get(_endpoint_url(url, "/props"), headers=_auth_headers(engine), timeout=min(engine["timeout"], 5)).json()
     except (requests.RequestException, ValueError):
         return None
     slots = slots.get("total_slots") if isinstance(slots, dict) else None

@@ -33,6 +33,8 @@ import re
 import threading
 import time
 
+from .redact import redact_url
+
 BUSY_STATUS = {429, 503, 529}  # "slow down": backpressure, not failure
 OUTCOMES = ("ok", "busy", "timeout", "failed", "refused", "rejected")  # rejected: the request was refused (4xx)
 SLOW_PROBE = 20  # successes per unit of limit before probing above the level of the last "slow down"
@@ -215,9 +217,10 @@ def parse_duration(text: str) -> float:
 
 
 def report(pool: dict) -> list[dict]:
-    """Per endpoint: url, calls, answers by status, busy (429/503/529 answers), limit, mean latency."""
+    """Per endpoint: url (credentials masked: the rows are printed and logged), calls, answers by
+    status, busy (429/503/529 answers), limit, mean latency."""
     with pool["lock"]:
-        return [{"url": e["url"], "calls": e["calls"], "answers": dict(e["answers"]),
+        return [{"url": redact_url(e["url"]), "calls": e["calls"], "answers": dict(e["answers"]),
                  "busy": sum(n for status, n in e["answers"].items() if status in BUSY_STATUS),
                  "limit": int(e["limit"]), "pace_rpm": round(e["requests"]["rate"] * 60) if e["requests"]["rate"] else None,
                  "latency": round(e["seconds"] / max(1, e["answers"][200] + e["answers"]["ok"]), 3),

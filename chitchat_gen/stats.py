@@ -19,6 +19,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from .record import read_jsonl
+from .redact import redact_text
 from .text import jaccard, normalise, shingles, words
 
 NEAR_DUPLICATE = 0.5  # word 3-gram Jaccard at or above which two scenarios count as near-duplicates
@@ -202,7 +203,7 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
              f"| engine / model | {last['engine']} / {last['model']} |",
              f"| seed | {last['seed']} |",
              f"| last run | {last['date']} |",
-             f"| command | `{last['command']}` |",
+             f"| command | `{redact_text(last['command'])}` |",
              f"| files | `final_data.jsonl` (every step), `formatted_output.jsonl` (messages for SFT) |",
              "", "## Figures", "", "```", render_table(stats), "```", "",
              f"Duplicates, distinct-n and message lengths: `python -m chitchat_gen stats {folder} "
@@ -211,10 +212,11 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
              "| date | engine / model | seed | accepted | dropped | LM calls | 429/503 answers | tokens | seconds | command |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for run in runs:
-        dropped = ", ".join(f"{n} {reason}" for reason, n in run["dropped"].items()) or "0"
+        # redact_text again: a runs.jsonl written before commands were redacted may hold credentials.
+        dropped = ", ".join(f"{n} {redact_text(reason)}" for reason, n in run["dropped"].items()) or "0"
         busy = sum(endpoint.get("busy", 0) for endpoint in run.get("endpoints") or ())
         lines.append(f"| {run['date']} | {run['engine']} / {run['model']} | {run['seed']} | {run['accepted']} | "
-                     f"{dropped} | {run['calls']} | {busy} | {run['tokens']} | {run['seconds']} | `{run['command']}` |")
+                     f"{dropped} | {run['calls']} | {busy} | {run['tokens']} | {run['seconds']} | `{redact_text(run['command'])}` |")
     card = folder / "README.md"
     card.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")  # the same bytes on Windows
     return card

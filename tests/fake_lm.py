@@ -3,8 +3,10 @@
 
     with FakeServer(models=["granite4:3b"], latency=0.01, slots=2) as server:
         ...  # point the engine at server.url; server.requests holds (path, body) pairs
+    server.received                              # [("/v1/models?api_key=k", "Basic YWxp..."), ...]
 
-Faults are queued per call: server.faults.extend(["500", "reset", "429", "garbage", "hang"]).
+Faults are queued per call: server.faults.extend(["500", "reset", "429", "garbage", "hang"]);
+"echo" answers 400 with the request's Authorization header in the body, as careless gateways do.
 
 Backpressure as real servers apply it (ENGINE-FACTS.md, "Backpressure"); server.answered counts
 the status codes sent on the chat endpoints:
@@ -74,7 +76,8 @@ class FakeServer:
         self.rate, self.ratelimit_headers = rate, ratelimit_headers
         self.tokens, self.refilled = float(rate or 0), time.monotonic()
         self.answered: collections.Counter = collections.Counter()  # chat endpoints: status -> replies
-        self.requests: list[tuple[str, dict]] = []
+        self.requests: list[tuple[str, dict]] = []  # the path without its query
+        self.received: list[tuple[str, str | None]] = []  # (path with query, Authorization header)
         self.faults: list[str] = []
         self.finish = "stop"  # "length": replies say they hit the token cap
         self.lock = threading.Lock()
@@ -149,26 +152,31 @@ class FakeServer:
                     self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(data)
-                if self.path in CHAT_PATHS:
+                if self.route in CHAT_PATHS:
                     with server.lock:
                         server.answered[status] += 1
 
-            def do_GET(self):
+            def _receive(self, body: dict) -> None:
+                self.route = self.path.split("?")[0]
                 with server.lock:
-                    server.requests.append((self.path, {}))
-                if self.path == "/api/tags":
+                    server.requests.append((self.route, body))
+                    server.received.append((self.path, self.headers.get("Authorization")))
+
+            def do_GET(self):
+                self._receive({})
+                if self.route == "/api/tags":
                     self._send(200, {"models": [{"name": m, "model": m} for m in server.models]})
-                elif self.path == "/props" and server.props:
+                elif self.route == "/props" and server.props:
                     self._send(200, {"total_slots": server.total_slots})
-                elif self.path == "/v1/models":
+                elif self.route == "/v1/models":
                     self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
                 else:
                     self._send(404, {"error": "not found"})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                self._receive(body)
                 with server.lock:
-                    server.requests.append((self.path, body))
                     fault = server.faults.pop(0) if server.faults else None
                 if fault in ("reset", "hang", "truncated"):
                     self.close_connection = True  # this connection ends with the fault
@@ -190,6 +198,9 @@ class FakeServer:
                 if fault in ("500", "503", "429"):
                     self._send(int(fault), {"error": f"fake {fault}"}, {"Retry-After": "0"} if fault == "429" else None)
                     return
+                if fault == "echo":
+                    self._send(400, {"error": f"bad request with Authorization: {self.headers.get('Authorization')}"})
+                    return
                 if fault == "garbage":
                     self._send(200, b"<html>not json")
                     return
@@ -198,13 +209,13 @@ class FakeServer:
                     return
                 schema = body.get("format")
                 form = body.get("response_format")
-                if self.path == "/v1/chat/completions" and form:
+                if self.route == "/v1/chat/completions" and form:
                     if form["type"] not in server.json_forms:  # worded as llama-cpp-python's server words it
                         self._send(500, {"error": {"message": f"body.response_format.type: Input should be "
                                                               f"{' or '.join(server.json_forms)}"}})
                         return
                     schema = form["json_schema"]["schema"] if form["type"] == "json_schema" else form["schema"]
-                if self.path not in CHAT_PATHS:
+                if self.route not in CHAT_PATHS:
                     self._send(404, {"error": "not found"})
                     return
                 headers = {}
@@ -236,7 +247,7 @@ class FakeServer:
                     if server.queue is not None:
                         with server.lock:
                             server.admitted -= 1
-                if self.path == "/api/chat":
+                if self.route == "/api/chat":
                     self._send(200, {"model": body["model"], "message": {"role": "assistant", "content": text},
                                      "done": True, "done_reason": server.finish, "prompt_eval_count": 10, "eval_count": 5})
                 else:

@@ -50,7 +50,10 @@ def test_a_server_that_dies_and_comes_back_within_the_retries(task_dir):
     server = FakeServer(latency=0.01).__enter__()
     port = server.httpd.server_address[1]
     process = start_cli("-n", 12, "--concurrency", 2, "--base-url", server.url, "--quiet", cwd=task_dir)
-    time.sleep(0.8)
+    for _ in range(600):  # wait until the run is past its start-up check and generating (a busy machine is slow)
+        if len(server.chat_requests()) >= 5:
+            break
+        time.sleep(0.05)
     server.__exit__()
     time.sleep(1.0)
     with FakeServer(port=port):
