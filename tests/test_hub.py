@@ -4,12 +4,13 @@ OpenAI and ShareGPT formats. The load with the real `datasets` library is slow (
 import importlib.util
 import json
 import os
+import re
 
 import pytest
 import yaml
 
 from chitchat_gen.stats import size_category
-from conftest import outputs, read_jsonl, run_cli
+from conftest import ROOT, outputs, read_jsonl, run_cli
 
 FOLDER = "output/public/examples/chit_chat"
 
@@ -129,3 +130,10 @@ def test_datasets_loads_the_folder_both_ways(generated, tmp_path, monkeypatch):
     assert roles[:3] == ["scenario", "persona", "flow_controller"] and roles.count("assistant") >= 2
     # The Hub's viewer serves Parquet converted from the files: the every-step config must convert too.
     full["train"].to_parquet(str(tmp_path / "full.parquet"))
+    # The README's three lines, as written, from the folder a run wrote.
+    snippet = re.search(r"```py\n(from datasets import load_dataset\n.*?)```", (ROOT / "README.md").read_text(), re.S)
+    monkeypatch.chdir(generated)
+    namespace = {}
+    exec(snippet.group(1), namespace)
+    assert namespace["chats"]["train"].column_names == ["conversation_id", "messages"]
+    assert namespace["steps"]["train"].num_rows == 6
