@@ -185,6 +185,9 @@ def run_task(task: dict, args) -> None:
     if existing >= n:
         print(f"{folder} already holds {existing} conversations (>= {n}): nothing to do "
               "(use --restart to start again, or a larger -n)")
+        if args.license:
+            print(f"note: --license is written by a run that generates: to set it now, write 'license: {args.license}' "
+                  f"into the metadata block at the top of {folder / 'README.md'}", file=sys.stderr)
         return
     engine = check_engine(task["engine"])
     for problem in engine.get("unreachable", ()):

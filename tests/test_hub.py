@@ -119,6 +119,8 @@ def test_datasets_loads_the_folder_both_ways(generated, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a local folder: nothing to fetch
     from datasets import load_dataset
     folder = str(generated / FOLDER)
+    # Repair's quarantine, of yet another shape, sits beside runs.jsonl: neither may leak into a config.
+    (generated / FOLDER / "rejected.jsonl").write_text('{"file": "final_data.jsonl", "line": 3, "text": "{"}\n')
     sft = load_dataset(folder, cache_dir=str(tmp_path / "cache"))
     assert list(sft) == ["train"] and sft["train"].num_rows == 6
     assert sft["train"].column_names == ["conversation_id", "messages"]
