@@ -211,13 +211,13 @@ def size_category(n: int) -> str:
     return next((name for bound, name in SIZE_CATEGORIES if n < bound), "n>1T")
 
 
-def card_metadata(task: dict, conversations: int, license: str | None) -> str:
+def card_metadata(task: dict, conversations: int, license_id: str | None) -> str:
     """The YAML block that opens the card: what the Hub and `datasets.load_dataset` read.
 
     Without a license the key is left out rather than set to `other`, which would tell the Hub
     that some custom license applies (and ask for its name and link); the card asks for a choice.
     """
-    metadata = {"license": license} if license else {}
+    metadata = {"license": license_id} if license_id else {}
     metadata.update(language=[task["language"]], task_categories=["text-generation"],
                     tags=["synthetic", "conversational"], size_categories=[size_category(conversations)],
                     configs=CONFIGS)
@@ -228,10 +228,10 @@ def card_license(card: Path) -> str | None:
     """The license in an existing card's metadata block, so a hand-edited choice survives the next run."""
     try:
         _, block, _ = card.read_text(encoding="utf-8").split("---\n", 2)
-        license = yaml.safe_load(block).get("license")
+        license_id = yaml.safe_load(block).get("license")
     except (OSError, ValueError, AttributeError, yaml.YAMLError):
         return None
-    return license if isinstance(license, str) else None
+    return license_id if isinstance(license_id, str) else None
 
 
 def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
@@ -239,16 +239,16 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
     stats = dataset_stats(folder / "final_data.jsonl", task, text_figures=False)
     last = runs[-1]
     card = folder / "README.md"
-    license = task["license"] or card_license(card)
-    if license:
-        license_text = [f"Licensed under `{license}` (set by `license:` in the task file, `--license`, or this card's metadata)."]
+    license_id = task["license"] or card_license(card)
+    if license_id:
+        license_text = [f"Licensed under `{license_id}` (set by `license:` in the task file, `--license`, or this card's metadata)."]
     else:
         license_text = ["**No license chosen yet: choose one before you publish.** Write `license: <id>` in the "
                         "metadata block above (later runs keep it), or set `license:` in the task file or pass "
                         "`--license` to the next run; the id is one of the Hub's, e.g. `cc-by-4.0`, `apache-2.0`, "
                         f"`mit`. Check first what the terms of the model that wrote the text ({last['model']}) "
                         "allow for its outputs."]
-    lines = [card_metadata(task, stats["conversations"], license) + f"# Dataset card: {task['task_name']}", "",
+    lines = [card_metadata(task, stats["conversations"], license_id) + f"# Dataset card: {task['task_name']}", "",
              f"{stats['conversations']} persona-driven chit-chat conversations made by chitchat_gen "
              f"from `{Path(task['path']).name}`.", "",
              "| | |", "| --- | --- |",
