@@ -3,6 +3,7 @@
     python -m chitchat_gen --task-paths task.yaml --num-outputs-to-generate 10 --restart
     python -m chitchat_gen --engine local -n 5 --restart
     python -m chitchat_gen trace --engine local --seed 3     # one conversation, stage by stage
+    python -m chitchat_gen export output/public/examples/chit_chat --format sharegpt -o train.jsonl
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from .config import ENGINE_FIELDS, TASK_FIELDS, ConfigError, load_task, spec_of, value_problem
 from .engines import LMError, check_engine, default_concurrency, make_chat, make_pool
+from .export import FORMATS, export
 from .load import describe, report
 from .pipeline import generate, new_memory, new_stats
 from .record import read_jsonl
@@ -28,7 +30,7 @@ from .stats import dataset_stats, render_table, write_card
 from .store import FINAL, FORMATTED, append, clear, close, count_existing, log_run, open_store
 
 
-COMMANDS = ("trace", "stats")
+COMMANDS = ("trace", "stats", "export")
 
 
 def build_parser(command: str = "generate") -> argparse.ArgumentParser:
@@ -39,6 +41,15 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
                             help="the task file, to compare pattern picks with its weights")
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
         return parser
+    if command == "export":
+        parser = _parser("export", "Write an output folder's conversations in another training format, streaming.")
+        parser.add_argument("path", metavar="OUTPUT_DIR", help="an output folder (or its final_data.jsonl)")
+        parser.add_argument("--format", required=True, choices=list(FORMATS),
+                            help="openai: {\"messages\": [...]} for OpenAI fine-tuning; "
+                                 "sharegpt: {\"conversations\": [{\"from\", \"value\"}]}")
+        parser.add_argument("--system", metavar="TEXT", help="a system message to put first in every conversation")
+        parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+        return parser
     if command == "trace":
         parser = _parser("trace", "Run ONE conversation and print every prompt, reply and stage decision. Writes no file.")
         parser.add_argument("--task-paths", nargs=1, default=["task.yaml"], metavar="PATH",
@@ -46,7 +57,8 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
     else:
         parser = _parser("", "Generate persona-driven multi-turn chit-chat conversations with an LM.")
         parser.epilog = ("Also: 'python -m chitchat_gen trace --help' (one conversation, stage by stage) and "
-                         "'python -m chitchat_gen stats --help' (figures of a dataset).")
+                         "'python -m chitchat_gen stats --help' (figures of a dataset), "
+                         "'python -m chitchat_gen export --help' (OpenAI / ShareGPT files).")
         parser.add_argument("--task-paths", nargs="+", default=["task.yaml"], metavar="PATH",
                             help="task file(s) to run, one after another (default: ./task.yaml)")
         parser.add_argument("-n", "--num-outputs-to-generate", type=_checked({"kind": "int", "low": 1}), default=10,
@@ -58,6 +70,8 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
         parser.add_argument("--shard", metavar="I/K", type=_shard,
                             help="generate shard I of K (1-based): this machine's share of N, in DIR/<task_name>/shard-I-of-K/")
         parser.add_argument("--quiet", action="store_true", help="no progress line")
+        license_spec = spec_of(TASK_FIELDS, "license")
+        parser.add_argument("--license", type=_checked(license_spec), metavar="ID", help=license_spec["doc"])
     engine = parser.add_argument_group("engine (overrides the task file)")
     for spec in ENGINE_FIELDS + [spec_of(TASK_FIELDS, "seed")]:
         if spec["flag"] == "--concurrency" and command == "trace":
@@ -119,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "stats":
             return run_stats(args)
+        if command == "export":
+            return run_export(args)
         # Load every task first, so a broken second task file stops the run before any work.
         overrides = {"engine": args.engine, "model": args.model, "base_url": args.base_url,
                      "concurrency": getattr(args, "concurrency", None), "seed": args.seed,
                      "temperature": args.temperature, "max_tokens": args.max_tokens,
-                     "max_rpm": args.max_rpm, "max_tpm": args.max_tpm}
+                     "max_rpm": args.max_rpm, "max_tpm": args.max_tpm, "license": getattr(args, "license", None)}
         tasks = [load_task(path, **overrides) for path in args.task_paths]
         for note in (note for task in tasks for note in task["notes"] if args.verbose):
             print(f"note: {note}", file=sys.stderr)
@@ -192,6 +208,9 @@ def run_task(task: dict, args) -> None:
     if existing >= n:
         print(f"{folder} already holds {existing} conversations (>= {n}): nothing to do "
               "(use --restart to start again, or a larger -n)")
+        if args.license:
+            print(f"note: --license is written by a run that generates: to set it now, write 'license: {args.license}' "
+                  f"into the metadata block at the top of {folder / 'README.md'}", file=sys.stderr)
         return
     engine = check_engine(task["engine"])
     for problem in engine.get("unreachable", ()):
@@ -258,6 +277,13 @@ def run_stats(args) -> int:
     task = load_task(args.task_paths[0]) if args.task_paths else None
     stats = dataset_stats(path, task)
     print(json.dumps(stats, indent=2) if args.json else render_table(stats))
+    return 0
+
+
+def run_export(args) -> int:
+    count = export(Path(args.path), args.format, args.system, Path(args.output) if args.output else None)
+    if args.output:
+        print(f"{count} conversations written to {args.output} ({args.format})", file=sys.stderr)
     return 0
 
 

@@ -55,6 +55,9 @@ TASK_FIELDS = [
     field("finalization_stages", "list", [], "stages run once the turns are done (e.g. lm/judge)"),
     field("seed_datastore", "mapping", None, "`data_path` of the seed conversations (lm/scenario learns from them)"),
     field("prompts", "mapping", {}, "replacements for templates of chitchat_gen/prompts.py, by name"),
+    field("license", "str", None, "the dataset's license for the card's Hub metadata, a Hub license id such as "
+          "cc-by-4.0, apache-2.0 or mit; null: none chosen, the card asks you to choose", flag="--license"),
+    field("language", "str", "en", "the conversations' language for the card's Hub metadata, an ISO 639-1 code"),
 ]
 
 ENGINE_TYPES = ("ollama", "openai", "local")
@@ -132,7 +135,7 @@ def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
     """Read, validate and resolve a task file; `overrides` are the CLI-level settings.
 
     Overrides: engine (type), model, base_url (str or list), temperature, max_tokens,
-    concurrency, api_key, seed. Returns a plain dict: the checked settings with defaults filled
+    concurrency, api_key, seed, license. Returns a plain dict: the checked settings with defaults filled
     in, `engine.base_urls`, and the data files loaded (`personas`, `seed_scenarios`).
     """
     path = Path(path)
@@ -159,6 +162,8 @@ def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
                 engine=_engine(task["engine"], overrides, path))
     if overrides.get("seed") is not None:
         task["seed"] = check_value(overrides["seed"], spec_of(TASK_FIELDS, "seed"), "seed (override)")
+    if overrides.get("license") is not None:
+        task["license"] = check_value(overrides["license"], spec_of(TASK_FIELDS, "license"), "license (override)")
     for key in ("initialization_stages", "iteration_stages", "finalization_stages"):
         task[key] = [_stage(stage, f"{key}[{i}]", task, path, notes) for i, stage in enumerate(task[key])]
     if any(s["name"] == "lm/scenario" for s in task["initialization_stages"]) and not task["seed_scenarios"]:

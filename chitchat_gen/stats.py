@@ -8,6 +8,10 @@ turns histogram; closing exchanges; pattern picks vs the task's weights (chi-squ
 exact and near-duplicate scenarios (normalised text, word 3-gram Jaccard >= 0.5);
 distinct-1/2 and mean length (words) of user and of assistant messages; persona coverage.
 
+The dataset card starts with the Hugging Face Hub's metadata block, so the folder is a Hub
+dataset as it stands: `load_dataset(folder)` gives formatted_output.jsonl (the `messages`
+column), `load_dataset(folder, "full")` gives final_data.jsonl, every step.
+
     >>> tally = new_tally(); add_message(tally, "a b a b"); round(distinct(tally, 2), 3)
     0.667
 """
@@ -18,11 +22,19 @@ import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import yaml
+
 from .record import read_jsonl
 from .redact import redact_text
 from .text import jaccard, normalise, shingles, words
 
 NEAR_DUPLICATE = 0.5  # word 3-gram Jaccard at or above which two scenarios count as near-duplicates
+# The Hub's size_categories buckets, by their upper bound; runs.jsonl and rejected.jsonl are in no config.
+SIZE_CATEGORIES = [(10 ** 3, "n<1K"), (10 ** 4, "1K<n<10K"), (10 ** 5, "10K<n<100K"), (10 ** 6, "100K<n<1M"),
+                   (10 ** 7, "1M<n<10M"), (10 ** 8, "10M<n<100M"), (10 ** 9, "100M<n<1B"), (10 ** 10, "1B<n<10B"),
+                   (10 ** 11, "10B<n<100B"), (10 ** 12, "100B<n<1T")]
+CONFIGS = [{"config_name": "default", "data_files": [{"split": "train", "path": "formatted_output.jsonl"}], "default": True},
+           {"config_name": "full", "data_files": [{"split": "train", "path": "final_data.jsonl"}]}]
 
 
 def new_tally() -> dict:
@@ -191,11 +203,53 @@ def render_table(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def size_category(n: int) -> str:
+    """The Hub's size_categories value for n rows.
+
+    >>> size_category(999), size_category(1000), size_category(25_000)
+    ('n<1K', '1K<n<10K', '10K<n<100K')
+    """
+    return next((name for bound, name in SIZE_CATEGORIES if n < bound), "n>1T")
+
+
+def card_metadata(task: dict, conversations: int, license_id: str | None) -> str:
+    """The YAML block that opens the card: what the Hub and `datasets.load_dataset` read.
+
+    Without a license the key is left out rather than set to `other`, which would tell the Hub
+    that some custom license applies (and ask for its name and link); the card asks for a choice.
+    """
+    metadata = {"license": license_id} if license_id else {}
+    metadata.update(language=[task["language"]], task_categories=["text-generation"],
+                    tags=["synthetic", "conversational"], size_categories=[size_category(conversations)],
+                    configs=CONFIGS)
+    return "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def card_license(card: Path) -> str | None:
+    """The license in an existing card's metadata block, so a hand-edited choice survives the next run."""
+    try:
+        _, block, _ = card.read_text(encoding="utf-8").split("---\n", 2)
+        license_id = yaml.safe_load(block).get("license")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    return license_id if isinstance(license_id, str) else None
+
+
 def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
-    """(Re)write README.md beside the outputs: what the dataset is, how it was made, its figures."""
+    """(Re)write README.md beside the outputs: Hub metadata, how to load it, how it was made, its figures."""
     stats = dataset_stats(folder / "final_data.jsonl", task, text_figures=False)
     last = runs[-1]
-    lines = [f"# Dataset card: {task['task_name']}", "",
+    card = folder / "README.md"
+    license_id = task["license"] or card_license(card)
+    if license_id:
+        license_text = [f"Licensed under `{license_id}` (set by `license:` in the task file, `--license`, or this card's metadata)."]
+    else:
+        license_text = ["**No license chosen yet: choose one before you publish.** Write `license: <id>` in the "
+                        "metadata block above (later runs keep it), or set `license:` in the task file or pass "
+                        "`--license` to the next run; the id is one of the Hub's, e.g. `cc-by-4.0`, `apache-2.0`, "
+                        f"`mit`. Check first what the terms of the model that wrote the text ({last['model']}) "
+                        "allow for its outputs."]
+    lines = [card_metadata(task, stats["conversations"], license_id) + f"# Dataset card: {task['task_name']}", "",
              f"{stats['conversations']} persona-driven chit-chat conversations made by chitchat_gen "
              f"from `{Path(task['path']).name}`.", "",
              "| | |", "| --- | --- |",
@@ -205,6 +259,12 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
              f"| last run | {last['date']} |",
              f"| command | `{redact_text(last['command'])}` |",
              f"| files | `final_data.jsonl` (every step), `formatted_output.jsonl` (messages for SFT) |",
+             "", "## Use", "", "```python", "from datasets import load_dataset",
+             f'sft = load_dataset("{folder}")          # formatted_output.jsonl: the `messages` column',
+             f'full = load_dataset("{folder}", "full") # final_data.jsonl: every step', "```", "",
+             "Published with `hf upload <user>/<name> <this folder> --repo-type dataset`, it loads by its Hub name "
+             "the same way. `runs.jsonl` and `rejected.jsonl` are the generator's bookkeeping, in no config.", "",
+             "## License", "", *license_text,
              "", "## Figures", "", "```", render_table(stats), "```", "",
              f"Duplicates, distinct-n and message lengths: `python -m chitchat_gen stats {folder} "
              f"--task-paths {task['path']}`.", "",
@@ -217,6 +277,5 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
         busy = sum(endpoint.get("busy", 0) for endpoint in run.get("endpoints") or ())
         lines.append(f"| {run['date']} | {run['engine']} / {run['model']} | {run['seed']} | {run['accepted']} | "
                      f"{dropped} | {run['calls']} | {busy} | {run['tokens']} | {run['seconds']} | `{redact_text(run['command'])}` |")
-    card = folder / "README.md"
     card.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")  # the same bytes on Windows
     return card

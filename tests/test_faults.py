@@ -20,6 +20,14 @@ def start_cli(*args, cwd):
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+def wait_for_calls(server, count):
+    """Until the run is past its start-up check and generating (a busy machine starts slowly)."""
+    for _ in range(1200):
+        if len(server.chat_requests()) >= count:
+            return
+        time.sleep(0.05)
+
+
 def assert_consistent(task_dir):
     final_lines = (task_dir / OUT / "final_data.jsonl").read_text().splitlines(keepends=True)
     assert all(line.endswith("\n") for line in final_lines)
@@ -50,10 +58,7 @@ def test_a_server_that_dies_and_comes_back_within_the_retries(task_dir):
     server = FakeServer(latency=0.01).__enter__()
     port = server.httpd.server_address[1]
     process = start_cli("-n", 12, "--concurrency", 2, "--base-url", server.url, "--quiet", cwd=task_dir)
-    for _ in range(600):  # wait until the run is past its start-up check and generating (a busy machine is slow)
-        if len(server.chat_requests()) >= 5:
-            break
-        time.sleep(0.05)
+    wait_for_calls(server, 5)
     server.__exit__()
     time.sleep(1.0)
     with FakeServer(port=port):
@@ -65,7 +70,7 @@ def test_a_server_that_dies_and_comes_back_within_the_retries(task_dir):
 def test_a_server_gone_for_good_stops_the_run_with_one_error_and_keeps_the_outputs(task_dir):
     server = FakeServer(latency=0.02).__enter__()
     process = start_cli("-n", 200, "--concurrency", 2, "--base-url", server.url, "--quiet", cwd=task_dir)
-    time.sleep(1.5)
+    wait_for_calls(server, 40)  # some conversations written before the server goes
     server.__exit__()
     stdout, stderr = process.communicate(timeout=180)
     assert process.returncode == 1
