@@ -3,6 +3,7 @@
     python -m chitchat_gen --task-paths task.yaml --num-outputs-to-generate 10 --restart
     python -m chitchat_gen --engine local -n 5 --restart
     python -m chitchat_gen trace --engine local --seed 3     # one conversation, stage by stage
+    python -m chitchat_gen view output                        # runs and conversations in the browser
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from .load import describe, report
 from .pipeline import generate, new_stats
 from .trace import make_printer
 from .stats import dataset_stats, render_table, write_card
+from .view import serve, write_html
 from .store import FINAL, FORMATTED, append, clear, close, count_existing, log_run, open_store
 
 
-COMMANDS = ("trace", "stats")
+COMMANDS = ("trace", "stats", "view")
 
 
 def build_parser(command: str = "generate") -> argparse.ArgumentParser:
@@ -37,6 +39,16 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
                             help="the task file, to compare pattern picks with its weights")
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
         return parser
+    if command == "view":
+        parser = _parser("view", "See the runs and conversations of an output folder in the browser (a local page).")
+        parser.add_argument("path", metavar="OUTPUT_DIR", help="an output folder (a run's --output-dir, or one task's folder)")
+        parser.add_argument("--port", type=_checked({"kind": "int", "low": 0, "high": 65535}), default=8765,
+                            help="port to serve on (default: 8765; 0 picks a free one)")
+        parser.add_argument("--host", default="127.0.0.1",
+                            help="address to bind (default: 127.0.0.1, this machine only)")
+        parser.add_argument("--open", action="store_true", help="open the page in your web browser")
+        parser.add_argument("--html", metavar="FILE", help="write the page as one static file, data inlined, and exit")
+        return parser
     if command == "trace":
         parser = _parser("trace", "Run ONE conversation and print every prompt, reply and stage decision. Writes no file.")
         parser.add_argument("--task-paths", nargs=1, default=["task.yaml"], metavar="PATH",
@@ -44,7 +56,8 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
     else:
         parser = _parser("", "Generate persona-driven multi-turn chit-chat conversations with an LM.")
         parser.epilog = ("Also: 'python -m chitchat_gen trace --help' (one conversation, stage by stage) and "
-                         "'python -m chitchat_gen stats --help' (figures of a dataset).")
+                         "'python -m chitchat_gen stats --help' (figures of a dataset), "
+                         "'python -m chitchat_gen view --help' (runs and conversations in the browser).")
         parser.add_argument("--task-paths", nargs="+", default=["task.yaml"], metavar="PATH",
                             help="task file(s) to run, one after another (default: ./task.yaml)")
         parser.add_argument("-n", "--num-outputs-to-generate", type=_checked({"kind": "int", "low": 1}), default=10,
@@ -116,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "stats":
             return run_stats(args)
+        if command == "view":
+            return run_view(args)
         # Load every task first, so a broken second task file stops the run before any work.
         overrides = {"engine": args.engine, "model": args.model, "base_url": args.base_url,
                      "concurrency": getattr(args, "concurrency", None), "seed": args.seed,
@@ -198,7 +213,7 @@ def run_task(task: dict, args) -> None:
             runs = log_run(store, {
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": _command(),
                 "engine": engine["type"], "model": engine["model"], "seed": task["seed"],
-                "accepted": stats["accepted"], "dropped": dict(stats["dropped"]), "calls": stats["calls"],
+                "wanted": n - existing, "accepted": stats["accepted"], "dropped": dict(stats["dropped"]), "calls": stats["calls"],
                 "tokens": stats["prompt_tokens"] + stats["completion_tokens"],
                 "seconds": round(time.monotonic() - start, 1), "endpoints": report(pool) if pool else []})
             write_card(folder, task, runs)
@@ -232,6 +247,15 @@ def run_stats(args) -> int:
     task = load_task(args.task_paths[0]) if args.task_paths else None
     stats = dataset_stats(path, task)
     print(json.dumps(stats, indent=2) if args.json else render_table(stats))
+    return 0
+
+
+def run_view(args) -> int:
+    if args.html:
+        written = write_html(Path(args.path), Path(args.html))
+        print(f"{args.html}: {written} conversations from {args.path}, one static page")
+        return 0
+    serve(Path(args.path), args.host, args.port, args.open)
     return 0
 
 
