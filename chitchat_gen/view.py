@@ -44,10 +44,11 @@ PAGE_SIZE = 20
 PAGE = Path(__file__).with_name("view.html")
 DATA_SLOT = '<script id="data" type="application/json">null</script>'
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-# Fast path for the per-line facts: our writer (json.dumps) puts a step's role before its content.
-# A line these miss (another tool's key order) is parsed in full instead.
-ASSISTANT = re.compile(rb'"role"\s*:\s*"assistant"')
-PICK = re.compile(rb'"role"\s*:\s*"flow_controller"\s*,\s*"content"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# Fast path for the per-line facts: plain byte counts over the line as our writer (json.dumps)
+# spells it. A line spelled otherwise (another tool's spacing or key order) is parsed in full.
+ASSISTANT = b'"role": "assistant"'
+PICK = b'"role": "flow_controller", "content": "'
+
 
 
 # --- the folder: task folders, status, runs ------------------------------------------------
@@ -172,9 +173,14 @@ def extend_facts(index: dict, path: Path) -> None:
 
 
 def _facts(line: bytes, index: dict, first: bool) -> tuple[int, list[str]]:
-    turns, picks = len(ASSISTANT.findall(line)), PICK.findall(line)
-    if turns and (picks or b'"flow_controller"' not in line) and not first:
-        return turns, [json.loads(b'"' + pick + b'"') for pick in picks]
+    turns, picks, start = line.count(ASSISTANT), [], line.find(PICK)
+    while start != -1:
+        end = line.find(b'"', start + len(PICK))
+        picks.append(line[start + len(PICK):end])
+        start = line.find(PICK, end)
+    if turns and len(picks) == line.count(b'"flow_controller"') and not first \
+            and not any(b"\\" in pick for pick in picks):
+        return turns, [pick.decode("utf-8", errors="replace") for pick in picks]
     # The first lines are parsed in full for the weights; so is any line the fast path misses.
     try:
         record = json.loads(line)
