@@ -51,6 +51,23 @@ PICK = b'"role": "flow_controller", "content": "'
 
 
 
+# --- safety ----------------------------------------------------------------------------------
+
+def resolve(root: Path, relative: str) -> Path | None:
+    """root / relative if that stays under root (no "..", no absolute path, no link out), else None."""
+    parts = Path(relative).parts
+    if relative.startswith(("/", "\\")) or ".." in parts or "\x00" in relative:
+        return None
+    path = (root / relative).resolve()
+    return path if path == root or path.is_relative_to(root) else None
+
+
+def data_file(root: Path, task: str, name: str) -> Path | None:
+    """The file `name` of a task folder if it is a file under root (not a link out of it), else None."""
+    path = resolve(root, f"{task}/{name}")
+    return path if path and path.is_file() else None
+
+
 # --- the folder: task folders, status, runs ------------------------------------------------
 
 def find_tasks(root: Path) -> list[str]:
@@ -63,20 +80,20 @@ def find_tasks(root: Path) -> list[str]:
     return found
 
 
-def running_pid(folder: Path) -> str | None:
-    """The pid written in .lock while a run holds it, else None.
+def running_pid(lock: Path | None) -> str | None:
+    """The pid written in a folder's .lock while a run holds it, else None.
 
     subtle: the probe takes the lock for an instant and releases it at once; a run starting in
     that instant would be told the folder is in use, a window of microseconds per poll.
     """
-    if not (folder / LOCK).is_file():
+    if lock is None:
         return None
-    with open(folder / LOCK) as lock:
+    with open(lock) as held:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return lock.read().strip() or "?"
-        fcntl.flock(lock, fcntl.LOCK_UN)
+            return held.read().strip() or "?"
+        fcntl.flock(held, fcntl.LOCK_UN)
     return None
 
 
@@ -88,19 +105,17 @@ def run_status(run: dict) -> str:
 
 
 def task_summary(root: Path, task: str, indexes: dict) -> dict:
-    folder = root / task
-    runs = [value for _, _, value, _ in read_jsonl(folder / RUNS) if isinstance(value, dict)] \
-        if (folder / RUNS).is_file() else []
+    runs_log, final, rejected = (data_file(root, task, name) for name in (RUNS, FINAL, REJECTED))
+    runs = [value for _, _, value, _ in read_jsonl(runs_log) if isinstance(value, dict)] if runs_log else []
     for run in runs:
         run["status"] = run_status(run)
-    pid = running_pid(folder)
-    final = folder / FINAL
-    conversations = len(extend(indexes, final)["offsets"]) if final.is_file() else 0
-    rejected = sum(1 for _ in read_jsonl(folder / REJECTED)) if (folder / REJECTED).is_file() else 0
+    pid = running_pid(data_file(root, task, LOCK))
     status = "running" if pid else (runs[-1]["status"] if runs else "no run logged")
-    return {"task": task, "status": status, "pid": pid, "conversations": conversations,
-            "rejected": rejected, "runs": runs,
-            "files": sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))}
+    return {"task": task, "status": status, "pid": pid,
+            "conversations": len(extend(indexes, final)["offsets"]) if final else 0,
+            "rejected": sum(1 for _ in read_jsonl(rejected)) if rejected else 0, "runs": runs,
+            "files": sorted(p.name for p in (root / task).iterdir()
+                            if not p.name.startswith(".") and data_file(root, task, p.name))}
 
 
 # --- the index of a final_data.jsonl ---------------------------------------------------------
@@ -263,17 +278,17 @@ def _search(path: Path, index: dict, numbers, q: str) -> list[int]:
     return found
 
 
-def rejected_rows(folder: Path) -> list[dict]:
+def rejected_rows(path: Path | None) -> list[dict]:
     """Lines repair moved to rejected.jsonl, newest first, each with `kind`: its reason in general."""
     rows = []
-    for _, text, value, problem in read_jsonl(folder / REJECTED) if (folder / REJECTED).is_file() else ():
+    for _, text, value, problem in read_jsonl(path) if path else ():
         value = value if isinstance(value, dict) else {"reason": problem, "text": text}
         rows.append({**value, "kind": _reason_kind(str(value.get("reason")))})
     return rows[::-1]
 
 
-def rejected_page(folder: Path, page: int = 0, reason: str = "") -> dict:
-    rows = rejected_rows(folder)
+def rejected_page(path: Path | None, page: int = 0, reason: str = "") -> dict:
+    rows = rejected_rows(path)
     reasons = Counter(row["kind"] for row in rows)
     rows = [row for row in rows if not reason or row["kind"] == reason]
     return {"matched": len(rows), "page": page, "page_size": PAGE_SIZE, "reasons": dict(reasons.most_common()),
@@ -283,17 +298,6 @@ def rejected_page(folder: Path, page: int = 0, reason: str = "") -> dict:
 def _reason_kind(reason: str) -> str:
     """A reason without its specifics ("repeats conversation_id X of line 3" -> "repeats conversation_id")."""
     return re.sub(r"\s*(\(.*|[0-9a-f]{32}.*| of line \d+.*)$", "", reason)
-
-
-# --- safety ----------------------------------------------------------------------------------
-
-def resolve(root: Path, relative: str) -> Path | None:
-    """root / relative if that stays under root (no "..", no absolute path, no link out), else None."""
-    parts = Path(relative).parts
-    if relative.startswith(("/", "\\")) or ".." in parts or "\x00" in relative:
-        return None
-    path = (root / relative).resolve()
-    return path if path == root or path.is_relative_to(root) else None
 
 
 # --- the server ------------------------------------------------------------------------------
@@ -319,34 +323,35 @@ def make_handler(root: Path, indexes: dict, loopback: bool):
                     return self._file(unquote(url.path[len("/files/"):]))
                 if url.path == "/api/tasks":
                     return self._send(200, [task_summary(root, t, indexes) for t in find_tasks(root)])
-                folder = self._task(params.get("task", ""))
-                if folder is None:
+                task = params.get("task", "")
+                if not self._known(task):
                     return
-                number = int(params.get("page", 0))
+                number, final = int(params.get("page", 0)), data_file(root, task, FINAL)
                 if url.path == "/api/stats":
-                    figures = dataset_figures(indexes, folder / FINAL) if (folder / FINAL).is_file() else {}
-                    return self._send(200, figures)
+                    return self._send(200, dataset_figures(indexes, final) if final else {})
                 if url.path == "/api/conversations":
-                    if not (folder / FINAL).is_file():
+                    if not final:
                         return self._send(200, {"total": 0, "matched": 0, "page": 0, "page_size": PAGE_SIZE, "items": []})
                     turns = int(params["turns"]) if params.get("turns") else None
-                    return self._send(200, conversation_page(indexes, folder / FINAL, number, params.get("q", ""),
+                    return self._send(200, conversation_page(indexes, final, number, params.get("q", ""),
                                                              params.get("pattern", ""), turns,
                                                              params.get("order", "newest")))
                 if url.path == "/api/rejected":
-                    return self._send(200, rejected_page(folder, number, params.get("reason", "")))
+                    return self._send(200, rejected_page(data_file(root, task, REJECTED), number,
+                                                         params.get("reason", "")))
                 self._send(404, {"error": f"no such page: {url.path}"})
             except ValueError as exc:
                 self._send(400, {"error": f"bad parameter: {exc}"})
 
-        def _task(self, task: str) -> Path | None:
-            folder = resolve(root, task)
-            if folder is None:
+        def _known(self, task: str) -> bool:
+            """True for a task folder under root; else answers 403 (outside) or 404 (no such task)."""
+            if resolve(root, task) is None:
                 self._send(403, {"error": f"{task!r} is not under the viewed folder"})
-            elif task not in find_tasks(root):
+                return False
+            if task not in find_tasks(root):
                 self._send(404, {"error": f"no task folder {task!r}"})
-                folder = None
-            return folder
+                return False
+            return True
 
         def _file(self, relative: str) -> None:
             path = resolve(root, relative)
@@ -416,17 +421,18 @@ def write_html(root: Path, out: Path) -> int:
         tasks = [task_summary(root, task, indexes) for task in find_tasks(root)]
         output.write(_inline(tasks) + ', "stats": {')
         for i, task in enumerate(tasks):
-            final = root / task["task"] / FINAL
-            figures = dataset_figures(indexes, final) if final.is_file() else {}
-            output.write(("," if i else "") + _inline(task["task"]) + ": " + _inline(figures))
+            final = data_file(root, task["task"], FINAL)
+            output.write(("," if i else "") + _inline(task["task"]) + ": "
+                         + _inline(dataset_figures(indexes, final) if final else {}))
         output.write('}, "rejected": {')
         for i, task in enumerate(tasks):
-            output.write(("," if i else "") + _inline(task["task"]) + ": " + _inline(rejected_rows(root / task["task"])))
+            rows = rejected_rows(data_file(root, task["task"], REJECTED))
+            output.write(("," if i else "") + _inline(task["task"]) + ": " + _inline(rows))
         output.write('}, "conversations": {')
         for i, task in enumerate(tasks):
             output.write(("," if i else "") + _inline(task["task"]) + ": [")
-            final, comma = root / task["task"] / FINAL, ""
-            for number, _, record, _ in read_jsonl(final) if final.is_file() else ():
+            final, comma = data_file(root, task["task"], FINAL), ""
+            for number, _, record, _ in read_jsonl(final) if final else ():
                 if isinstance(record, dict):
                     output.write(comma + _inline({"line": number, "record": record}) + "\n")
                     comma, written = ",", written + 1

@@ -159,6 +159,13 @@ def test_only_files_under_the_folder_are_served(output, viewer, tmp_path):
     connection = http.client.HTTPConnection(url.split("/")[2])
     connection.request("GET", "/files/../secret.txt")
     assert connection.getresponse().status == 403
+    outside = tmp_path / "elsewhere.jsonl"
+    outside.write_text((output / TASK / "final_data.jsonl").read_text())
+    (output / "leak").mkdir()
+    os.symlink(outside, output / "leak" / "final_data.jsonl")
+    leak = next(t for t in requests.get(url + "api/tasks").json() if t["task"] == "leak")
+    assert leak["conversations"] == 0 and leak["files"] == []
+    assert requests.get(url + "api/conversations", params={"task": "leak"}).json()["items"] == []
     assert requests.get(url + "api/stats", params={"task": "public"}).status_code == 404
     assert requests.get(url + "api/conversations", params={"task": TASK, "page": "x"}).status_code == 400
     assert requests.get(url + "api/tasks", headers={"Host": "evil.example:80"}).status_code == 403
