@@ -50,7 +50,6 @@ ASSISTANT = b'"role": "assistant"'
 PICK = b'"role": "flow_controller", "content": "'
 
 
-
 # --- safety ----------------------------------------------------------------------------------
 
 def resolve(root: Path, relative: str) -> Path | None:
@@ -59,7 +58,7 @@ def resolve(root: Path, relative: str) -> Path | None:
     if relative.startswith(("/", "\\")) or ".." in parts or "\x00" in relative:
         return None
     path = (root / relative).resolve()
-    return path if path == root or path.is_relative_to(root) else None
+    return path if path.is_relative_to(root) else None
 
 
 def data_file(root: Path, task: str, name: str) -> Path | None:
@@ -174,8 +173,10 @@ def extend_facts(index: dict, path: Path) -> None:
         lines.seek(index["offsets"][done])
         for number in range(done, len(index["offsets"])):
             line = lines.readline()
-            while not line.strip():  # blank lines hold no offset
+            while line and not line.strip():  # blank lines hold no offset
                 line = lines.readline()
+            if not line:
+                return  # emptied since `extend`: the next call indexes it again
             turns, picks = _facts(line, index, first=number < 20)
             index["turn_counts"][turns] += 1
             index["pick_counts"].update(picks)
@@ -327,6 +328,8 @@ def make_handler(root: Path, indexes: dict, loopback: bool):
                 if not self._known(task):
                     return
                 number, final = int(params.get("page", 0)), data_file(root, task, FINAL)
+                if number < 0 or params.get("order", "newest") not in ("newest", "oldest"):
+                    raise ValueError("page is a number >= 0, order is newest or oldest")
                 if url.path == "/api/stats":
                     return self._send(200, dataset_figures(indexes, final) if final else {})
                 if url.path == "/api/conversations":
@@ -360,17 +363,26 @@ def make_handler(root: Path, indexes: dict, loopback: bool):
             if not path.is_file():
                 return self._send(404, {"error": f"no file {relative!r}"})
             # Plain text whatever the name: a .html someone dropped in the folder is not run as a page.
-            self._send(200, path.read_bytes(), "text/plain; charset=utf-8")
+            # Streamed, and only the bytes there when it was opened (a run may be appending).
+            with open(path, "rb") as data:
+                left = os.fstat(data.fileno()).st_size
+                self._headers(200, "text/plain; charset=utf-8", left)
+                while left and (chunk := data.read(min(1 << 20, left))):
+                    self.wfile.write(chunk)
+                    left -= len(chunk)
 
         def _send(self, status: int, body, kind: str = "application/json") -> None:
             data = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
+            self._headers(status, kind, len(data))
+            self.wfile.write(data)
+
+        def _headers(self, status: int, kind: str, length: int) -> None:
             self.send_response(status)
             self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Content-Length", str(length))
             self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(data)
 
     return Handler
 
