@@ -4,6 +4,7 @@
     python -m chitchat_gen --engine local -n 5 --restart
     python -m chitchat_gen trace --engine local --seed 3     # one conversation, stage by stage
     python -m chitchat_gen export output/public/examples/chit_chat --format sharegpt -o train.jsonl
+    python -m chitchat_gen view output                        # runs and conversations in the browser
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from .record import read_jsonl
 from .redact import redact_command, redact_text, url_secrets
 from .trace import make_printer
 from .stats import dataset_stats, render_table, write_card
+from .view import serve, write_html
 from .store import FINAL, FORMATTED, append, clear, close, count_existing, log_run, open_store
 
 
-COMMANDS = ("trace", "stats", "export")
+COMMANDS = ("trace", "stats", "export", "view")
 
 
 def build_parser(command: str = "generate") -> argparse.ArgumentParser:
@@ -50,15 +52,26 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
         parser.add_argument("--system", metavar="TEXT", help="a system message to put first in every conversation")
         parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
         return parser
+    if command == "view":
+        parser = _parser("view", "See the runs and conversations of an output folder in the browser (a local page).")
+        parser.add_argument("path", metavar="OUTPUT_DIR", help="an output folder (a run's --output-dir, or one task's folder)")
+        parser.add_argument("--port", type=_checked({"kind": "int", "low": 0, "high": 65535}), default=8765,
+                            help="port to serve on (default: 8765; 0 picks a free one)")
+        parser.add_argument("--host", default="127.0.0.1",
+                            help="address to bind (default: 127.0.0.1, this machine only)")
+        parser.add_argument("--open", action="store_true", help="open the page in your web browser")
+        parser.add_argument("--html", metavar="FILE", help="write the page as one static file, data inlined, and exit")
+        return parser
     if command == "trace":
         parser = _parser("trace", "Run ONE conversation and print every prompt, reply and stage decision. Writes no file.")
         parser.add_argument("--task-paths", nargs=1, default=["task.yaml"], metavar="PATH",
                             help="the task file (default: ./task.yaml)")
     else:
         parser = _parser("", "Generate persona-driven multi-turn chit-chat conversations with an LM.")
-        parser.epilog = ("Also: 'python -m chitchat_gen trace --help' (one conversation, stage by stage) and "
+        parser.epilog = ("Also: 'python -m chitchat_gen trace --help' (one conversation, stage by stage), "
                          "'python -m chitchat_gen stats --help' (figures of a dataset), "
-                         "'python -m chitchat_gen export --help' (OpenAI / ShareGPT files).")
+                         "'python -m chitchat_gen export --help' (OpenAI / ShareGPT files), "
+                         "'python -m chitchat_gen view --help' (runs and conversations in the browser).")
         parser.add_argument("--task-paths", nargs="+", default=["task.yaml"], metavar="PATH",
                             help="task file(s) to run, one after another (default: ./task.yaml)")
         parser.add_argument("-n", "--num-outputs-to-generate", type=_checked({"kind": "int", "low": 1}), default=10,
@@ -135,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_stats(args)
         if command == "export":
             return run_export(args)
+        if command == "view":
+            return run_view(args)
         # Load every task first, so a broken second task file stops the run before any work.
         overrides = {"engine": args.engine, "model": args.model, "base_url": args.base_url,
                      "concurrency": getattr(args, "concurrency", None), "seed": args.seed,
@@ -243,7 +258,8 @@ def run_task(task: dict, args) -> None:
             runs = log_run(store, {
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": _command(),
                 "engine": engine["type"], "model": engine["model"], "seed": task["seed"],
-                "accepted": stats["accepted"], "dropped": _cleaned(stats["dropped"], task), "calls": stats["calls"],
+                "wanted": n - existing, "accepted": stats["accepted"], "dropped": _cleaned(stats["dropped"], task),
+                "calls": stats["calls"],
                 "tokens": stats["prompt_tokens"] + stats["completion_tokens"],
                 "seconds": round(time.monotonic() - start, 1), "endpoints": report(pool) if pool else []})
             write_card(folder, task, runs)
@@ -284,6 +300,15 @@ def run_export(args) -> int:
     count = export(Path(args.path), args.format, args.system, Path(args.output) if args.output else None)
     if args.output:
         print(f"{count} conversations written to {args.output} ({args.format})", file=sys.stderr)
+    return 0
+
+
+def run_view(args) -> int:
+    if args.html:
+        written = write_html(Path(args.path), Path(args.html))
+        print(f"{args.html}: {written} conversations from {args.path}, one static page")
+        return 0
+    serve(Path(args.path), args.host, args.port, args.open)
     return 0
 
 

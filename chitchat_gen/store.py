@@ -177,6 +177,20 @@ def _rewrite(path: Path, lines) -> None:
     os.replace(tmp, path)
 
 
+def lock_holder(folder: Path) -> str | None:
+    """The pid of the run writing in `folder`, or None (a probe: it holds the lock for an instant).
+
+    subtle: a run starting in that instant is told the folder is in use; the viewer polls with
+    this, a window of microseconds per poll.
+    """
+    try:
+        release = _take_lock(folder)
+    except ConfigError:
+        return (folder / LOCK).read_text(encoding="utf-8", errors="replace").strip() or "?"
+    release()
+    return None
+
+
 def _in_use(folder: Path) -> ConfigError:
     try:
         holder = (folder / LOCK).read_text(encoding="utf-8", errors="replace").strip() or "?"

@@ -66,7 +66,7 @@ def test_a_custom_filter_stage_drops_with_its_reason(task_dir, registry_restored
     assert run_conversation(task, ctx) == (None, "test/no_questions: user asked a question")  # fake users ask
 
 
-@pytest.mark.parametrize("module", ["text", "record", "prompts", "stats", "quality", "engines", "load", "redact"])
+@pytest.mark.parametrize("module", ["text", "record", "prompts", "stats", "quality", "engines", "load", "redact", "view"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib
