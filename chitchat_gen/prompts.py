@@ -83,6 +83,8 @@ CLOSING_CUES = (
     "catch you later", "good night", "goodnight", "farewell", "that's all", "that's everything",
 )
 
+JUDGED = ("coherence", "persona", "naturalness", "closing")  # what lm/judge scores, 1-5 each
+
 JUDGE_SYSTEM = Template(
     "You rate synthetic conversations for a training set, strictly and briefly. Reply in JSON only."
 )

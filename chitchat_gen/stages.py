@@ -249,19 +249,16 @@ def assistant(record: dict, ctx: dict) -> dict | str:
 
 # --- after the loop ------------------------------------------------------------------------
 
-JUDGED = ("coherence", "persona", "naturalness", "closing")
-
-
 @stage("lm/judge")
 def judge(record: dict, ctx: dict) -> dict | str:
-    """One JSON call scoring the conversation 1-5 on JUDGED, with a reason, into record["scores"].
+    """One JSON call scoring the conversation 1-5 on prompts.JUDGED, with a reason, into record["scores"].
 
     Put it under `finalization_stages`. With `min_score`, a conversation whose mean score is
     below it is dropped; an unusable reply (asked twice) then drops it too, else it is kept unscored.
     """
     cfg, task = ctx["stage"], ctx["task"]
-    schema = {"type": "object", "required": [*JUDGED, "reason"],
-              "properties": {**{k: {"type": "integer", "minimum": 1, "maximum": 5} for k in JUDGED},
+    schema = {"type": "object", "required": [*prompts.JUDGED, "reason"],
+              "properties": {**{k: {"type": "integer", "minimum": 1, "maximum": 5} for k in prompts.JUDGED},
                              "reason": {"type": "string", "maxLength": 200}}}
     prompt = [{"role": "system", "content": template(ctx, "JUDGE_SYSTEM")},
               {"role": "user", "content": template(ctx, "JUDGE_USER", scenario=scenario_of(record, ctx),
@@ -273,7 +270,7 @@ def judge(record: dict, ctx: dict) -> dict | str:
     else:
         return "judge reply unusable" if cfg["min_score"] else record
     record["scores"] = scores
-    if cfg["min_score"] and sum(scores[k] for k in JUDGED) / len(JUDGED) < cfg["min_score"]:
+    if cfg["min_score"] and sum(scores[k] for k in prompts.JUDGED) / len(prompts.JUDGED) < cfg["min_score"]:
         return "judge score below min_score"
     return record
 
@@ -285,9 +282,9 @@ def parse_scores(reply: str) -> dict | None:
         data = json.loads(match.group(0)) if match else None
     except json.JSONDecodeError:
         return None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), int) and 1 <= data[k] <= 5 for k in JUDGED):
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), int) and 1 <= data[k] <= 5 for k in prompts.JUDGED):
         return None
-    return {**{k: data[k] for k in JUDGED}, "reason": str(data.get("reason") or "")[:200]}
+    return {**{k: data[k] for k in prompts.JUDGED}, "reason": str(data.get("reason") or "")[:200]}
 
 
 # --- filters -------------------------------------------------------------------------------

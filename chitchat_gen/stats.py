@@ -24,7 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from .record import read_jsonl
+from .prompts import JUDGED
+from .quality import clean, copies, is_closing, problems
+from .record import messages, read_jsonl
 from .redact import redact_text
 from .text import jaccard, normalise, shingles, words
 
@@ -113,6 +115,21 @@ def chi_square_sf(x: float, df: int) -> float:
     return min(1.0, math.erfc(math.sqrt(h)) + math.exp(-h) * total)
 
 
+# What the quality gates look for, counted over the messages of accepted conversations.
+PROBLEMS = ("placeholder", "leaked label", "repeated paragraph", "assistant's voice", "echo of the user")
+
+
+def message_problems(said: list[dict]) -> list[str]:
+    """The PROBLEMS in a conversation's messages, one name per message that has it."""
+    names = []
+    for i, message in enumerate(said):
+        previous = said[i - 1]["content"] if i else ""
+        fixes = clean(message["content"])[1]
+        names += sorted(set(problems(message["content"], message["role"], previous))
+                        | {fix for fix in fixes if fix in PROBLEMS})
+    return names
+
+
 def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = True) -> dict:
     """Figures of a final_data.jsonl; `task` (config.load_task) adds weights and persona totals.
 
@@ -120,14 +137,21 @@ def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = Tru
     distinct-n, message lengths): the dataset card, written at the end of every run, does so to
     keep a run's peak memory flat in N.
     """
-    conversations, turns, closing = 0, Counter(), 0
-    picks, scenarios, personas = Counter(), [], Counter()
+    conversations, turns, closing, real_closings = 0, Counter(), 0, 0
+    picks, scenarios, personas, found, scores = Counter(), [], Counter(), Counter(), []
     tallies = {"user": new_tally(), "assistant": new_tally()}
+    cues = next((s["closing_cues"] for s in task["iteration_stages"] if s["name"] == "lm/user/guided"), ()) if task else ()
     for _, _, record, _ in read_jsonl(path):
         if not isinstance(record, dict):
             continue  # a torn last line from a killed run
         steps = record.get("steps") or []
         conversations += 1
+        said = messages(record)
+        users = [m["content"] for m in said if m["role"] == "user"]
+        real_closings += bool(users) and is_closing(users[-1], cues)
+        found.update(message_problems(said))
+        if isinstance(record.get("scores"), dict) and all(isinstance(record["scores"].get(k), int) for k in JUDGED):
+            scores.append(record["scores"])
         turns[sum(1 for s in steps if s.get("role") == "assistant")] += 1
         flows = [i for i, s in enumerate(steps) if s.get("role") == "flow_controller"]
         if flows and steps[flows[-1]].get("terminate") and \
@@ -147,6 +171,8 @@ def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = Tru
         "conversations": conversations,
         "turns": dict(sorted(turns.items())),
         "closing_exchanges": closing,
+        "real_closings": real_closings,
+        "problems": {name: found[name] for name in PROBLEMS},
         "patterns": dict(picks.most_common()),
         "distinct_personas": len(personas),
     }
@@ -154,6 +180,13 @@ def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = Tru
         result["scenarios"] = len(scenarios)
         result["duplicate_scenarios"] = len(scenarios) - len(set(map(normalise, scenarios)))
         result["near_duplicate_scenarios"] = near_duplicates(scenarios)
+        if task:
+            result["scenarios_copying_a_seed"] = sum(copies(text, task["seed_scenarios"]) for text in scenarios)
+    if scores:
+        result["judge"] = {"judged": len(scores),
+                           "mean": {k: round(sum(s[k] for s in scores) / len(scores), 2) for k in JUDGED},
+                           "overall": dict(sorted(Counter(round(sum(s[k] for k in JUDGED) / len(JUDGED))
+                                                          for s in scores).items()))}
     for role, tally in tallies.items() if text_figures else ():
         result[f"{role}_messages"] = tally["messages"]
         result[f"{role}_mean_words"] = round(tally["words"] / tally["messages"], 1) if tally["messages"] else 0.0
@@ -176,16 +209,24 @@ def render_table(stats: dict) -> str:
     """The stats as aligned plain text."""
     rows = [("conversations", stats["conversations"]),
             ("turns histogram", ", ".join(f"{k}: {v}" for k, v in stats["turns"].items()) or "-"),
-            ("closing exchanges", f"{stats['closing_exchanges']} of {stats['conversations']}"),
+            ("closing exchanges", f"{stats['closing_exchanges']} of {stats['conversations']} "
+                                  f"(a real goodbye or thanks in {stats['real_closings']})"),
+            ("problems", ", ".join(f"{n} {name}" for name, n in stats["problems"].items())),
             ("distinct personas", stats["distinct_personas"]
              if "personas_available" not in stats else f"{stats['distinct_personas']} of {stats['personas_available']}")]
     if "scenarios" in stats:
         rows.append(("duplicate scenarios", f"{stats['duplicate_scenarios']} exact, "
                                             f"{stats['near_duplicate_scenarios']} near (of {stats['scenarios']})"))
+    if "scenarios_copying_a_seed" in stats:
+        rows.append(("scenarios copying a seed", stats["scenarios_copying_a_seed"]))
+    if "judge" in stats:
+        judge = stats["judge"]
+        rows.append(("judge scores", f"{judge['judged']} judged, overall " + ", ".join(f"{k}: {v}" for k, v in judge["overall"].items())
+                     + "; means " + ", ".join(f"{k} {v}" for k, v in judge["mean"].items())))
     for role in ("user", "assistant") if "user_messages" in stats else ():
         rows.append((f"{role} messages", f"{stats[f'{role}_messages']}, mean {stats[f'{role}_mean_words']} words, "
                                          f"distinct-1 {stats[f'{role}_distinct_1']}, distinct-2 {stats[f'{role}_distinct_2']}"))
-    lines = [f"{name:<22}{value}" for name, value in rows]
+    lines = [f"{name:<26}{value}" for name, value in rows]
     picks = stats["patterns"]
     weights = stats.get("weights", {})
     if picks:

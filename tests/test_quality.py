@@ -1,0 +1,178 @@
+"""The quality gates (chitchat_gen/quality.py) on their own, then in the stages with a scripted
+chat function, the judge, and the duplicate memory a resumed run starts from."""
+
+import json
+import random
+
+import pytest
+
+from chitchat_gen import generate, load_task
+from chitchat_gen.pipeline import new_memory, run_conversation
+from chitchat_gen.quality import clean, copies, echoes, is_closing, problems
+from chitchat_gen.stages import STAGES
+from chitchat_gen.stats import dataset_stats
+from conftest import outputs, run_cli
+from fake_lm import canned_reply, fake_chat
+from test_stages import make_ctx, record_with
+
+
+@pytest.fixture
+def task(task_dir):
+    return load_task(task_dir / "task.yaml")
+
+
+CLEAN_CASES = [
+    ("Chat: 2019-3457 #contests\nI love contests, do you?", "I love contests, do you?", ["leaked label"]),
+    ("Situation: The user is going home.\nHeading home now, any podcast tips?", "Heading home now, any podcast tips?", ["leaked label"]),
+    ("Tea is great.\n\nTea is great.\nCoffee too.", "Tea is great.\nCoffee too.", ["repeated paragraph"]),
+    ("Bread is easy to bake at home.\nBread is easy to bake at home!", "Bread is easy to bake at home.", ["repeated paragraph"]),
+    ("Nice! Nice! What next?", "Nice! What next?", ["repeated sentence"]),
+    ("Persona: a cook.", "Persona: a cook.", []),  # nothing else left: kept, for `problems` to name
+]
+
+
+@pytest.mark.parametrize("raw,text,fixes", CLEAN_CASES, ids=[c[0][:24] for c in CLEAN_CASES])
+def test_clean_removes_what_is_safe_and_names_it(raw, text, fixes):
+    assert clean(raw) == (text, fixes)
+
+
+PROBLEM_CASES = [
+    ("Please visit [insert location here] tomorrow.", "user", "", ["placeholder"]),
+    ("Hi <name>, how was your day?", "assistant", "", ["placeholder"]),
+    ("We meet at {{time}}.", "assistant", "", ["placeholder"]),
+    ("[Insert chat about a recent issue with the landlord]", "user", "", ["placeholder"]),
+    ("Persona: a cook who loves bread.", "user", "", ["leaked label"]),
+    ("I'd be delighted to assist you with your travel plans.", "user", "", ["assistant's voice"]),
+    ("Let me know if you need anything else!", "user", "", ["assistant's voice"]),
+    ("I'd be delighted to assist you with your travel plans.", "assistant", "", []),  # fine for the assistant
+    ("You asked: what is the best way to keep basil alive indoors? Water it often.", "assistant",
+     "What is the best way to keep basil alive indoors?", ["echo of the user"]),
+    ("Basil likes sun and moist soil; water it when the top feels dry.", "assistant",
+     "What is the best way to keep basil alive indoors?", []),
+    ("My sister [who lives in Leeds] visited.", "user", "", []),  # brackets are not placeholders
+]
+
+
+@pytest.mark.parametrize("text,role,previous,found", PROBLEM_CASES, ids=[c[0][:24] for c in PROBLEM_CASES])
+def test_problems_are_named(text, role, previous, found):
+    assert problems(text, role, previous) == found
+
+
+def test_closings_are_recognised_and_a_task_can_add_cues():
+    assert is_closing("Thanks so much, that helps!", ())
+    assert is_closing("OK, bye for now", ())
+    assert not is_closing("What else can I plant in spring?", ())
+    assert not is_closing("Ciao, a presto!", ())
+    assert is_closing("Ciao, a presto!", ["a presto"])
+
+
+def test_a_seed_copied_with_one_sentence_added_is_a_copy():
+    seed = "A nervous new cat owner wants to stop her kitten from shredding the living-room sofa."
+    assert copies(seed + " She also asks about toys.", [seed])
+    assert not copies("A retired teacher wants to plan a walking holiday in the Lake District.", [seed])
+    assert not echoes("Sure.", "Short one?")  # too short to call an echo
+
+
+def test_the_closing_turn_uses_the_patterns_hint_and_must_close(task):
+    closing = next(p for p in task["iteration_stages"][0]["patterns"] if p["name"] == "chit_chat/termination")
+    asked = []
+
+    def chat(messages, json_schema=None, **options):
+        if "role-playing a human user" in messages[0]["content"]:
+            asked.append(messages[-1]["content"])
+            return "What other plants should I try?"  # never says goodbye
+        return canned_reply(messages, json_schema)
+
+    ctx = make_ctx(task, chat=chat, name="lm/flow_controller", turn=4)
+    record = record_with(("scenario", "A gardener chats."), ("user", "Hi"), ("assistant", "Hello"))
+    STAGES["lm/flow_controller"](record, ctx)
+    assert record["steps"][-1]["hint"] == closing["hint"]
+    ctx["stage"] = next(s for s in task["iteration_stages"] if s["name"] == "lm/user/guided")
+    assert STAGES["lm/user/guided"](record, ctx) == "user message: no thanks or goodbye on the closing turn"
+    assert len(asked) == 2 and all("This is your last message" in prompt for prompt in asked)
+
+
+def test_a_problem_is_asked_again_once_then_drops_with_its_name(task):
+    replies = iter(["Sure, [insert city] is great.", "Sure, [insert city] is great."])
+    ctx = make_ctx(task, chat=lambda m, **o: next(replies), name="lm/assistant/naive")
+    assert STAGES["lm/assistant/naive"](record_with(("user", "Where should I go?")), ctx) == "assistant message: placeholder"
+    replies = iter(["Sure, [insert city] is great.", "Try Porto: the food is great."])
+    ctx = make_ctx(task, chat=lambda m, **o: next(replies), name="lm/assistant/naive")
+    record = STAGES["lm/assistant/naive"](record_with(("user", "Where should I go?")), ctx)
+    assert record["steps"][-1]["content"] == "Try Porto: the food is great."
+
+
+def test_what_clean_removed_is_kept_in_the_steps_metadata(task):
+    ctx = make_ctx(task, chat=lambda m, **o: "Context: a chat.\nTry Porto.\nTry Porto.", name="lm/assistant/naive")
+    record = STAGES["lm/assistant/naive"](record_with(("user", "Where should I go?")), ctx)
+    assert record["steps"][-1]["content"] == "Try Porto."
+    assert record["steps"][-1]["metadata"]["cleaned"] == ["leaked label", "repeated paragraph"]
+
+
+def judged_task(task, min_score=None):
+    task["finalization_stages"] = [{"name": "lm/judge", "min_score": min_score, "where": "finalization_stages[0]"}]
+    return task
+
+
+def judge_chat(scores):
+    def chat(messages, json_schema=None, **options):
+        if json_schema and "coherence" in json_schema["properties"]:
+            return json.dumps(scores) if isinstance(scores, dict) else scores
+        return fake_chat(messages, json_schema)
+    return chat
+
+
+def test_the_judge_writes_scores_and_min_score_drops(task):
+    scores = {"coherence": 4, "persona": 2, "naturalness": 3, "closing": 5, "reason": "ok"}
+    ctx = {"task": judged_task(task), "chat": judge_chat(scores), "rng": random.Random(0), "memory": new_memory()}
+    record, reason = run_conversation(task, ctx)
+    assert reason is None and record["scores"] == scores
+    ctx = {"task": judged_task(task, 3.6), "chat": judge_chat(scores), "rng": random.Random(0), "memory": new_memory()}
+    assert run_conversation(task, ctx) == (None, "lm/judge: judge score below min_score")
+
+
+def test_an_unusable_judge_reply_keeps_the_conversation_unscored_unless_min_score(task):
+    ctx = {"task": judged_task(task), "chat": judge_chat("not json"), "rng": random.Random(0), "memory": new_memory()}
+    record, reason = run_conversation(task, ctx)
+    assert reason is None and "scores" not in record
+    ctx = {"task": judged_task(task, 2), "chat": judge_chat("not json"), "rng": random.Random(0), "memory": new_memory()}
+    assert run_conversation(task, ctx) == (None, "lm/judge: judge reply unusable")
+
+
+def test_stats_count_real_closings_problems_and_scores(task_dir, server):
+    raw = (task_dir / "task.yaml").read_text() + "finalization_stages:\n  - name: lm/judge\n"
+    (task_dir / "task.yaml").write_text(raw)
+    assert run_cli("-n", 3, "--base-url", server.url, "--quiet", cwd=task_dir).returncode == 0
+    out = task_dir / "output/public/examples/chit_chat"
+    stats = dataset_stats(out / "final_data.jsonl", load_task(task_dir / "task.yaml"))
+    assert stats["real_closings"] == 3 and stats["problems"]["placeholder"] == 0
+    assert stats["judge"]["judged"] == 3  # the fake server's judge answers
+    lines = (out / "final_data.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    record["steps"][-2]["content"] = "Sure, I'd be happy to help with [insert topic]."  # a bad closing user turn
+    (out / "final_data.jsonl").write_text("\n".join([json.dumps(record)] + lines[1:]) + "\n")
+    stats = dataset_stats(out / "final_data.jsonl")
+    assert stats["real_closings"] == 2
+    assert stats["problems"]["placeholder"] == 1 and stats["problems"]["assistant's voice"] == 1
+    assert "a real goodbye or thanks in" in (out / "README.md").read_text()
+
+
+def test_a_resumed_run_does_not_repeat_an_opener_on_disk(task_dir, server):
+    raw = (task_dir / "task.yaml").read_text().replace("  - name: lm/user/guided\n",
+                                                        "  - name: lm/user/guided\n  - name: filter/unique_first_user\n")
+    (task_dir / "task.yaml").write_text(raw)
+    assert run_cli("-n", 3, "--base-url", server.url, "--quiet", cwd=task_dir).returncode == 0
+    first = [m["content"] for r in outputs(task_dir)[1] for m in r["messages"] if m["role"] == "user"][:1]
+    memory = new_memory(outputs(task_dir)[0])
+    assert len(memory["scenarios"]) == 3 and len(memory["first_users"]) == 3
+    task = load_task(task_dir / "task.yaml")
+
+    def same_opener(messages, json_schema=None, **options):
+        if "role-playing a human user" in messages[0]["content"] and "nothing yet" in messages[-1]["content"]:
+            return first[0]  # every new conversation opens like the first one on disk
+        return fake_chat(messages, json_schema)
+
+    stats = {}
+    with pytest.raises(Exception, match="first user message repeats an earlier conversation"):
+        list(generate(task, 1, chat=same_opener, memory=memory, stats=stats))
+    assert stats["accepted"] == 0
