@@ -5,7 +5,9 @@ A record is a plain dict, one line of `final_data.jsonl` (seed files use the sam
     {"task_name": "public/examples/chit_chat",
      "is_seed": false,                      # true in seed_examples.jsonl
      "conversation_id": "0b5e3c1f...",      # random 128-bit hex: unique across runs and machines
-     "steps": [step, ...]}                  # in the order the stages appended them
+     "steps": [step, ...],                  # in the order the stages appended them
+     "scores": {...}}                       # only with lm/judge: coherence, persona, naturalness,
+                                            # closing (1-5) and a one-line reason
 
 Every step has `role`, `content`, `stage_name` (the stage that wrote it), `metadata` and `scores`:
 
@@ -17,9 +19,11 @@ Every step has `role`, `content`, `stage_name` (the stage that wrote it), `metad
     user             the user's message             -
     assistant        the assistant's reply          -
 
-`metadata` says where a step belongs: {"turn": k} for steps of turn k, {} before turn 1.
-`scores` is DiGiT's per-step field for quality scores; no built-in stage writes it, and it is kept
-(always {}) so that tools reading DiGiT's records read ours unchanged.
+`metadata` says where a step belongs: {"turn": k} for steps of turn k, {} before turn 1, and
+"cleaned": [...] names what quality.clean removed from the model's reply ("leaked label", ...).
+A step's `scores` is DiGiT's per-step field for quality scores; no built-in stage writes it, and
+it is kept (always {}) so that tools reading DiGiT's records read ours unchanged; the judge's
+scores are the conversation's, at the top level.
 
     >>> record = new_record("demo")
     >>> record["steps"].append(new_step("user", "Hi!", "lm/user/guided", turn=1))
