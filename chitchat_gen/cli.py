@@ -21,6 +21,7 @@ from .config import ENGINE_FIELDS, TASK_FIELDS, ConfigError, load_task, spec_of,
 from .engines import LMError, check_engine, default_concurrency, make_chat, make_pool
 from .load import describe, report
 from .pipeline import generate, new_stats
+from .ray_executor import check_address, connect, generate_on_ray
 from .trace import make_printer
 from .stats import dataset_stats, render_table, write_card
 from .store import FINAL, FORMATTED, append, clear, close, count_existing, log_run, open_store
@@ -55,6 +56,11 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
                             help="outputs go to DIR/<task_name>/ (default: output)")
         parser.add_argument("--shard", metavar="I/K", type=_shard,
                             help="generate shard I of K (1-based): this machine's share of N, in DIR/<task_name>/shard-I-of-K/")
+        parser.add_argument("--ray", nargs="?", const="local", type=_ray_address, metavar="ADDRESS",
+                            help="run the conversations on Ray workers (extra 'ray'): alone, a local Ray instance; "
+                                 "'auto' or ray://HOST:10001 joins a cluster. The driver writes the files")
+        parser.add_argument("--ray-workers", type=_checked({"kind": "int", "low": 1}), metavar="K",
+                            help="Ray workers (actors), each running its share of --concurrency (default: one per node)")
         parser.add_argument("--quiet", action="store_true", help="no progress line")
     engine = parser.add_argument_group("engine (overrides the task file)")
     for spec in ENGINE_FIELDS + [spec_of(TASK_FIELDS, "seed")]:
@@ -99,6 +105,13 @@ def _checked(spec: dict):
     return convert
 
 
+def _ray_address(text: str) -> str:
+    try:
+        return check_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(part) for part in text.split("/"))
@@ -112,7 +125,10 @@ def _shard(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "generate"
-    args = build_parser(command).parse_args(argv)
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if getattr(args, "ray_workers", None) and args.ray is None:
+        parser.error("argument --ray-workers: only means something with --ray")
     try:
         if command == "stats":
             return run_stats(args)
@@ -174,7 +190,9 @@ def run_task(task: dict, args) -> None:
     for problem in engine.get("unreachable", ()):
         print(f"note: {problem.split(': start it')[0]}: the other servers carry the run; it is tried again as it goes",
               file=sys.stderr)
-    stats, pool = new_stats(), make_pool(engine)
+    if args.ray:
+        connect(args.ray)  # before the folder is touched: a missing ray or a silent cluster changes nothing
+    stats, pool = new_stats(), None if args.ray else make_pool(engine)  # Ray workers hold their own pools
     chat = make_chat(engine, on_usage=_token_counter(stats), pool=pool)
     store = open_store(folder)
     try:
@@ -189,7 +207,10 @@ def run_task(task: dict, args) -> None:
         try:
             # A resumed run with the same --seed must not replay the first run's personas and patterns.
             seed = None if task["seed"] is None else f"{task['seed']}/{part}/{existing}"
-            for record in generate(task, n - existing, chat=chat, seed=seed, concurrency=concurrency, stats=stats):
+            records = (generate_on_ray(task, n - existing, engine=engine, workers=args.ray_workers, seed=seed,
+                                       concurrency=concurrency, stats=stats) if args.ray else
+                       generate(task, n - existing, chat=chat, seed=seed, concurrency=concurrency, stats=stats))
+            for record in records:
                 append(store, record)
         finally:
             if ticker:

@@ -23,6 +23,7 @@ import logging
 import math
 import random
 import re
+import socket
 import threading
 
 from .config import ConfigError
@@ -65,16 +66,30 @@ def connect(address: str | None = None) -> bool:
     ray = _ray()
     if ray.is_initialized():
         return False
+    if address not in (None, "auto", "local"):
+        _check_reachable(address)
     options = {"address": address, "logging_level": logging.WARNING}
     if address in (None, "local"):
         options["include_dashboard"] = False  # not accepted when joining a cluster
     try:
         ray.init(**options)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
-        raise ConfigError(f"cannot join the Ray cluster at {address}: {_cause(exc)}: start one with "
-                          "'ray start --head' on the head node and pass its address, or use --ray alone "
-                          "for a local instance")
+        cause = _cause(exc)
+        fix = ("pip install 'chitchat_gen[ray]' (it includes ray[client])" if "ray[client]" in cause else
+               "start one with 'ray start --head' on the head node, or use --ray alone for a local instance")
+        raise ConfigError(f"cannot join the Ray cluster at {address}: {cause}: {fix}")
     return True
+
+
+def _check_reachable(address: str) -> None:
+    # subtle: ray.init retries a silent address for minutes, logging as it goes; one TCP connect says it now.
+    host, port = address.removeprefix("ray://").rsplit(":", 1)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}): start its head with "
+                          "'ray start --head' and check the address (ray://HOST:10001 for Ray Client, "
+                          "HOST:6379 from a node of the cluster)")
 
 
 class Worker:
