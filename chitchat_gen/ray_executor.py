@@ -19,6 +19,7 @@ fresh worker and runs them again with the same seeds.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import math
 import random
@@ -153,12 +154,14 @@ def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None
         stages = {cfg["name"]: STAGES[cfg["name"]]
                   for key, stage_list in task.items() if key.endswith("_stages") for cfg in stage_list}
         # num_cpus=0: a worker waits on HTTP, it does not compute; SPREAD puts one on each node first.
-        remote = ray.remote(Worker).options(num_cpus=0, max_concurrency=math.ceil(concurrency / workers),
-                                            scheduling_strategy="SPREAD")
+        worker = ray.remote(Worker)
+        options = {"num_cpus": 0, "max_concurrency": math.ceil(concurrency / workers), "scheduling_strategy": "SPREAD"}
         task_ref = ray.put(task)
+        run_name, numbers = f"chitchat_gen-{random.randrange(16**8):08x}", itertools.count(1)
 
-        def hire():
-            actors[remote.remote(task_ref, engine, chat, stages)] = 0
+        def hire():  # named, so `ray list actors` shows whose they are (and a test can find one to kill)
+            name = f"{run_name}-worker-{next(numbers)}"
+            actors[worker.options(name=name, **options).remote(task_ref, engine, chat, stages)] = 0
 
         for _ in range(workers):
             hire()
