@@ -26,6 +26,7 @@ import random
 import re
 import socket
 import threading
+import warnings
 
 from .config import ConfigError
 from .engines import LMError, check_engine, default_concurrency, make_chat
@@ -73,11 +74,18 @@ def connect(address: str | None = None) -> bool:
     if address in (None, "local"):
         options["include_dashboard"] = False  # not accepted when joining a cluster
     try:
-        ray.init(**options)
+        with warnings.catch_warnings():  # Ray Client warns before it raises; the error line says it all
+            warnings.simplefilter("ignore")
+            ray.init(**options)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         cause = _cause(exc)
-        fix = ("pip install 'chitchat_gen[ray]' (it includes ray[client])" if "ray[client]" in cause else
-               "start one with 'ray start --head' on the head node, or use --ray alone for a local instance")
+        if "ray[client]" in cause:
+            fix = "pip install 'chitchat_gen[ray]' (it includes ray[client])"
+        elif address.startswith("ray://") and "timeout" in cause:  # seen with Ray 2.60's token authentication
+            fix = ("if the cluster uses token authentication, set RAY_AUTH_MODE=token and copy its token "
+                   "(~/.ray/auth_token on the head) to this machine; else check that port is the Ray Client's")
+        else:
+            fix = "start one with 'ray start --head' on the head node, or use --ray alone for a local instance"
         raise ConfigError(f"cannot join the Ray cluster at {address}: {cause}: {fix}")
     return True
 
