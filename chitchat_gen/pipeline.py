@@ -69,7 +69,7 @@ def new_stats() -> dict:
 
 
 def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, concurrency: int = 1,
-             stats: dict | None = None, stop: threading.Event | None = None, trace=None, executor: str = "thread"):
+             stats: dict | None = None, stop: threading.Event | None = None, trace=None):
     """Yield `n` accepted records as they complete, with up to `concurrency` in flight.
 
     `stats` (optional: a dict, filled in as `new_stats`) is updated in this thread. A conversation is only
@@ -78,14 +78,7 @@ def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, co
     is called on every LM call and stage decision (see trace.py). Without `chat`, the task's own
     engine is checked and used. If every conversation keeps being dropped (the LM failing, or a
     stage that always drops), LMError is raised instead of spending calls forever.
-    `executor="ray"` runs the conversations on Ray workers instead of threads (ray_executor.py).
     """
-    if executor not in ("thread", "ray"):
-        raise ValueError(f"executor must be 'thread' or 'ray', got {executor!r}")
-    if executor == "ray":  # the 'ray' extra; imported only when asked for
-        from .ray_executor import generate_on_ray
-        yield from generate_on_ray(task, n, chat=chat, seed=seed, concurrency=concurrency, stats=stats, stop=stop)
-        return
     if chat is None:
         chat = make_chat(check_engine(task["engine"]))
     master = random.Random(task.get("seed") if seed is None else seed)

@@ -1,9 +1,10 @@
-"""The Ray path (--ray, generate(executor="ray")) on a real local Ray instance against the fake LM
+"""The Ray path (--ray, generate_on_ray) on a real local Ray instance against the fake LM
 server: exactly N, both files aligned, resume, a worker killed mid-run, the driver killed with
 SIGKILL, and the one-line errors. Marked `ray` (needs the 'ray' extra): `python -m pytest -m ray`.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ def cluster():
     # The workers import chitchat_gen: from the install in CI, from the checkout when run from it.
     old_path = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), old_path]))
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # "local": never a cluster already running
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
     os.environ.pop("PYTHONPATH") if old_path is None else os.environ.update(PYTHONPATH=old_path)
@@ -77,12 +78,12 @@ def test_resume_on_ray_adds_exactly_the_missing_ones(cluster, task_dir):
 @pytest.mark.ray
 def test_a_worker_killed_mid_run_loses_only_its_conversations(cluster, task_dir):
     import ray
-    from chitchat_gen import generate, load_task
+    from chitchat_gen import generate_on_ray, load_task
 
     with FakeServer(latency=0.05, slots=16) as server:
         task = load_task(task_dir / "task.yaml", engine="openai", base_url=[server.url], model="granite4:3b")
         stats, records, killed = {}, [], []
-        for record in generate(task, 40, concurrency=8, executor="ray", stats=stats):
+        for record in generate_on_ray(task, 40, concurrency=8, stats=stats):
             records.append(record)
             if len(records) == 10:  # one worker (one per node by default): kill it, a fresh one takes over
                 names = [name for name in ray.util.list_named_actors() if name.startswith("chitchat_gen-")]
@@ -149,3 +150,15 @@ def test_a_bad_ray_flag_value_is_one_error_line(task_dir):
         result = run_cli("-n", 2, *flags, cwd=task_dir)
         assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.ray
+def test_the_readme_ray_snippet_runs(task_dir):
+    pytest.importorskip("ray")
+    blocks = re.findall(r"```py\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert blocks, "README.md has no py (Ray) snippet"
+    for block in blocks:  # a fresh interpreter each: the snippet starts its own Ray instance
+        result = subprocess.run([sys.executable, "-c", block], cwd=task_dir, capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "3 scenario\n"
