@@ -21,7 +21,7 @@ from .config import ENGINE_FIELDS, TASK_FIELDS, ConfigError, load_task, spec_of,
 from .engines import LMError, check_engine, default_concurrency, make_chat, make_pool
 from .load import describe, report
 from .pipeline import generate, new_stats
-from .ray_executor import check_address, connect, generate_on_ray
+from .ray_executor import check_address, connect, disconnect, generate_on_ray
 from .trace import make_printer
 from .stats import dataset_stats, render_table, write_card
 from .store import FINAL, FORMATTED, append, clear, close, count_existing, log_run, open_store
@@ -226,6 +226,8 @@ def run_task(task: dict, args) -> None:
         _summary(task, stats, pool, existing, time.monotonic() - start, folder)
     finally:
         close(store)
+        if args.ray:
+            disconnect()
 
 
 def _token_counter(stats: dict):

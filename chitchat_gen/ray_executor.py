@@ -101,6 +101,12 @@ def _check_reachable(address: str) -> None:
                           "HOST:6379 from a node of the cluster)")
 
 
+def disconnect() -> None:
+    """Leave Ray (stopping the local instance `connect` started): the CLI calls it on every way out,
+    Ctrl-C included, which exits without running atexit (Ray's own clean-up)."""
+    _ray().shutdown()
+
+
 class Worker:
     """One Ray actor: its own LM client, its own memory of scenarios, conversations in its threads.
 
@@ -136,7 +142,7 @@ class Worker:
 
 def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None, address: str | None = None,
                     workers: int | None = None, seed: int | str | None = None, concurrency: int | None = None,
-                    stats: dict | None = None, stop: threading.Event | None = None):
+                    stats: dict | None = None):
     """Yield `n` accepted records made by Ray workers, with up to `concurrency` in flight in all.
 
     `chat` (any picklable callable, e.g. a module-level function) is shipped to every worker;
@@ -147,7 +153,6 @@ def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None
     """
     ray = _ray()
     connected_here = connect(address)
-    stop = stop or threading.Event()
     stats = {} if stats is None else stats
     for key, value in new_stats().items():
         stats.setdefault(key, value)
@@ -178,13 +183,13 @@ def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None
         rerun: list[int] = []  # seeds of conversations lost with a worker, run again first
         failures_in_a_row = drops_in_a_row = deaths_in_a_row = 0
         max_failures, max_drops, max_deaths = 2 * concurrency + 3, max(50, 4 * concurrency), 2 * workers + 3
-        while stats["accepted"] < n and not stop.is_set():
+        while stats["accepted"] < n:
             while len(in_flight) < concurrency and stats["accepted"] + len(in_flight) < n:
                 conversation_seed = rerun.pop() if rerun else master.randrange(2**63)
                 actor = min(actors, key=actors.get)  # the least busy worker
                 actors[actor] += 1
                 in_flight[actor.run_one.remote(conversation_seed)] = (actor, conversation_seed)
-            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)  # timeout: to see `stop`
+            done, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in done:
                 actor, conversation_seed = in_flight.pop(ref)
                 try:
