@@ -1,6 +1,6 @@
 """The Ray path: workers (Ray actors) run conversations, the driver hands out work and yields.
 
-    connect("auto")                     # or None: a local Ray instance; "ray://head:10001": Ray Client
+    connect("auto")                     # or "local": a new local instance; "ray://head:10001": Ray Client
     for record in generate_on_ray(task, 1000, concurrency=128):
         append(store, record)           # the driver alone writes, as on the thread path
 
@@ -60,7 +60,11 @@ def _ray():
 
 
 def connect(address: str | None = None) -> bool:
-    """Start a local Ray instance (address None) or join a cluster; True if this call did it.
+    """Join Ray at `address`; True if this call did it (and so should `disconnect`).
+
+    "local" starts a new local instance (what --ray alone does); None does what `ray.init()` does
+    (RAY_ADDRESS, else a cluster started on this machine, else a new local instance); "auto",
+    "HOST:6379" or "ray://HOST:10001" join a cluster.
 
     Already connected (a notebook that ran `ray.init` itself, or a second task): nothing to do.
     A missing ray package or a cluster that does not answer is a ConfigError naming the fix.
@@ -81,7 +85,7 @@ def connect(address: str | None = None) -> bool:
         cause = _cause(exc)
         if "ray[client]" in cause:
             fix = "pip install 'chitchat_gen[ray]' (it includes ray[client])"
-        elif address.startswith("ray://") and "timeout" in cause:  # seen with Ray 2.60's token authentication
+        elif (address or "").startswith("ray://") and "timeout" in cause:  # seen with Ray 2.60's token authentication
             fix = ("if the cluster uses token authentication, set RAY_AUTH_MODE=token and copy its token "
                    "(~/.ray/auth_token on the head) to this machine; else check that port is the Ray Client's")
         else:
