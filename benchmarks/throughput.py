@@ -5,6 +5,7 @@ the ideal `calls x L / S`. Run by hand (takes ~20 minutes for the full sweep):
     python benchmarks/throughput.py                       # the sweep in docs/performance.md
     python benchmarks/throughput.py --rows 64:1000:0.2    # one row: S:N:L
     python benchmarks/throughput.py --dialect openai
+    python benchmarks/throughput.py --dialect openai --rows 64:1000:0.2 --ray   # on Ray workers (needs ray)
 
 Per row: LM calls, ideal seconds, measured seconds, their ratio, calls per accepted
 conversation, and the generator process's peak RSS (ru_maxrss of a process that runs only it).
@@ -42,14 +43,14 @@ sys.exit(code)
 """
 
 
-def run_row(slots: int, n: int, latency: float, dialect: str, concurrency: int | None) -> dict:
+def run_row(slots: int, n: int, latency: float, dialect: str, concurrency: int | None, ray: bool = False) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="chitchat_bench_"))
     for name in ("task.yaml", "personas.jsonl", "seed_examples.jsonl"):
         shutil.copy(ROOT / name, workdir / name)
     with FakeServer(models=["granite4:3b"], latency=latency, slots=slots) as server:
         command = [sys.executable, "-c", RUNNER, "-n", str(n), "--restart", "--quiet", "--seed", "1",
                    "--engine", dialect, "--base-url", server.url, "--model", "granite4:3b",
-                   "--concurrency", str(concurrency or 2 * slots)]
+                   "--concurrency", str(concurrency or 2 * slots)] + (["--ray"] if ray else [])
         start = time.monotonic()
         result = subprocess.run(command, cwd=workdir, capture_output=True, text=True,
                                 env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
@@ -66,18 +67,31 @@ def run_row(slots: int, n: int, latency: float, dialect: str, concurrency: int |
             "peak_rss_mb": round(rss / 1024, 1)}
 
 
+def ray_startup() -> float:
+    """Seconds to start a local Ray instance as --ray does, and stop it (a fresh interpreter)."""
+    timer = ("import logging, time, ray; start = time.monotonic(); "
+             "ray.init(address='local', include_dashboard=False, logging_level=logging.WARNING); "
+             "print(time.monotonic() - start); ray.shutdown()")
+    result = subprocess.run([sys.executable, "-c", timer], capture_output=True, text=True, check=True)
+    return float(result.stdout.split()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", default=SWEEP, metavar="S:N:L")
     parser.add_argument("--dialect", choices=["ollama", "openai"], default="ollama")
     parser.add_argument("--concurrency", type=int, help="default: 2 x S")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--ray", action="store_true",
+                        help="run the CLI with --ray (a local Ray instance, its start-up included); peak RSS is the driver's")
     args = parser.parse_args()
+    if args.ray:
+        print(f"Ray start-up (ray.init of a local instance): {ray_startup():.1f} s", flush=True)
     print(f"{'S':>4}{'N':>7}{'L s':>6}{'written':>9}{'calls':>8}{'ideal s':>9}{'wall s':>8}{'ratio':>7}"
           f"{'calls/conv':>11}{'peak RSS MB':>13}", flush=True)
     for row in args.rows:
         slots, n, latency = row.split(":")
-        result = run_row(int(slots), int(n), float(latency), args.dialect, args.concurrency)
+        result = run_row(int(slots), int(n), float(latency), args.dialect, args.concurrency, args.ray)
         if args.json:
             print(json.dumps(result), flush=True)
         else:

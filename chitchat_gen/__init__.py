@@ -4,10 +4,13 @@
     task = load_task("task.yaml")
     for record in generate(task, 3, chat=my_chat, seed=1):
         print(record["conversation_id"])
+
+`generate_on_ray(task, n, ...)` is the same on Ray workers (the 'ray' extra; see ray_executor.py).
 """
 from .config import ConfigError, load_task
 from .engines import LMError, make_chat
 from .pipeline import generate
+from .ray_executor import generate_on_ray
 from .stages import STAGES, stage
 
-__all__ = ["load_task", "generate", "make_chat", "stage", "STAGES", "ConfigError", "LMError"]
+__all__ = ["load_task", "generate", "generate_on_ray", "make_chat", "stage", "STAGES", "ConfigError", "LMError"]

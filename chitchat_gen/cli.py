@@ -24,6 +24,7 @@ from .engines import LMError, check_engine, default_concurrency, make_chat, make
 from .export import FORMATS, export
 from .load import describe, report
 from .pipeline import generate, new_memory, new_stats
+from .ray_executor import check_address, connect, disconnect, generate_on_ray
 from .record import read_jsonl
 from .redact import redact_command, redact_text, url_secrets
 from .trace import make_printer
@@ -82,6 +83,11 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
                             help="outputs go to DIR/<task_name>/ (default: output)")
         parser.add_argument("--shard", metavar="I/K", type=_shard,
                             help="generate shard I of K (1-based): this machine's share of N, in DIR/<task_name>/shard-I-of-K/")
+        parser.add_argument("--ray", nargs="?", const="local", type=_ray_address, metavar="ADDRESS",
+                            help="run the conversations on Ray workers (extra 'ray'): alone, a local Ray instance; "
+                                 "'auto' or ray://HOST:10001 joins a cluster. The driver writes the files")
+        parser.add_argument("--ray-workers", type=_checked({"kind": "int", "low": 1}), metavar="K",
+                            help="Ray workers (actors), each running its share of --concurrency (default: one per node)")
         parser.add_argument("--quiet", action="store_true", help="no progress line")
         license_spec = spec_of(TASK_FIELDS, "license")
         parser.add_argument("--license", type=_checked(license_spec), metavar="ID", help=license_spec["doc"])
@@ -128,6 +134,13 @@ def _checked(spec: dict):
     return convert
 
 
+def _ray_address(text: str) -> str:
+    try:
+        return check_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(part) for part in text.split("/"))
@@ -141,7 +154,10 @@ def _shard(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "generate"
-    args = build_parser(command).parse_args(argv)
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if getattr(args, "ray_workers", None) and args.ray is None:
+        parser.error("argument --ray-workers: only means something with --ray")
     tasks = []
     try:
         if command == "stats":
@@ -231,7 +247,9 @@ def run_task(task: dict, args) -> None:
     for problem in engine.get("unreachable", ()):
         print(f"note: {_clean(problem.split(': start it')[0], [task])}: the other servers carry the run; it is tried again as it goes",
               file=sys.stderr)
-    stats, pool = new_stats(), make_pool(engine)
+    if args.ray:
+        connect(args.ray)  # before the folder is touched: a missing ray or a silent cluster changes nothing
+    stats, pool = new_stats(), None if args.ray else make_pool(engine)  # Ray workers hold their own pools
     chat = make_chat(engine, on_usage=_token_counter(stats), pool=pool)
     store = open_store(folder)
     try:
@@ -248,8 +266,11 @@ def run_task(task: dict, args) -> None:
             seed = None if task["seed"] is None else f"{task['seed']}/{part}/{existing}"
             # The duplicate checks also know what earlier runs wrote (bounded: the latest on disk).
             memory = new_memory(value for _, _, value, _ in read_jsonl(folder / FINAL)) if existing else None
-            for record in generate(task, n - existing, chat=chat, seed=seed, concurrency=concurrency, stats=stats,
-                                   memory=memory):
+            records = (generate_on_ray(task, n - existing, engine=engine, workers=args.ray_workers, seed=seed,
+                                       concurrency=concurrency, stats=stats, memory=memory) if args.ray else
+                       generate(task, n - existing, chat=chat, seed=seed, concurrency=concurrency, stats=stats,
+                                memory=memory))
+            for record in records:
                 append(store, record)
         finally:
             if ticker:
@@ -266,6 +287,8 @@ def run_task(task: dict, args) -> None:
         _summary(task, stats, pool, existing, time.monotonic() - start, folder)
     finally:
         close(store)
+        if args.ray:
+            disconnect()
 
 
 def _token_counter(stats: dict):

@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from .engines import LMError, check_engine, make_chat
 from .record import last_step, messages, new_record
-from .stages import OPENERS_KEPT, STAGES
+from .stages import STAGES, claim_opener
 from .text import normalise
 
 
@@ -74,7 +74,7 @@ def new_stats() -> dict:
     """The figures of a run, one dict that the progress line, the summary and the run log read.
 
     accepted, dropped ({reason: count}) and calls are kept by `generate`; prompt_tokens and
-    completion_tokens by whoever sees the engine's usage (cli.py passes `count_tokens`).
+    completion_tokens by whoever sees the engine's usage (cli.py's `on_usage`, ray_executor's workers).
     """
     return {"accepted": 0, "dropped": collections.Counter(), "calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
@@ -83,7 +83,7 @@ def new_memory(records=()) -> dict:
     """What the duplicate checks remember across conversations, bounded (memory stays flat in N).
 
     `records` (a resumed run's, read from disk) seed it, so no run repeats an earlier one's
-    scenario or opener: the last 1,000 scenarios and the last OPENERS_KEPT first user messages.
+    scenario or opener: the last 1,000 scenarios and the last stages.OPENERS_KEPT first user messages.
     """
     memory = {"scenarios": collections.deque(maxlen=1000), "first_users": {}}
     for record in records:
@@ -91,9 +91,7 @@ def new_memory(records=()) -> dict:
             memory["scenarios"].append(scenario["content"])
         users = [m["content"] for m in messages(record) if m["role"] == "user"]
         if users:
-            memory["first_users"][normalise(users[0])] = record["conversation_id"]
-            if len(memory["first_users"]) > OPENERS_KEPT:
-                memory["first_users"].pop(next(iter(memory["first_users"])))
+            claim_opener(memory["first_users"], normalise(users[0]), record["conversation_id"])
     return memory
 
 
@@ -118,10 +116,7 @@ def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, co
         stats.setdefault(key, value)  # a caller's {} fills in; a caller's figures add up
     stop = stop or threading.Event()
     memory = new_memory() if memory is None else memory
-    failures_in_a_row = drops_in_a_row = 0
-    # Bounds on hopeless runs: a dead server fails fast, a model whose every conversation is dropped
-    # (wrong voice, empty text, a filter that always fires) is given more tries: drops can be common.
-    max_failures, max_drops = 2 * concurrency + 3, max(50, 4 * concurrency)
+    bounds = new_bounds(concurrency)
 
     def start():
         ctx = {"task": task, "memory": memory, "trace": trace, "calls": 0,
@@ -146,23 +141,36 @@ def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, co
             for future in done:
                 record, reason = future.result()
                 stats["calls"] += in_flight.pop(future)["calls"]
-                if record is None:
-                    lm_failed = reason.startswith("LM call failed")
-                    stats["dropped"]["LM call failed" if lm_failed else reason] += 1
-                    failures_in_a_row = failures_in_a_row + 1 if lm_failed else 0
-                    drops_in_a_row += 1
-                    if failures_in_a_row >= max_failures:
-                        raise LMError(f"{failures_in_a_row} conversations in a row failed on LM calls; last: {reason}")
-                    if drops_in_a_row >= max_drops:
-                        common = stats["dropped"].most_common(1)[0][0]
-                        raise LMError(f"{drops_in_a_row} conversations in a row were dropped, most often for "
-                                      f"'{common}': look at one with 'python -m chitchat_gen trace'")
-                    continue
-                failures_in_a_row = drops_in_a_row = 0
-                stats["accepted"] += 1
-                yield record
+                tally(stats, bounds, reason)
+                if record is not None:
+                    yield record
     finally:
         # subtle: runs on normal exit, on error and when the consumer closes the generator;
         # in-flight conversations see `stop` at their next LM call and end quickly.
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def new_bounds(concurrency: int) -> dict:
+    """Bounds on a hopeless run: a dead server fails fast (2 x concurrency + 3 conversations in a row
+    failing on LM calls); a model whose every conversation is dropped (wrong voice, empty text, a
+    filter that always fires) gets more tries (max(50, 4 x concurrency) drops in a row)."""
+    return {"failures": 0, "drops": 0, "max_failures": 2 * concurrency + 3, "max_drops": max(50, 4 * concurrency)}
+
+
+def tally(stats: dict, bounds: dict, reason: str | None) -> None:
+    """Count one finished conversation (`reason` None: accepted); LMError when a bound is reached."""
+    if reason is None:
+        bounds["failures"] = bounds["drops"] = 0
+        stats["accepted"] += 1
+        return
+    lm_failed = reason.startswith("LM call failed")
+    stats["dropped"]["LM call failed" if lm_failed else reason] += 1
+    bounds["failures"] = bounds["failures"] + 1 if lm_failed else 0
+    bounds["drops"] += 1
+    if bounds["failures"] >= bounds["max_failures"]:
+        raise LMError(f"{bounds['failures']} conversations in a row failed on LM calls; last: {reason}")
+    if bounds["drops"] >= bounds["max_drops"]:
+        common = stats["dropped"].most_common(1)[0][0]
+        raise LMError(f"{bounds['drops']} conversations in a row were dropped, most often for "
+                      f"'{common}': look at one with 'python -m chitchat_gen trace'")

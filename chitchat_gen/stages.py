@@ -300,12 +300,18 @@ def unique_first_user(record: dict, ctx: dict) -> dict | str:
     if len(users) != 1:
         return record
     openers = ctx["memory"].setdefault("first_users", {})
-    # subtle: dict.setdefault checks and claims the opener in one step (no Python code runs in
-    # between, so no thread switch): of two conversations with the same opener, exactly one owns it.
-    owner = openers.setdefault(normalise(users[0]["content"]), record["conversation_id"])
-    if len(openers) > OPENERS_KEPT:
-        openers.pop(next(iter(openers)), None)  # the oldest: memory stays flat in N
+    owner = claim_opener(openers, normalise(users[0]["content"]), record["conversation_id"])
     return record if owner == record["conversation_id"] else "first user message repeats an earlier conversation"
 
 
 OPENERS_KEPT = 10_000  # first user messages remembered (this run's and, on resume, the latest on disk)
+
+
+def claim_opener(openers: dict, opener: str, conversation_id: str) -> str:
+    """The conversation that owns `opener`: the first to claim it. Keeps the latest OPENERS_KEPT."""
+    # subtle: dict.setdefault checks and claims the opener in one step (no Python code runs in
+    # between, so no thread switch): of two conversations with the same opener, exactly one owns it.
+    owner = openers.setdefault(opener, conversation_id)
+    if len(openers) > OPENERS_KEPT:
+        openers.pop(next(iter(openers)), None)  # the oldest: memory stays flat in N
+    return owner

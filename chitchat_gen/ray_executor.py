@@ -1,0 +1,224 @@
+"""The Ray path: workers (Ray actors) run conversations, the driver hands out work and yields.
+
+    connect("auto")                     # or "local": a new local instance; "ray://head:10001": Ray Client
+    for record in generate_on_ray(task, 1000, concurrency=128):
+        append(store, record)           # the driver alone writes, as on the thread path
+
+Same contract as `pipeline.generate`: it yields exactly `n` accepted records, in completion
+order, and writes nothing, so the CLI's files, resume, lock, card and summary work unchanged.
+Each worker holds its own LM client (with its own load control) and runs up to
+`ceil(concurrency / workers)` conversations at once in its threads. The driver submits
+"run one conversation with this seed" calls, never "make k": at most `concurrency` and at most
+`n - accepted` are in flight across all workers, so no conversation is started that could
+overshoot n. A worker that dies loses only its in-flight conversations; the driver starts a
+fresh worker and runs them again with the same seeds.
+
+`ray` is imported here only, and only when called: the core runs without it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import random
+import re
+import socket
+import threading
+import warnings
+
+from .config import ConfigError
+from .engines import LMError, check_engine, default_concurrency, make_chat
+from .pipeline import new_bounds, new_memory, new_stats, run_conversation, tally
+from .stages import STAGES
+
+ADDRESS_FORMS = "'auto', 'ray://HOST:10001' (Ray Client) or 'HOST:6379' (the head's GCS)"
+
+
+def check_address(text: str) -> str:
+    """`text` if it is a Ray address this tool passes to ray.init, else a ValueError naming the forms."""
+    if text in ("auto", "local") or re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d+", text):
+        return text
+    raise ValueError(f"expected {ADDRESS_FORMS}, got {text!r}")
+
+
+def _cause(exc: Exception) -> str:
+    """The line of a Ray error that names the cause (Ray's messages run to a page of context)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"[\w.]*(Error|Exception): ", line)]
+    return (named or lines or [type(exc).__name__])[-1][:300]
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--ray needs the ray package, which is not installed: "
+                          "pip install 'chitchat_gen[ray]' (or pip install ray)")
+    return ray
+
+
+def connect(address: str | None = None) -> bool:
+    """Join Ray at `address`; True if this call did it (and so should `disconnect`).
+
+    "local" starts a new local instance (what --ray alone does); None does what `ray.init()` does
+    (RAY_ADDRESS, else a cluster started on this machine, else a new local instance); "auto",
+    "HOST:6379" or "ray://HOST:10001" join a cluster.
+
+    Already connected (a notebook that ran `ray.init` itself, or a second task): nothing to do.
+    A missing ray package or a cluster that does not answer is a ConfigError naming the fix.
+    """
+    ray = _ray()
+    if ray.is_initialized():
+        return False
+    if address not in (None, "auto", "local"):
+        _check_reachable(address)
+    options = {"address": address, "logging_level": logging.WARNING}
+    if address in (None, "local"):
+        options["include_dashboard"] = False  # not accepted when joining a cluster
+    try:
+        with warnings.catch_warnings():  # Ray Client warns before it raises; the error line says it all
+            warnings.simplefilter("ignore")
+            ray.init(**options)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        cause = _cause(exc)
+        if "ray[client]" in cause:
+            fix = "pip install 'chitchat_gen[ray]' (it includes ray[client])"
+        elif (address or "").startswith("ray://") and "timeout" in cause:  # seen with Ray 2.60's token authentication
+            fix = ("if the cluster uses token authentication, set RAY_AUTH_MODE=token and copy its token "
+                   "(~/.ray/auth_token on the head) to this machine; else check that port is the Ray Client's")
+        else:
+            fix = "start one with 'ray start --head' on the head node, or use --ray alone for a local instance"
+        raise ConfigError(f"cannot join the Ray cluster at {address}: {cause}: {fix}")
+    return True
+
+
+def _check_reachable(address: str) -> None:
+    # subtle: ray.init retries a silent address for minutes, logging as it goes; one TCP connect says it now.
+    host, port = address.removeprefix("ray://").rsplit(":", 1)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}): start its head with "
+                          "'ray start --head' and check the address (ray://HOST:10001 for Ray Client, "
+                          "HOST:6379 from a node of the cluster)")
+
+
+def disconnect() -> None:
+    """Leave Ray (stopping the local instance `connect` started): the CLI calls it on every way out,
+    Ctrl-C included, which exits without running atexit (Ray's own clean-up)."""
+    _ray().shutdown()
+
+
+class Worker:
+    """One Ray actor: its own LM client, its own memory of scenarios, conversations in its threads.
+
+    Made into an actor by `ray.remote(Worker)` at run time (so this module imports without ray).
+    """
+
+    def __init__(self, task: dict, engine: dict | None, chat, stages: dict, memory: dict | None):
+        STAGES.update(stages)  # custom stages registered on the driver (a notebook's @stage) run here too
+        self.task = task
+        self.tokens = threading.local()
+        self.chat = chat or make_chat(engine, on_usage=self._count_tokens)
+        self.memory = memory or new_memory()  # a resumed run's, from the driver; then this worker's own
+
+    def _count_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
+        # subtle: a conversation runs in one actor thread and make_chat reports usage in the calling
+        # thread, so a thread-local total is this conversation's tokens.
+        self.tokens.prompt += prompt_tokens
+        self.tokens.completion += completion_tokens
+
+    def run_one(self, seed: int) -> tuple[dict | None, str | None, int, int, int]:
+        """Run one conversation: (record or None, drop reason, LM calls, prompt tokens, completion tokens)."""
+        self.tokens.prompt = self.tokens.completion = 0
+        ctx = {"task": self.task, "memory": self.memory, "trace": None, "calls": 0, "rng": random.Random(seed)}
+
+        def counted_chat(messages, json_schema=None, **options):
+            ctx["calls"] += 1
+            return self.chat(messages, json_schema=json_schema, **options)
+
+        ctx["chat"] = counted_chat
+        record, reason = run_conversation(self.task, ctx)
+        return record, reason, ctx["calls"], self.tokens.prompt, self.tokens.completion
+
+
+def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None, address: str | None = None,
+                    workers: int | None = None, seed: int | str | None = None, concurrency: int | None = None,
+                    stats: dict | None = None, memory: dict | None = None):
+    """Yield `n` accepted records made by Ray workers, with up to `concurrency` in flight in all.
+
+    `chat` (any picklable callable, e.g. a module-level function) is shipped to every worker;
+    without it each worker builds the engine's client from `engine` (checked here if not given).
+    `workers` defaults to one per node of the cluster. Joins `address` unless Ray is already
+    connected, and disconnects at the end only if it connected. `stats` gains `tokens` here
+    (prompt_tokens, completion_tokens), which the thread path leaves to the caller's client.
+    """
+    ray = _ray()
+    connected_here = connect(address)
+    stats = {} if stats is None else stats
+    for key, value in new_stats().items():
+        stats.setdefault(key, value)
+    actors: dict = {}  # actor -> conversations in flight on it
+    try:
+        if chat is None and engine is None:
+            engine = check_engine(task["engine"])
+        concurrency = concurrency or (default_concurrency(engine) if engine else 1)
+        workers = min(workers or sum(1 for node in ray.nodes() if node["Alive"]), concurrency)
+        if engine:  # --max-rpm / --max-tpm are the whole run's pace: each worker gets its share
+            engine = {**engine, **{key: engine[key] / workers for key in ("max_rpm", "max_tpm") if engine.get(key)}}
+        stages = {cfg["name"]: STAGES[cfg["name"]]
+                  for key, stage_list in task.items() if key.endswith("_stages") for cfg in stage_list}
+        # num_cpus=0: a worker waits on HTTP, it does not compute; SPREAD puts one on each node first.
+        worker = ray.remote(Worker)
+        options = {"num_cpus": 0, "max_concurrency": math.ceil(concurrency / workers), "scheduling_strategy": "SPREAD"}
+        task_ref = ray.put(task)
+        run_name, numbers = f"chitchat_gen-{random.randrange(16**8):08x}", itertools.count(1)
+
+        def hire():  # named, so `ray list actors` shows whose they are (and a test can find one to kill)
+            name = f"{run_name}-worker-{next(numbers)}"
+            actors[worker.options(name=name, **options).remote(task_ref, engine, chat, stages, memory)] = 0
+
+        for _ in range(workers):
+            hire()
+        master = random.Random(task.get("seed") if seed is None else seed)
+        in_flight: dict = {}  # ref -> (actor, the conversation's seed)
+        rerun: list[int] = []  # seeds of conversations lost with a worker, run again first
+        bounds, deaths_in_a_row, max_deaths = new_bounds(concurrency), 0, 2 * workers + 3
+        while stats["accepted"] < n:
+            while len(in_flight) < concurrency and stats["accepted"] + len(in_flight) < n:
+                conversation_seed = rerun.pop() if rerun else master.randrange(2**63)
+                actor = min(actors, key=actors.get)  # the least busy worker
+                actors[actor] += 1
+                in_flight[actor.run_one.remote(conversation_seed)] = (actor, conversation_seed)
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in done:
+                actor, conversation_seed = in_flight.pop(ref)
+                try:
+                    record, reason, calls, prompt_tokens, completion_tokens = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    rerun.append(conversation_seed)
+                    stats["dropped"]["Ray worker lost (run again)"] += 1
+                    if actor in actors:  # its other in-flight calls fail the same way: replace it once
+                        del actors[actor]
+                        hire()
+                        deaths_in_a_row += 1
+                    if deaths_in_a_row >= max_deaths:
+                        raise LMError(f"{deaths_in_a_row} Ray workers in a row died; last: {_cause(exc)}")
+                    continue
+                if actor in actors:
+                    actors[actor] -= 1
+                stats["calls"] += calls
+                stats["prompt_tokens"] += prompt_tokens
+                stats["completion_tokens"] += completion_tokens
+                tally(stats, bounds, reason)  # the same bounds on a hopeless run as pipeline.generate
+                if record is not None:
+                    deaths_in_a_row = 0
+                    yield record
+    finally:
+        # subtle: also when the consumer stops early or the driver is interrupted: no worker goes on
+        # spending LM calls for a run that has ended.
+        for actor in actors:
+            ray.kill(actor)
+        if connected_here:
+            ray.shutdown()

@@ -1,0 +1,165 @@
+"""The Ray path (--ray, generate_on_ray) on a real local Ray instance against the fake LM
+server: exactly N, both files aligned, resume, a worker killed mid-run, the driver killed with
+SIGKILL, and the one-line errors. Marked `ray` (needs the 'ray' extra): `python -m pytest -m ray`.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, outputs, run_cli
+from fake_lm import FakeServer
+
+OUT = "output/public/examples/chit_chat"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local Ray instance for the module; yields the address a CLI run joins it by."""
+    ray = pytest.importorskip("ray")
+    # The workers import chitchat_gen: from the install in CI, from the checkout when run from it.
+    old_path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), old_path]))
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # "local": never a cluster already running
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+    os.environ.pop("PYTHONPATH") if old_path is None else os.environ.update(PYTHONPATH=old_path)
+
+
+def engine_flags(server):
+    return ["--engine", "openai", "--base-url", server.url, "--model", "granite4:3b"]
+
+
+def scenario_calls(server) -> int:
+    """Conversations the server saw started: each begins with one lm/scenario call."""
+    # .get: a worker killed mid-request leaves the server an empty body
+    return sum(1 for body in server.chat_requests() if "short scenarios" in body.get("messages", [{}])[0].get("content", ""))
+
+
+def assert_aligned(task_dir, n):
+    final, formatted = outputs(task_dir)
+    ids = [record["conversation_id"] for record in final]
+    assert len(ids) == n and len(set(ids)) == n
+    assert ids == [record["conversation_id"] for record in formatted]
+    return ids
+
+
+@pytest.mark.ray
+def test_cli_on_ray_writes_exactly_n_aligned_and_starts_no_conversation_beyond_n(cluster, task_dir):
+    with FakeServer(latency=0.01, slots=8) as server:
+        result = run_cli("-n", 30, "--restart", "--quiet", "--seed", 1, "--concurrency", 12,
+                         "--ray", cluster, "--ray-workers", 3, *engine_flags(server), cwd=task_dir)
+        assert result.returncode == 0, result.stderr
+        assert_aligned(task_dir, 30)
+        assert scenario_calls(server) == 30  # nothing dropped here, so nothing started beyond N
+        assert f"30 accepted, 0 dropped, {len(server.chat_requests())} LM calls" in result.stdout
+    card = (task_dir / OUT / "README.md").read_text()
+    assert "| conversations | 30 |" in card and "--ray" in card  # the card, with the command that made it
+
+
+@pytest.mark.ray
+def test_resume_on_ray_adds_exactly_the_missing_ones(cluster, task_dir):
+    with FakeServer(latency=0.01, slots=8) as server:
+        first = run_cli("-n", 10, "--restart", "--quiet", "--ray", cluster, *engine_flags(server), cwd=task_dir)
+        assert first.returncode == 0, first.stderr
+        before = assert_aligned(task_dir, 10)
+        started = scenario_calls(server)
+        again = run_cli("-n", 25, "--quiet", "--ray", cluster, *engine_flags(server), cwd=task_dir)
+        assert again.returncode == 0, again.stderr
+        assert assert_aligned(task_dir, 25)[:10] == before
+        assert scenario_calls(server) - started == 15
+        assert "15 accepted (+10 from earlier runs)" in again.stdout
+
+
+@pytest.mark.ray
+def test_a_worker_killed_mid_run_loses_only_its_conversations(cluster, task_dir):
+    import ray
+    from chitchat_gen import generate_on_ray, load_task
+
+    with FakeServer(latency=0.05, slots=16) as server:
+        task = load_task(task_dir / "task.yaml", engine="openai", base_url=[server.url], model="granite4:3b")
+        stats, records, killed = {}, [], []
+        for record in generate_on_ray(task, 40, concurrency=8, stats=stats):
+            records.append(record)
+            if len(records) == 10:  # one worker (one per node by default): kill it, a fresh one takes over
+                names = [name for name in ray.util.list_named_actors() if name.startswith("chitchat_gen-")]
+                killed.append(names[0])
+                ray.kill(ray.get_actor(names[0]))
+    assert killed
+    ids = [record["conversation_id"] for record in records]
+    assert len(ids) == 40 and len(set(ids)) == 40 and stats["accepted"] == 40
+    lost = stats["dropped"]["Ray worker lost (run again)"]
+    assert lost >= 1  # the killed worker had conversations in flight; they were run again elsewhere
+    assert 40 <= scenario_calls(server) <= 40 + lost  # a lost one may die before its first call
+    assert stats["calls"] <= len(server.chat_requests())  # the lost conversations' calls are not counted
+
+
+@pytest.mark.ray
+def test_driver_killed_with_sigkill_then_run_again_gives_exactly_n(cluster, task_dir):
+    with FakeServer(latency=0.05, slots=8) as server:
+        args = ["-n", 60, "--quiet", "--concurrency", 8, "--ray", cluster, *engine_flags(server)]
+        driver = subprocess.Popen([sys.executable, "-m", "chitchat_gen", *map(str, args)], cwd=task_dir,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+        final = task_dir / OUT / "final_data.jsonl"
+        while driver.poll() is None and (not final.exists() or len(final.read_text().splitlines()) < 10):
+            time.sleep(0.1)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        written = len(final.read_text().splitlines())
+        assert written < 60, "the run finished before it was killed: nothing was tested"
+        again = run_cli(*args, cwd=task_dir)
+        assert again.returncode == 0, again.stderr
+        assert_aligned(task_dir, 60)
+
+
+@pytest.mark.ray
+def test_an_address_nobody_answers_is_one_error_line_and_the_folder_is_untouched(task_dir):
+    pytest.importorskip("ray")
+    with FakeServer() as server:
+        first = run_cli("-n", 3, "--restart", "--quiet", *engine_flags(server), cwd=task_dir)
+        before = (task_dir / OUT / "final_data.jsonl").read_text()
+        result = run_cli("-n", 5, "--restart", "--ray", "127.0.0.1:1", *engine_flags(server), cwd=task_dir)
+    assert first.returncode == 0 and result.returncode == 1
+    assert result.stderr.startswith("Error: cannot reach the Ray cluster at 127.0.0.1:1") and "ray start --head" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (task_dir / OUT / "final_data.jsonl").read_text() == before
+
+
+def test_without_the_ray_package_the_flag_says_how_to_install_it(task_dir):
+    # Hides an installed ray the way a missing one looks: `import ray` raises ImportError.
+    hide_ray = ("import sys; sys.modules['ray'] = None; from chitchat_gen.cli import main; "
+                "sys.exit(main(sys.argv[1:]))")
+    with FakeServer() as server:
+        result = subprocess.run([sys.executable, "-c", hide_ray, "-n", "2", "--ray", *engine_flags(server)],
+                                cwd=task_dir, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 1
+    assert result.stderr == ("Error: --ray needs the ray package, which is not installed: "
+                             "pip install 'chitchat_gen[ray]' (or pip install ray)\n")
+    assert not (task_dir / "output").exists()
+
+
+def test_a_bad_ray_flag_value_is_one_error_line(task_dir):
+    for flags, message in ((["--ray", "my cluster"], "Error: argument --ray: expected 'auto'"),
+                           (["--ray", "--ray-workers", "0"], "Error: argument --ray-workers: expected a whole number >= 1"),
+                           (["--ray-workers", "2"], "Error: argument --ray-workers: only means something with --ray")):
+        result = run_cli("-n", 2, *flags, cwd=task_dir)
+        assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.ray
+def test_the_readme_ray_snippet_runs(task_dir):
+    blocks = [block for block in re.findall(r"```py\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+              if "generate_on_ray" in block]  # other py blocks need other extras (the Hub's needs datasets)
+    assert blocks, "README.md has no py (Ray) snippet"
+    for block in blocks:  # a fresh interpreter each: the snippet starts its own Ray instance
+        result = subprocess.run([sys.executable, "-c", block], cwd=task_dir, capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "3 scenario\n"
