@@ -30,6 +30,7 @@ def output(task_dir, server):
     record = copy.deepcopy(json.loads(final.read_text().splitlines()[0]))
     record["conversation_id"] = uuid.uuid4().hex
     next(s for s in record["steps"] if s["role"] == "user")["content"] = INJECTION
+    record["scores"] = {"coherence": 4, "persona": 3, "naturalness": 3, "closing": 5, "reason": "fine"}  # lm/judge's
     with open(final, "a") as out:
         out.write(json.dumps(record) + "\n" + '{"not a record\n')
     result = run_cli("-n", 8, "--base-url", server.url, "--quiet", cwd=task_dir)
@@ -209,6 +210,7 @@ def check_page(dom: str) -> None:
     assert re.search(r'data-chart="Turns per conversation"><h3>[^<]*</h3><svg[^>]*><text', dom), "the turns chart has no SVG"
     assert "&lt;script&gt;document.documentElement.classList.add('pwned')&lt;/script&gt;&lt;img src=x" in dom
     assert not re.search(r"<html[^>]*pwned", dom), "the injected script ran"
+    assert '<span class="score">coherence: 4</span>' in dom, "the judge's scores are not shown"
 
 
 @pytest.mark.browser
