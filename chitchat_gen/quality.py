@@ -30,7 +30,7 @@ LABEL = re.compile(r"^\s*\**(user|assistant|scenario|message|instruction|your me
 # A line that starts with a label of our prompts (or a made-up one): the model copied the prompt's shape.
 LEAKED_LABEL = re.compile(r"^\s*\**(chat|situation|scenario|persona|instruction|hint|context|note|who you are|"
                           r"general instruction|conversation( so far)?|your (next )?message|the user|role|"
-                          r"instruction for your next message)\**\s*:", re.I)
+                          r"instruction for your next message|this is your last message)\**\s*:", re.I)
 NEXT_SPEAKER = re.compile(r"\n\s*\**(user|assistant|human|ai)\**\s*:", re.I)
 ASSISTANT_VOICE = re.compile(
     r"\b(as an ai|i'?m an ai|as a (large )?language model|how (can|may) i (help|assist)( you)?|"

@@ -49,6 +49,11 @@ def lm(ctx: dict, messages: list[dict], json_schema: dict | None = None, **optio
     return reply
 
 
+def retry(ctx: dict, attempt: int) -> dict:
+    """Options for asking again: a little warmer, since a model asked the same way tends to repeat its mistake."""
+    return {"temperature": min(1.5, ctx["task"]["engine"]["temperature"] + 0.3)} if attempt else {}
+
+
 def template(ctx: dict, name: str, **variables) -> str:
     return prompts.render(name, ctx["task"]["prompts"], **variables)
 
@@ -224,8 +229,8 @@ def user(record: dict, ctx: dict) -> dict | str:
                                                scenario=scenario_of(record, ctx))},
         {"role": "user", "content": template(ctx, "USER_TURN", history=transcript(record), hint=hint)},
     ]
-    for _ in range(2):
-        text, fixes = clean(lm(ctx, messages, max_tokens=ctx["stage"]["max_tokens"]))
+    for attempt in range(2):
+        text, fixes = clean(lm(ctx, messages, max_tokens=ctx["stage"]["max_tokens"], **retry(ctx, attempt)))
         found = problems(text, "user")
         if closing and not is_closing(text, ctx["stage"]["closing_cues"]):
             found.append("no thanks or goodbye on the closing turn")
@@ -239,8 +244,8 @@ def assistant(record: dict, ctx: dict) -> dict | str:
     """A helpful, friendly reply given the scenario and the history (the persona stays hidden)."""
     prompt = [{"role": "system", "content": template(ctx, "ASSISTANT_SYSTEM", scenario=scenario_of(record, ctx))}]
     said = messages(record)
-    for _ in range(2):
-        text, fixes = clean(lm(ctx, prompt + said, max_tokens=ctx["stage"]["max_tokens"]))
+    for attempt in range(2):
+        text, fixes = clean(lm(ctx, prompt + said, max_tokens=ctx["stage"]["max_tokens"], **retry(ctx, attempt)))
         found = problems(text, "assistant", said[-1]["content"] if said else "")
         if text and not found:
             return add_step(record, ctx, "assistant", text, cleaned=fixes)

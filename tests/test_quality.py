@@ -27,6 +27,7 @@ CLEAN_CASES = [
     ("Tea is great.\n\nTea is great.\nCoffee too.", "Tea is great.\nCoffee too.", ["repeated paragraph"]),
     ("Bread is easy to bake at home.\nBread is easy to bake at home!", "Bread is easy to bake at home.", ["repeated paragraph"]),
     ("Nice! Nice! What next?", "Nice! What next?", ["repeated sentence"]),
+    ("Bye, thanks!\nThis is your last message: wrap up.", "Bye, thanks!", ["leaked label"]),
     ("Persona: a cook.", "Persona: a cook.", []),  # nothing else left: kept, for `problems` to name
 ]
 
@@ -100,6 +101,8 @@ def test_a_problem_is_asked_again_once_then_drops_with_its_name(task):
     ctx = make_ctx(task, chat=lambda m, **o: next(replies), name="lm/assistant/naive")
     record = STAGES["lm/assistant/naive"](record_with(("user", "Where should I go?")), ctx)
     assert record["steps"][-1]["content"] == "Try Porto: the food is great."
+    assert "temperature" not in ctx["calls"][0]  # asked again a little warmer
+    assert ctx["calls"][1]["temperature"] == pytest.approx(task["engine"]["temperature"] + 0.3)
 
 
 def test_what_clean_removed_is_kept_in_the_steps_metadata(task):
