@@ -142,22 +142,22 @@ def test_an_unusable_judge_reply_keeps_the_conversation_unscored_unless_min_scor
     assert run_conversation(task, ctx) == (None, "lm/judge: judge reply unusable")
 
 
-def test_stats_count_real_closings_problems_and_scores(task_dir, server):
+def test_stats_count_closing_cues_problems_and_scores(task_dir, server):
     raw = (task_dir / "task.yaml").read_text() + "finalization_stages:\n  - name: lm/judge\n"
     (task_dir / "task.yaml").write_text(raw)
     assert run_cli("-n", 3, "--base-url", server.url, "--quiet", cwd=task_dir).returncode == 0
     out = task_dir / "output/public/examples/chit_chat"
     stats = dataset_stats(out / "final_data.jsonl", load_task(task_dir / "task.yaml"))
-    assert stats["real_closings"] == 3 and stats["problems"]["placeholder"] == 0
+    assert stats["closings_with_cue"] == 3 and stats["problems"]["placeholder"] == 0
     assert stats["judge"]["judged"] == 3  # the fake server's judge answers
     lines = (out / "final_data.jsonl").read_text().splitlines()
     record = json.loads(lines[0])
     record["steps"][-2]["content"] = "Sure, I'd be happy to help with [insert topic]."  # a bad closing user turn
     (out / "final_data.jsonl").write_text("\n".join([json.dumps(record)] + lines[1:]) + "\n")
     stats = dataset_stats(out / "final_data.jsonl")
-    assert stats["real_closings"] == 2
+    assert stats["closings_with_cue"] == 2
     assert stats["problems"]["placeholder"] == 1 and stats["problems"]["assistant's voice"] == 1
-    assert "a real goodbye or thanks in" in (out / "README.md").read_text()
+    assert "a thanks or goodbye cue in the last user message of" in (out / "README.md").read_text()
 
 
 def test_a_resumed_run_does_not_repeat_an_opener_on_disk(task_dir, server):
