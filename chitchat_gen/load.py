@@ -53,8 +53,8 @@ def _endpoint(url: str, concurrency: int, slots: int | None, max_rpm, max_tpm) -
             "in_flight": 0, "calls": 0, "answers": collections.Counter(), "seconds": 0.0, "latency": None,
             "failures": 0, "down_until": 0.0, "cooldown": 0.0, "pause_until": 0.0,
             "requests": _bucket(max_rpm / 60 if max_rpm else None), "tokens": _bucket(max_tpm / 60 if max_tpm else None),
-            "rate_cap": max_rpm / 60 if max_rpm else None, "adaptive": False, "rate_ceiling": None,
-            "successes": collections.deque()}
+            "rate_cap": max_rpm / 60 if max_rpm else None, "adaptive": False, "rate_ceiling": None, "cut_at": 0.0,
+            "stated_requests": None, "stated_tokens": None, "successes": collections.deque()}
 
 
 def _bucket(rate: float | None) -> dict:
@@ -173,7 +173,7 @@ def _grow(e: dict) -> None:
 def _slow_pace(e: dict, now: float, retry_after: float | None) -> None:
     """A 429: pace the endpoint at the rate that was getting through, or a tenth below its pace."""
     pace = e["requests"]
-    if now - e.get("cut_at", 0.0) < 1.0:
+    if now - e["cut_at"] < 1.0:
         return  # one cut per second: a burst of 429s is one signal
     e["cut_at"], e["adaptive"] = now, True
     if pace["rate"] is None:
@@ -196,7 +196,7 @@ def _read_rate_headers(e: dict, headers, now: float) -> None:
             stated = float(headers[limit]) / 60
         except (KeyError, ValueError):
             continue
-        if e.get(f"stated_{key}") != stated:  # a new statement: adopt it (within the user's own limit)
+        if e[f"stated_{key}"] != stated:  # a new statement: adopt it (within the user's own limit)
             e[f"stated_{key}"] = stated
             cap = min(stated, e["rate_cap"] or stated) if key == "requests" else stated
             e[key].update(rate=cap, level=0.0, at=now)
