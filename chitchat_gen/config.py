@@ -107,8 +107,10 @@ STAGE_FIELDS = {
         field("generate_hint", "bool", None, "false: pass the pattern's hint as is, one call less per turn; "
               "null: as judge_eligibility")],
     "lm/user/guided": [field("max_tokens", "int", None, "cap on user messages; null: 160 or the engine's cap if lower", low=1),
-                       field("closing_cues", "list", [], "words that also count as thanks or goodbye on the closing turn "
-                             "(besides prompts.CLOSING_CUES)")],
+                       field("closing_cues", "list", [], "phrases that also count as thanks or goodbye on the closing turn "
+                             "(besides prompts.CLOSING_CUES)"),
+                       field("closing_attempts", "int", 6, "times the closing message is asked for before the conversation "
+                             "drops (each a short call); other messages get 2", low=1)],
     "lm/assistant/naive": [field("max_tokens", "int", None, "cap on assistant replies; null: the engine's cap", low=1)],
     "filter/unique_first_user": [],
     "lm/judge": [field("min_score", "number", None, "drop a conversation whose mean score (1-5) is below this", low=1, high=5)],

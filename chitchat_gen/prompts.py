@@ -68,19 +68,26 @@ $history
 Instruction for your next message: $hint
 Your message:""")
 
-# Added to the user's instruction on the closing turn; the reply must then carry a closing cue.
-CLOSING_NOTE = Template(
-    "This is your last message: wrap up in a sentence or two, thank the assistant or say goodbye, "
-    "and ask nothing new."
-)
+# The user's closing turn. Only the assistant's last reply is shown: a goodbye needs no more,
+# and with the whole conversation in front of it a small model writes one more ordinary turn
+# (30 closings asked both ways on SmolLM2-135M: docs/quality.md, section 4).
+CLOSING_TURN = Template("""\
+The assistant just said: "$last"
 
-# Words that make a message a real closing (quality.is_closing); a task adds its own under
-# lm/user/guided's `closing_cues`.
+This is your last message: you are done chatting and leave now. $hint \
+Write one or two short sentences and ask nothing new.
+Your message:""")
+
+# Phrases that make a sentence a thanks or goodbye (quality.is_closing); a task adds its own
+# under lm/user/guided's `closing_cues`. Phrases, not words: "thank the assistant" and "take
+# care of that" are not goodbyes.
 CLOSING_CUES = (
-    "thank", "thanks", "thank you", "thx", "bye", "goodbye", "good bye", "bye bye", "see you", "see ya",
-    "talk soon", "talk later", "talk to you", "speak soon", "take care", "have a good", "have a great",
-    "have a nice", "have a lovely", "cheers", "appreciate", "appreciated", "grateful", "until next time",
-    "catch you later", "good night", "goodnight", "farewell", "that's all", "that's everything",
+    "thank you", "thanks", "many thanks", "thank u", "thx", "bye", "goodbye", "good bye", "bye bye",
+    "see you", "see ya", "talk soon", "talk to you soon", "talk to you later", "speak soon", "catch you later",
+    "until next time", "good night", "goodnight", "farewell", "cheers", "much appreciated", "appreciate it",
+    "appreciate your help", "appreciate the help", "grateful", "good day to you", "all the best",
+    *(f"have a {good} {time}" for good in ("good", "great", "nice", "lovely", "wonderful")
+      for time in ("day", "evening", "night", "week", "weekend", "one")),
 )
 
 JUDGED = ("coherence", "persona", "naturalness", "closing")  # what lm/judge scores, 1-5 each

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 
 from .prompts import CLOSING_CUES
-from .text import jaccard, normalise, shingles
+from .text import jaccard, normalise, shingles, words
 
 # "[insert location here]", "[Your name]", "<name>", "{{topic}}": slots a template meant to be filled.
 PLACEHOLDER = re.compile(r"\[\s*(?:insert|add|enter|your|name|placeholder|topic|location|date|user)\b[^\]]*\]"
@@ -28,17 +28,23 @@ PLACEHOLDER = re.compile(r"\[\s*(?:insert|add|enter|your|name|placeholder|topic|
 # A speaker label at the very start of a reply: the content after it is the reply.
 LABEL = re.compile(r"^\s*\**(user|assistant|scenario|message|instruction|your message|reply)\**\s*:\s*\**\s*", re.I)
 # A line that starts with a label of our prompts (or a made-up one): the model copied the prompt's shape.
-LEAKED_LABEL = re.compile(r"^\s*\**(chat|situation|scenario|persona|instruction|hint|context|note|who you are|"
-                          r"general instruction|conversation( so far)?|your (next )?message|the user|role|"
-                          r"instruction for your next message|this is your last message)\**\s*:", re.I)
+LEAKED_LABEL = re.compile(r"^\s*\**(situation|scenario|persona|instruction|hint|context|note|who you are|sender|"
+                          r"general instruction|(chat|conversation)( \w+){0,3}|(your|my) (next |last |final )?message|"
+                          r"the user|role|instruction for your next message|this is (your|my) (last|final) message|"
+                          r"here'?s (a|an|your|my) ([\w-]+ ){0,2}(message|response|reply)|one short sentence)\**\s*:", re.I)
 NEXT_SPEAKER = re.compile(r"\n\s*\**(user|assistant|human|ai)\**\s*:", re.I)
 ASSISTANT_VOICE = re.compile(
     r"\b(as an ai|i'?m an ai|as a (large )?language model|how (can|may) i (help|assist)( you)?|"
     r"i'?m here to (help|assist)|i'?ll be your (\w+ ){0,2}assistant|"
-    r"(i'?d|i would|i'?m|i am|i'?ll) (be )?(happy|glad|delighted|pleased) to (help|assist)|assist you with|"
+    r"(i'?d|i would|i'?m|i am|i'?ll) (be )?(so |very |really |more than )?(happy|glad|delighted|pleased|thrilled|excited) "
+    r"to (help|assist)|assist you with|i'?m (a|an|your) (\w+ ){0,2}(ai|assistant|chatbot|language model)|"
     r"let me know if (you|there'?s)|feel free to (ask|reach out)|is there anything else i can|"
     r"happy to help|i hope (this|that) helps)\b", re.I)
 ECHO = 0.6  # share of the user's 3-grams that an assistant reply repeats to count as echoing it
+PARROT = 5  # words in a row copied from the instruction that make a message a parroted instruction
+# A closing is a sentence or two: the seed closings have at most 3 sentences and 21 words.
+CLOSING_SENTENCES, CLOSING_WORDS = 4, 60
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 def clean(text: str) -> tuple[str, list[str]]:
@@ -62,9 +68,9 @@ def clean(text: str) -> tuple[str, list[str]]:
     text = "\n".join(paragraphs)
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
-    sentences = re.split(r"(?<=[.!?])[ \t]+", text)
-    once = _unique(sentences, lambda a, b: normalise(a) == normalise(b))
-    if len(once) < len(sentences):
+    split = re.split(r"(?<=[.!?])[ \t]+", text)
+    once = _unique(split, lambda a, b: normalise(a) == normalise(b))
+    if len(once) < len(split):
         fixes.append("repeated sentence")  # small models loop: "I'm so glad! I'm so glad! ..."
         text = " ".join(once)
     return text, fixes
@@ -102,9 +108,53 @@ def echoes(reply: str, message: str) -> bool:
 
 
 def is_closing(text: str, extra_cues) -> bool:
-    """The message thanks or says goodbye (prompts.CLOSING_CUES, plus a task's own cues)."""
-    said = f" {normalise(text)} "
+    """The message reads as a goodbye: it asks nothing, it is short, and one of its last two
+    sentences thanks or says goodbye (prompts.CLOSING_CUES, plus a task's own cues).
+
+    A cue anywhere is not enough: small models put "thank" inside rambling text that goes on.
+
+    >>> is_closing("Great, thanks! I'll try that tomorrow.", ())
+    True
+    >>> is_closing("Thanks! What else can I plant in spring?", ())
+    False
+    """
+    found = sentences(text)
+    return ("?" not in text and len(found) <= CLOSING_SENTENCES and len(words(text)) <= CLOSING_WORDS
+            and any(has_cue(sentence, extra_cues) for sentence in found[-2:]))
+
+
+def cut_after_goodbye(text: str, extra_cues) -> str:
+    """A closing message that ran on past its goodbye, cut after it; any other text as it is.
+
+    On the closing turn what follows the goodbye is the model writing on (like the other
+    speaker's next line), so it can go; a message that is already a closing is kept whole.
+
+    >>> cut_after_goodbye("Thanks, that was fun. Bye! PS: what is your favourite colour?", ())
+    'Thanks, that was fun. Bye!'
+    """
+    if is_closing(text, extra_cues):
+        return text
+    found = sentences(text)
+    last = max((i for i, sentence in enumerate(found) if has_cue(sentence, extra_cues)), default=None)
+    return text if last is None else " ".join(found[:last + 1])
+
+
+def sentences(text: str) -> list[str]:
+    return [part.strip() for part in SENTENCE_END.split(text) if part.strip()]
+
+
+def has_cue(sentence: str, extra_cues) -> bool:
+    said = f" {normalise(sentence)} "
     return any(f" {normalise(cue)} " in said for cue in (*CLOSING_CUES, *extra_cues))
+
+
+def parrots(text: str, instruction: str) -> bool:
+    """The message copies PARROT words in a row from the instruction it was given.
+
+    >>> parrots("Wrap up in a sentence or two: bye!", "This is your last message: wrap up in a sentence or two.")
+    True
+    """
+    return bool(shingles(text, PARROT) & shingles(instruction, PARROT)) and len(words(text)) >= PARROT
 
 
 def copies(text: str, earlier: list[str], share: float = 0.6) -> bool:

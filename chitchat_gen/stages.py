@@ -23,11 +23,12 @@ import json
 import re
 
 from . import prompts
-from .quality import clean, copies, is_closing, problems
+from .quality import clean, copies, cut_after_goodbye, is_closing, parrots, problems
 from .record import last_step, messages, new_step
 from .text import jaccard, normalise, shingles
 
 STAGES: dict = {}
+CLOSING_MAX_TOKENS = 64  # a goodbye of a sentence or two; a long cap lets a small model ramble past it
 
 
 def stage(name: str):
@@ -216,24 +217,32 @@ def parse_eligibility(reply: str) -> tuple[set, str]:
 def user(record: dict, ctx: dict) -> dict | str:
     """The simulated user's next message, from persona, scenario, history and this turn's hint.
 
-    On the closing turn the message must thank or say goodbye (quality.is_closing). A message
-    with a problem quality.clean cannot fix is asked for again once, then the conversation drops.
+    A message with a problem quality.clean cannot fix is asked for again once, then the
+    conversation drops. The closing turn is asked differently (prompts.CLOSING_TURN, a short
+    reply to the assistant's last message) and must read as a goodbye (quality.is_closing); it
+    gets `closing_attempts`, since each is one short call and the conversation before it ~8.
     """
-    flow = last_step(record, "flow_controller")
+    cfg, flow = ctx["stage"], last_step(record, "flow_controller")
     closing = bool(flow and flow.get("terminate"))
     hint = flow["hint"] if flow else "Continue the conversation naturally."
-    if closing:
-        hint = f"{hint} {template(ctx, 'CLOSING_NOTE')}"
-    messages = [
-        {"role": "system", "content": template(ctx, "USER_SYSTEM", persona=persona_of(record),
-                                               scenario=scenario_of(record, ctx))},
-        {"role": "user", "content": template(ctx, "USER_TURN", history=transcript(record), hint=hint)},
-    ]
-    for attempt in range(2):
-        text, fixes = clean(lm(ctx, messages, max_tokens=ctx["stage"]["max_tokens"], **retry(ctx, attempt)))
-        found = problems(text, "user")
-        if closing and not is_closing(text, ctx["stage"]["closing_cues"]):
-            found.append("no thanks or goodbye on the closing turn")
+    if closing:  # the hint is the pattern's own here (never LM-written), so copying it is parroting too
+        said = messages(record)
+        turn = template(ctx, "CLOSING_TURN", last=said[-1]["content"] if said else "", hint=hint)
+        instruction, attempts = template(ctx, "CLOSING_TURN", last="", hint=hint), cfg["closing_attempts"]
+        cap = min(cfg["max_tokens"], CLOSING_MAX_TOKENS)
+    else:
+        turn = template(ctx, "USER_TURN", history=transcript(record), hint=hint)
+        instruction, attempts, cap = template(ctx, "USER_TURN", history="", hint=""), 2, cfg["max_tokens"]
+    prompt = [{"role": "system", "content": template(ctx, "USER_SYSTEM", persona=persona_of(record),
+                                                     scenario=scenario_of(record, ctx))},
+              {"role": "user", "content": turn}]
+    for attempt in range(attempts):
+        text, fixes = clean(lm(ctx, prompt, max_tokens=cap, **retry(ctx, attempt)))
+        if closing and (cut := cut_after_goodbye(text, cfg["closing_cues"])) != text:
+            text, fixes = cut, [*fixes, "text after the goodbye"]
+        found = problems(text, "user") + (["instruction copied"] if parrots(text, instruction) else [])
+        if closing and not is_closing(text, cfg["closing_cues"]):
+            found.append("closing turn is not a goodbye")
         if text and not found:
             return add_step(record, ctx, "user", text, cleaned=fixes)
     return f"user message: {found[0]}" if text else "user message empty"

@@ -8,7 +8,7 @@ import pytest
 
 from chitchat_gen import generate, load_task
 from chitchat_gen.pipeline import new_memory, run_conversation
-from chitchat_gen.quality import clean, copies, echoes, is_closing, problems
+from chitchat_gen.quality import clean, copies, cut_after_goodbye, echoes, is_closing, parrots, problems
 from chitchat_gen.stages import STAGES
 from chitchat_gen.stats import dataset_stats
 from conftest import outputs, run_cli
@@ -29,6 +29,11 @@ CLEAN_CASES = [
     ("Nice! Nice! What next?", "Nice! What next?", ["repeated sentence"]),
     ("Bye, thanks!\nThis is your last message: wrap up.", "Bye, thanks!", ["leaked label"]),
     ("Persona: a cook.", "Persona: a cook.", []),  # nothing else left: kept, for `problems` to name
+    # lines the first reading of the output found (docs/quality.md, section 4)
+    ("Great jazz album!\nChat to: writer123", "Great jazz album!", ["leaked label"]),
+    ("Thanks!\nYour last message: Wrap up in a sentence or two", "Thanks!", ["leaked label"]),
+    ("Here's your next message:\nThank you again!", "Thank you again!", ["leaked label"]),
+    ("Conversation to the Assistant:\nI found a new game.", "I found a new game.", ["leaked label"]),
 ]
 
 
@@ -51,6 +56,10 @@ PROBLEM_CASES = [
     ("Basil likes sun and moist soil; water it when the top feels dry.", "assistant",
      "What is the best way to keep basil alive indoors?", []),
     ("My sister [who lives in Leeds] visited.", "user", "", []),  # brackets are not placeholders
+    ("I'm so thrilled to help you with your health and wellness goals.", "user", "", ["assistant's voice"]),
+    ("I'm excited to help you with your new recipe!", "user", "", ["assistant's voice"]),
+    ("I'm a friendly AI designed to help with any kind of feedback.", "user", "", ["assistant's voice"]),
+    ("I'm so excited to try your recipe tonight!", "user", "", []),
 ]
 
 
@@ -59,12 +68,39 @@ def test_problems_are_named(text, role, previous, found):
     assert problems(text, role, previous) == found
 
 
-def test_closings_are_recognised_and_a_task_can_add_cues():
-    assert is_closing("Thanks so much, that helps!", ())
-    assert is_closing("OK, bye for now", ())
-    assert not is_closing("What else can I plant in spring?", ())
+CLOSINGS = [
+    ("Thanks so much, that helps!", True),
+    ("OK, bye for now", True),
+    ("Perfect, thank you! I'll let you know if my flatmates survive the pepper.", True),  # cue one sentence back
+    ("What else can I plant in spring?", False),
+    ("Thanks! And what else can I plant in spring?", False),  # asks something new
+    ("Thank the assistant or someone in a similar role for their help with sambu cake.", False),  # parroted
+    ("Same to you, just in a different way. I'll take care of that!", False),  # not a goodbye phrase
+    ("Thank you for your last message. I'm glad you enjoyed it. Here is more. And more. And more.", False),
+    ("Thanks. " + "I loved every part of the story about the old mill and the river. " * 5, False),  # too long
+]
+
+
+@pytest.mark.parametrize("text,closes", CLOSINGS, ids=[c[0][:24] for c in CLOSINGS])
+def test_a_closing_reads_as_a_goodbye(text, closes):
+    assert is_closing(text, ()) is closes
+
+
+def test_a_task_can_add_closing_cues():
     assert not is_closing("Ciao, a presto!", ())
     assert is_closing("Ciao, a presto!", ["a presto"])
+
+
+def test_a_closing_that_runs_on_is_cut_after_the_goodbye():
+    assert cut_after_goodbye("Lovely. Thanks, bye! PS: what is your favourite colour?", ()) == "Lovely. Thanks, bye!"
+    assert cut_after_goodbye("Great, thanks! I'll try it tomorrow.", ()) == "Great, thanks! I'll try it tomorrow."
+    assert cut_after_goodbye("What else can I plant?", ()) == "What else can I plant?"
+
+
+def test_a_parroted_instruction_is_caught():
+    instruction = "This is your last message: wrap up in a sentence or two, and ask nothing new."
+    assert parrots("OK. Wrap up in a sentence or two. Bye!", instruction)
+    assert not parrots("Thanks, this was your last tip I needed. Bye!", instruction)
 
 
 def test_a_seed_copied_with_one_sentence_added_is_a_copy():
@@ -89,8 +125,29 @@ def test_the_closing_turn_uses_the_patterns_hint_and_must_close(task):
     STAGES["lm/flow_controller"](record, ctx)
     assert record["steps"][-1]["hint"] == closing["hint"]
     ctx["stage"] = next(s for s in task["iteration_stages"] if s["name"] == "lm/user/guided")
-    assert STAGES["lm/user/guided"](record, ctx) == "user message: no thanks or goodbye on the closing turn"
-    assert len(asked) == 2 and all("This is your last message" in prompt for prompt in asked)
+    assert STAGES["lm/user/guided"](record, ctx) == "user message: closing turn is not a goodbye"
+    assert len(asked) == ctx["stage"]["closing_attempts"] == 6  # short calls, so more of them than for other turns
+    assert all("This is your last message" in prompt and '"Hello"' in prompt and "Hi" not in prompt for prompt in asked)
+    assert all(call["max_tokens"] <= 64 for call in ctx["calls"][-6:])
+
+
+def closing_turn(task, replies):
+    """The user stage on a closing turn, answered by `replies` in order."""
+    replies = iter(replies)
+    ctx = make_ctx(task, chat=lambda m, **o: next(replies), name="lm/user/guided")
+    record = record_with(("scenario", "A gardener chats."), ("user", "Hi"), ("assistant", "Hello"))
+    record["steps"].insert(1, {"role": "flow_controller", "terminate": True, "hint": "Say goodbye.", "content": "x"})
+    return STAGES["lm/user/guided"](record, ctx)
+
+
+def test_the_closing_is_cut_after_the_goodbye_and_parroting_is_asked_again(task):
+    record = closing_turn(task, ["Say goodbye. This is your last message: you are done. Bye!",
+                                 "Thanks for the tips, bye! Also, what about roses?"])
+    step = record["steps"][-1]
+    assert step["content"] == "Thanks for the tips, bye!"
+    assert step["metadata"]["cleaned"] == ["text after the goodbye"]
+    assert closing_turn(task, ["OK, you are done chatting and leave now. Bye!"] * 6) == \
+        "user message: instruction copied"
 
 
 def test_a_problem_is_asked_again_once_then_drops_with_its_name(task):
