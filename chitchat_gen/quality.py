@@ -30,7 +30,7 @@ LABEL = re.compile(r"^\s*\**(user|assistant|scenario|message|instruction|your me
 # A line that starts with a label of our prompts (or a made-up one): the model copied the prompt's shape.
 LEAKED_LABEL = re.compile(r"^\s*\**(situation|scenario|persona|instruction|hint|context|note|who you are|sender|"
                           r"general instruction|(chat|conversation)( \w+){0,3}|(your|my) (next |last |final )?message|"
-                          r"the user|role|instruction for your next message|this is (your|my) (last|final) message|"
+                          r"(your|my) (answer|response|reply)|the user|role|instruction for your next message|this is (your|my) (last|final) message|"
                           r"here'?s (a|an|your|my) ([\w-]+ ){0,2}(message|response|reply)|one short sentence)\**\s*:", re.I)
 NEXT_SPEAKER = re.compile(r"\n\s*\**(user|assistant|human|ai)\**\s*:", re.I)
 ASSISTANT_VOICE = re.compile(
@@ -45,6 +45,10 @@ PARROT = 5  # words in a row copied from the instruction that make a message a p
 # A closing is a sentence or two: the seed closings have at most 3 sentences and 21 words.
 CLOSING_SENTENCES, CLOSING_WORDS = 4, 60
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+# Small models write about a goodbye instead of saying it: "a note that says thank you",
+# "I'd love to see you there", 'a confident "Thanks"'.
+QUOTED = re.compile(r'"[^"]*"|“[^”]*”')
+MENTIONED = {"says", "saying", "said", "to"}  # not "say": "I wanted to say thank you" is said
 
 
 def clean(text: str) -> tuple[str, list[str]]:
@@ -144,8 +148,16 @@ def sentences(text: str) -> list[str]:
 
 
 def has_cue(sentence: str, extra_cues) -> bool:
-    said = f" {normalise(sentence)} "
-    return any(f" {normalise(cue)} " in said for cue in (*CLOSING_CUES, *extra_cues))
+    """A thanks or goodbye said, not talked about: not in quotes, not after "says" or "to".
+
+    >>> has_cue("Thanks, see you!", ()), has_cue('A note that says goodbye, or a quick "thanks".', ())
+    (True, False)
+    """
+    said = normalise(QUOTED.sub(" ", sentence)).split()
+    for cue in (normalise(cue).split() for cue in (*CLOSING_CUES, *extra_cues)):
+        if any(said[i:i + len(cue)] == cue and (i == 0 or said[i - 1] not in MENTIONED) for i in range(len(said))):
+            return True
+    return False
 
 
 def parrots(text: str, instruction: str) -> bool:

@@ -137,7 +137,7 @@ def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = Tru
     distinct-n, message lengths): the dataset card, written at the end of every run, does so to
     keep a run's peak memory flat in N.
     """
-    conversations, turns, closing, closings_with_cue = 0, Counter(), 0, 0
+    conversations, turns, closing, goodbyes = 0, Counter(), 0, 0
     picks, scenarios, personas, found, scores = Counter(), [], Counter(), Counter(), []
     tallies = {"user": new_tally(), "assistant": new_tally()}
     cues = next((s["closing_cues"] for s in task["iteration_stages"] if s["name"] == "lm/user/guided"), ()) if task else ()
@@ -148,7 +148,7 @@ def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = Tru
         conversations += 1
         said = messages(record)
         users = [m["content"] for m in said if m["role"] == "user"]
-        closings_with_cue += bool(users) and is_closing(users[-1], cues)
+        goodbyes += bool(users) and is_closing(users[-1], cues)
         found.update(message_problems(said))
         if isinstance(record.get("scores"), dict) and all(isinstance(record["scores"].get(k), int) for k in JUDGED):
             scores.append(record["scores"])
@@ -171,7 +171,7 @@ def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = Tru
         "conversations": conversations,
         "turns": dict(sorted(turns.items())),
         "closing_exchanges": closing,
-        "closings_with_cue": closings_with_cue,
+        "goodbyes": goodbyes,
         "problems": {name: found[name] for name in PROBLEMS},
         "patterns": dict(picks.most_common()),
         "distinct_personas": len(personas),
@@ -210,7 +210,7 @@ def render_table(stats: dict) -> str:
     rows = [("conversations", stats["conversations"]),
             ("turns histogram", ", ".join(f"{k}: {v}" for k, v in stats["turns"].items()) or "-"),
             ("closing exchanges", f"{stats['closing_exchanges']} of {stats['conversations']} "
-                                  f"(a thanks or goodbye cue in the last user message of {stats['closings_with_cue']})"),
+                                  f"(the last user message reads as a goodbye in {stats['goodbyes']})"),
             ("problems", ", ".join(f"{n} {name}" for name, n in stats["problems"].items())),
             ("distinct personas", stats["distinct_personas"]
              if "personas_available" not in stats else f"{stats['distinct_personas']} of {stats['personas_available']}")]

@@ -34,6 +34,7 @@ CLEAN_CASES = [
     ("Thanks!\nYour last message: Wrap up in a sentence or two", "Thanks!", ["leaked label"]),
     ("Here's your next message:\nThank you again!", "Thank you again!", ["leaked label"]),
     ("Conversation to the Assistant:\nI found a new game.", "I found a new game.", ["leaked label"]),
+    ("No more words needed. Thank you.\nYour answer:", "No more words needed. Thank you.", ["leaked label"]),
 ]
 
 
@@ -77,6 +78,10 @@ CLOSINGS = [
     ("Thank the assistant or someone in a similar role for their help with sambu cake.", False),  # parroted
     ("Same to you, just in a different way. I'll take care of that!", False),  # not a goodbye phrase
     ("Thank you for your last message. I'm glad you enjoyed it. Here is more. And more. And more.", False),
+    ("I'll add a small text that says thank you. You're all ready for something exciting!", False),  # about it
+    ('A smile on the other end, a confident "Thanks" is fitting.', False),  # quoted, not said
+    ("My pleasure, my friend. I'd love to see you there with Max!", False),
+    ("I just wanted to say thank you!", True),
     ("Thanks. " + "I loved every part of the story about the old mill and the river. " * 5, False),  # too long
 ]
 
@@ -199,22 +204,22 @@ def test_an_unusable_judge_reply_keeps_the_conversation_unscored_unless_min_scor
     assert run_conversation(task, ctx) == (None, "lm/judge: judge reply unusable")
 
 
-def test_stats_count_closing_cues_problems_and_scores(task_dir, server):
+def test_stats_count_goodbyes_problems_and_scores(task_dir, server):
     raw = (task_dir / "task.yaml").read_text() + "finalization_stages:\n  - name: lm/judge\n"
     (task_dir / "task.yaml").write_text(raw)
     assert run_cli("-n", 3, "--base-url", server.url, "--quiet", cwd=task_dir).returncode == 0
     out = task_dir / "output/public/examples/chit_chat"
     stats = dataset_stats(out / "final_data.jsonl", load_task(task_dir / "task.yaml"))
-    assert stats["closings_with_cue"] == 3 and stats["problems"]["placeholder"] == 0
+    assert stats["goodbyes"] == 3 and stats["problems"]["placeholder"] == 0
     assert stats["judge"]["judged"] == 3  # the fake server's judge answers
     lines = (out / "final_data.jsonl").read_text().splitlines()
     record = json.loads(lines[0])
     record["steps"][-2]["content"] = "Sure, I'd be happy to help with [insert topic]."  # a bad closing user turn
     (out / "final_data.jsonl").write_text("\n".join([json.dumps(record)] + lines[1:]) + "\n")
     stats = dataset_stats(out / "final_data.jsonl")
-    assert stats["closings_with_cue"] == 2
+    assert stats["goodbyes"] == 2
     assert stats["problems"]["placeholder"] == 1 and stats["problems"]["assistant's voice"] == 1
-    assert "a thanks or goodbye cue in the last user message of" in (out / "README.md").read_text()
+    assert "the last user message reads as a goodbye in" in (out / "README.md").read_text()
 
 
 def test_a_resumed_run_does_not_repeat_an_opener_on_disk(task_dir, server):

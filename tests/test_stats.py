@@ -116,7 +116,7 @@ def test_stats_command_table_and_json(task_dir, server):
     assert run_cli("-n", 20, "--base-url", server.url, "--quiet", cwd=task_dir).returncode == 0
     folder = task_dir / "output/public/examples/chit_chat"
     table = run_cli("stats", folder, "--task-paths", "task.yaml", cwd=task_dir)
-    assert table.returncode == 0 and "20 of 20 (a thanks or goodbye cue in the last user message of" in table.stdout
+    assert table.returncode == 0 and "20 of 20 (the last user message reads as a goodbye in" in table.stdout
     assert "chi-square" in table.stdout and "weight share" in table.stdout
     as_json = json.loads(run_cli("stats", folder / "final_data.jsonl", "--json", cwd=task_dir).stdout)
     assert as_json["conversations"] == 20 and sum(as_json["turns"].values()) == 20
