@@ -45,10 +45,10 @@ PARROT = 5  # words in a row copied from the instruction that make a message a p
 # A closing is a sentence or two: the seed closings have at most 3 sentences and 21 words.
 CLOSING_SENTENCES, CLOSING_WORDS = 4, 60
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-# Small models write about a goodbye instead of saying it: "a note that says thank you",
-# "I'd love to see you there", 'a confident "Thanks"'.
+# Small models write about a goodbye instead of saying it: "a note that says thank you", "just
+# say goodbye", "I'd love to see you there", 'a confident "Thanks"'.
 QUOTED = re.compile(r'"[^"]*"|“[^”]*”')
-MENTIONED = {"says", "saying", "said", "to"}  # not "say": "I wanted to say thank you" is said
+MENTIONED = {"says", "saying", "said", "to"}
 
 
 def clean(text: str) -> tuple[str, list[str]]:
@@ -122,7 +122,7 @@ def is_closing(text: str, extra_cues) -> bool:
     >>> is_closing("Thanks! What else can I plant in spring?", ())
     False
     """
-    found = sentences(text)
+    found = sentences(QUOTED.sub(" ", text))  # a thanks in quotes is talked about, not said
     return ("?" not in text and len(found) <= CLOSING_SENTENCES and len(words(text)) <= CLOSING_WORDS
             and any(has_cue(sentence, extra_cues) for sentence in found[-2:]))
 
@@ -148,16 +148,22 @@ def sentences(text: str) -> list[str]:
 
 
 def has_cue(sentence: str, extra_cues) -> bool:
-    """A thanks or goodbye said, not talked about: not in quotes, not after "says" or "to".
+    """A thanks or goodbye said, not talked about: not in quotes, not after "says", "to", "just say".
 
-    >>> has_cue("Thanks, see you!", ()), has_cue('A note that says goodbye, or a quick "thanks".', ())
+    >>> has_cue("Thanks, see you!", ()), has_cue('Just say goodbye, or a quick "thanks".', ())
     (True, False)
     """
     said = normalise(QUOTED.sub(" ", sentence)).split()
     for cue in (normalise(cue).split() for cue in (*CLOSING_CUES, *extra_cues)):
-        if any(said[i:i + len(cue)] == cue and (i == 0 or said[i - 1] not in MENTIONED) for i in range(len(said))):
+        if any(said[i:i + len(cue)] == cue and not mentioned(said[max(0, i - 2):i]) for i in range(len(said))):
             return True
     return False
+
+
+def mentioned(before: list[str]) -> bool:
+    """The two words before a cue make it talk about a goodbye: "says thanks", "to see you",
+    "just say goodbye" (but "I say thanks", "wanted to say thank you" say it)."""
+    return bool(before) and (before[-1] in MENTIONED or before[-1] == "say" and before[:1] not in (["i"], ["to"], ["we"]))
 
 
 def parrots(text: str, instruction: str) -> bool:
