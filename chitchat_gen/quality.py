@@ -29,7 +29,7 @@ PLACEHOLDER = re.compile(r"\[\s*(?:insert|add|enter|your|name|placeholder|topic|
 LABEL = re.compile(r"^\s*\**(user|assistant|scenario|message|instruction|your message|reply)\**\s*:\s*\**\s*", re.I)
 # A line that starts with a label of our prompts (or a made-up one): the model copied the prompt's shape.
 LEAKED_LABEL = re.compile(r"^\s*\**(situation|scenario|persona|instruction|hint|context|note|who you are|sender|"
-                          r"general instruction|(chat|conversation)( \w+){0,3}|(your|my) (next |last |final )?message|"
+                          r"general instruction|(chat|conversation)( \w+){0,3}|(\w+ )?(your|my) (\w+ ){0,2}message|the next one( is)?|"
                           r"(your|my) (answer|response|reply)|the user|role|instruction for your next message|this is (your|my) (last|final) message|"
                           r"here'?s (a|an|your|my) ([\w-]+ ){0,2}(message|response|reply)|one short sentence)\**\s*:", re.I)
 NEXT_SPEAKER = re.compile(r"\n\s*\**(user|assistant|human|ai)\**\s*:", re.I)
@@ -39,7 +39,7 @@ ASSISTANT_VOICE = re.compile(
     r"(i'?d|i would|i'?m|i am|i'?ll) (be )?(so |very |really |more than )?(happy|glad|delighted|pleased|thrilled|excited) "
     r"to (help|assist)|assist you with|i'?m (a|an|your) (\w+ ){0,2}(ai|assistant|chatbot|language model)|"
     r"let me know if (you|there'?s)|feel free to (ask|reach out)|is there anything else i can|"
-    r"happy to help|i hope (this|that) helps)\b", re.I)
+    r"happy to help|i hope (this|that) helps|(happy|glad) to be of (service|help)|at your service)\b", re.I)
 ECHO = 0.6  # share of the user's 3-grams that an assistant reply repeats to count as echoing it
 PARROT = 5  # words in a row copied from the instruction that make a message a parroted instruction
 # A closing is a sentence or two: the seed closings have at most 3 sentences and 21 words.

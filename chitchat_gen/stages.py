@@ -237,15 +237,27 @@ def user(record: dict, ctx: dict) -> dict | str:
                                                      scenario=scenario_of(record, ctx))},
               {"role": "user", "content": turn}]
     for attempt in range(attempts):
-        text, fixes = clean(lm(ctx, prompt, max_tokens=cap, **retry(ctx, attempt)))
-        if closing and (cut := cut_after_goodbye(text, cfg["closing_cues"])) != text:
-            text, fixes = cut, [*fixes, "text after the goodbye"]
-        found = problems(text, "user") + (["instruction copied"] if parrots(text, instruction) else [])
-        if closing and not is_closing(text, cfg["closing_cues"]):
-            found.append("closing turn is not a goodbye")
+        text, fixes, found = user_gate(lm(ctx, prompt, max_tokens=cap, **retry(ctx, attempt)),
+                                       instruction, cfg["closing_cues"] if closing else None)
         if text and not found:
             return add_step(record, ctx, "user", text, cleaned=fixes)
     return f"user message: {found[0]}" if text else "user message empty"
+
+
+def user_gate(reply: str, instruction: str, closing_cues=None) -> tuple[str, list[str], list[str]]:
+    """A user reply cleaned, what cleaning removed, and the problems left; `closing_cues` (a
+    list, maybe empty) on the closing turn, None on others. benchmarks/closing.py uses it too.
+
+    >>> user_gate("Thanks, bye! And what about roses?", "Say goodbye.", [])
+    ('Thanks, bye!', ['text after the goodbye'], [])
+    """
+    text, fixes = clean(reply)
+    if closing_cues is not None and (cut := cut_after_goodbye(text, closing_cues)) != text:
+        text, fixes = cut, [*fixes, "text after the goodbye"]
+    found = problems(text, "user") + (["instruction copied"] if parrots(text, instruction) else [])
+    if closing_cues is not None and not is_closing(text, closing_cues):
+        found.append("closing turn is not a goodbye")
+    return text, fixes, found
 
 
 @stage("lm/assistant/naive")

@@ -35,6 +35,8 @@ CLEAN_CASES = [
     ("Here's your next message:\nThank you again!", "Thank you again!", ["leaked label"]),
     ("Conversation to the Assistant:\nI found a new game.", "I found a new game.", ["leaked label"]),
     ("No more words needed. Thank you.\nYour answer:", "No more words needed. Thank you.", ["leaked label"]),
+    ("The end. Thank you!\nEnding my message: thanks!", "The end. Thank you!", ["leaked label"]),
+    ("Bye now.\nYour closing message: Thank you for your love!", "Bye now.", ["leaked label"]),
 ]
 
 
@@ -60,6 +62,7 @@ PROBLEM_CASES = [
     ("I'm so thrilled to help you with your health and wellness goals.", "user", "", ["assistant's voice"]),
     ("I'm excited to help you with your new recipe!", "user", "", ["assistant's voice"]),
     ("I'm a friendly AI designed to help with any kind of feedback.", "user", "", ["assistant's voice"]),
+    ("Hi, I'm happy to be of service! Thanks so much for the planning.", "user", "", ["assistant's voice"]),
     ("I'm so excited to try your recipe tonight!", "user", "", []),
 ]
 
