@@ -35,7 +35,7 @@ LEAKED_LABEL = re.compile(r"^\s*\**(situation|scenario|persona|instruction|hint|
 NEXT_SPEAKER = re.compile(r"\n\s*\**(user|assistant|human|ai)\**\s*:", re.I)
 ASSISTANT_VOICE = re.compile(
     r"\b(as an ai|i'?m an ai|as a (large )?language model|how (can|may) i (help|assist)( you)?|"
-    r"i'?m here to (help|assist)|i'?ll be your (\w+ ){0,2}assistant|"
+    r"i'?m here to (help|assist)|(i'?ll|i'?m|to) be your (\w+ ){0,2}assistant|"
     r"(i'?d|i would|i'?m|i am|i'?ll) (be )?(so |very |really |more than )?(happy|glad|delighted|pleased|thrilled|excited) "
     r"to (help|assist)|assist you with|i'?m (a|an|your) (\w+ ){0,2}(ai|assistant|chatbot|language model)|"
     r"let me know if (you|there'?s)|feel free to (ask|reach out)|is there anything else i can|"

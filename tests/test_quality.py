@@ -63,6 +63,7 @@ PROBLEM_CASES = [
     ("I'm excited to help you with your new recipe!", "user", "", ["assistant's voice"]),
     ("I'm a friendly AI designed to help with any kind of feedback.", "user", "", ["assistant's voice"]),
     ("Hi, I'm happy to be of service! Thanks so much for the planning.", "user", "", ["assistant's voice"]),
+    ("I'm thrilled to be your assistant today.", "user", "", ["assistant's voice"]),
     ("I'm so excited to try your recipe tonight!", "user", "", []),
 ]
 
