@@ -46,9 +46,9 @@ PARROT = 5  # words in a row copied from the instruction that make a message a p
 CLOSING_SENTENCES, CLOSING_WORDS = 4, 60
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 # Small models write about a goodbye instead of saying it: "a note that says thank you", "just
-# say goodbye", "I'd love to see you there", 'a confident "Thanks"'.
+# say goodbye", 'a confident "Thanks"'.
 QUOTED = re.compile(r'"[^"]*"|“[^”]*”')
-MENTIONED = {"says", "saying", "said", "to"}
+MENTIONED = {"says", "saying", "said"}
 
 
 def clean(text: str) -> tuple[str, list[str]]:
@@ -148,7 +148,7 @@ def sentences(text: str) -> list[str]:
 
 
 def has_cue(sentence: str, extra_cues) -> bool:
-    """A thanks or goodbye said, not talked about: not in quotes, not after "says", "to", "just say".
+    """A thanks or goodbye said, not talked about: not in quotes, not after "says" or "just say".
 
     >>> has_cue("Thanks, see you!", ()), has_cue('Just say goodbye, or a quick "thanks".', ())
     (True, False)
@@ -161,8 +161,8 @@ def has_cue(sentence: str, extra_cues) -> bool:
 
 
 def mentioned(before: list[str]) -> bool:
-    """The two words before a cue make it talk about a goodbye: "says thanks", "to see you",
-    "just say goodbye" (but "I say thanks", "wanted to say thank you" say it)."""
+    """The two words before a cue make it talk about a goodbye: "says thanks", "just say goodbye"
+    (but "I say thanks", "wanted to say thank you" say it)."""
     return bool(before) and (before[-1] in MENTIONED or before[-1] == "say" and before[:1] not in (["i"], ["to"], ["we"]))
 
 

@@ -86,6 +86,7 @@ CLOSINGS = [
     ('A smile on the other end, a confident "Thanks" is fitting.', False),  # quoted, not said
     ("My pleasure, my friend. I'd love to see you there with Max!", False),
     ("I just wanted to say thank you!", True),
+    ("I want to thank you for everything. See you soon!", True),
     ("Your choice. Just say goodbye, and we're both ready to start again next month.", False),
     ('This is an important one: "Your help makes it possible. Thank you."', False),  # the thanks is quoted
     ("Thanks. " + "I loved every part of the story about the old mill and the river. " * 5, False),  # too long
