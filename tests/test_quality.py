@@ -3,6 +3,8 @@ chat function, the judge, and the duplicate memory a resumed run starts from."""
 
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -11,7 +13,7 @@ from chitchat_gen.pipeline import new_memory, run_conversation
 from chitchat_gen.quality import clean, copies, cut_after_goodbye, echoes, is_closing, parrots, problems
 from chitchat_gen.stages import STAGES
 from chitchat_gen.stats import dataset_stats
-from conftest import outputs, run_cli
+from conftest import ROOT, outputs, run_cli
 from fake_lm import canned_reply, fake_chat
 from test_stages import make_ctx, record_with
 
@@ -248,3 +250,13 @@ def test_a_resumed_run_does_not_repeat_an_opener_on_disk(task_dir, server):
     with pytest.raises(Exception, match="first user message repeats an earlier conversation"):
         list(generate(task, 1, chat=same_opener, memory=memory, stats=stats))
     assert stats["accepted"] == 0
+
+
+def test_the_closing_benchmark_reasks_each_closing_turn_and_counts_passes(task_dir, server):
+    assert run_cli("-n", 3, "--base-url", server.url, "--quiet", cwd=task_dir).returncode == 0
+    data = task_dir / "output/public/examples/chit_chat/final_data.jsonl"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/closing.py"), str(data), "--engine", "ollama",
+                           "--base-url", server.url], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split()[:3] for line in done.stdout.splitlines() if line.startswith(("history", "turn"))]
+    assert rows == [["history", "0.7", "3/3"], ["turn", "0.7", "3/3"]]  # the fake says "Thanks a lot for chat k, bye!"
