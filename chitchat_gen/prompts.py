@@ -70,7 +70,7 @@ Your message:""")
 
 # The user's closing turn. Only the assistant's last reply is shown: a goodbye needs no more,
 # and with the whole conversation in front of it a small model writes one more ordinary turn
-# (30 closings asked both ways on SmolLM2-135M: docs/quality.md, section 4).
+# (30 closings asked both ways on SmolLM2-135M: benchmarks/closing.py, docs/quality.md section 5).
 CLOSING_TURN = Template("""\
 The assistant just said: "$last"
 
