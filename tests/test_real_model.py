@@ -66,7 +66,7 @@ def test_openai_engine_against_llama_cpp_server(task_dir):
                 time.sleep(0.5)
         else:
             pytest.fail("llama_cpp.server did not start within 120 s")
-        result = run_cli("--engine", "openai", "--base-url", url, "-n", 1, "--restart", cwd=task_dir, timeout=900)
+        result = run_cli("--engine", "openai", "--base-url", url, "-n", 1, "--restart", "--seed", 1, cwd=task_dir, timeout=900)
         assert result.returncode == 0, result.stderr
         check_outputs(task_dir, 1)
     finally:
