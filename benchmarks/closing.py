@@ -30,7 +30,7 @@ from chitchat_gen import load_task, make_chat  # noqa: E402
 from chitchat_gen.engines import check_engine  # noqa: E402
 from chitchat_gen.prompts import render  # noqa: E402
 from chitchat_gen.record import messages  # noqa: E402
-from chitchat_gen.stages import CLOSING_MAX_TOKENS, user_gate  # noqa: E402
+from chitchat_gen.stages import CLOSING_MAX_TOKENS, transcript, user_gate  # noqa: E402
 
 OLD_NOTE = ("This is your last message: wrap up in a sentence or two, thank the assistant or say goodbye, "
             "and ask nothing new.")
@@ -41,7 +41,7 @@ def closing_prompts(record: dict, hint: str) -> dict:
     steps = record["steps"]
     before = dict(record, steps=steps[:max(i for i, s in enumerate(steps) if s["role"] == "user")])
     said = messages(before)
-    history = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in said)
+    history = transcript(before)
     persona = next(s["content"] for s in steps if s["role"] == "persona")
     scenario = next(s["content"] for s in steps if s["role"] == "scenario")
     system = {"role": "system", "content": render("USER_SYSTEM", {}, persona=persona, scenario=scenario)}
