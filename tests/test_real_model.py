@@ -2,9 +2,12 @@
 behind llama-cpp-python's OpenAI-compatible server (extra `server`). Slow: `pytest -m slow`."""
 
 import importlib.util
+import platform
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -72,3 +75,21 @@ def test_openai_engine_against_llama_cpp_server(task_dir):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# AVX-512 code names zmm registers; AMX code loads tiles. Neither may be in what we build, as a
+# host that reports them may not run them (README, 'Quick start').
+BEYOND_AVX2 = ("zmm", "ldtilecfg", "tileloadd", "tdpb")
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not shutil.which("objdump"),
+                    reason="reads x86-64 machine code with objdump")
+def test_the_installed_llama_cpp_is_the_portable_build():
+    libraries = sorted((Path(importlib.util.find_spec("llama_cpp").origin).parent / "lib").glob("*.so"))
+    assert libraries, "no shared library in llama_cpp/lib"
+    for library in libraries:
+        code = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(library)], capture_output=True,
+                              text=True, check=True).stdout
+        found = sorted({word for word in BEYOND_AVX2 if word in code})
+        assert not found, (f"{library.name} uses {found}: a native build; reinstall as README.md's quick start "
+                           "does (CMAKE_ARGS=\"-DGGML_NATIVE=OFF ...\")")
