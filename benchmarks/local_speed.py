@@ -4,7 +4,7 @@ Each argument is the Python of a venv holding one llama-cpp-python build (portab
 The builds take turns, round after round, so a busy machine slows them alike; the figures are
 the median per build, and the ratio to the first build is what to quote.
 
-    python benchmarks/local_speed.py .venv-portable/bin/python .venv-native/bin/python --rounds 5
+    python benchmarks/local_speed.py .venv-portable/bin/python .venv-native/bin/python --rounds 5 [--threads 1]
 
 Each round runs, in a fresh process per build: load SmolLM2-135M, read a ~300-token prompt
 (prompt tokens/s), write 128 tokens at temperature 0 (generated tokens/s).
@@ -25,7 +25,7 @@ ONE_ROUND = """
 import json, os, sys, time
 from llama_cpp import Llama
 import llama_cpp
-threads = os.cpu_count() or 1
+threads = int(sys.argv[2]) or os.cpu_count() or 1
 llm = Llama(model_path=sys.argv[1], n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
 prompt = " ".join(f"Line {i}: a retired teacher talks about birds, tea and the weather." for i in range(25))
 llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=1)  # warm up
@@ -46,12 +46,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("pythons", nargs="+", help="the python of each venv to compare; the first is the baseline")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="llama.cpp threads; 0: every core, as the local engine does (1 is steadier on a busy machine)")
     args = parser.parse_args()
     model = _local_model_path(None)
     seen = {python: [] for python in args.pythons}
     for _ in range(args.rounds):
         for python in args.pythons:
-            done = subprocess.run([python, "-c", ONE_ROUND, model], capture_output=True, text=True, timeout=600)
+            done = subprocess.run([python, "-c", ONE_ROUND, model, str(args.threads)], capture_output=True, text=True, timeout=600)
             if done.returncode:
                 sys.exit(f"Error: {python} failed (exit {done.returncode}): {done.stderr.strip()[-300:]}")
             seen[python].append(json.loads(done.stdout))
