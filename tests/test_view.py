@@ -3,6 +3,7 @@ the static report, and (marker `browser`) the page itself in headless Chromium."
 
 import copy
 import fcntl
+import html
 import http.client
 import json
 import os
@@ -227,3 +228,43 @@ def test_the_static_report_renders_in_chromium(output, tmp_path):
     check_page(chromium("--dump-dom", (tmp_path / "report.html").as_uri()))
     chromium(f"--screenshot={tmp_path / 'static.png'}", "--window-size=1280,900", (tmp_path / "report.html").as_uri())
     assert (tmp_path / "static.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# Added to a copy of the static report by the layout test: once the page has drawn, it writes what
+# the layout looks like onto <html>, where --dump-dom shows it.
+LAYOUT_PROBE = """<script>
+setTimeout(() => {
+  const labels = [...document.querySelectorAll("[data-chart] svg text.label")].map(text => ({
+    full: text.querySelector("title").textContent, left: text.getBBox().x,
+    shown: [...text.querySelectorAll("tspan")].map(line => line.textContent).join(" ")}));
+  const seeds = [...document.querySelectorAll("#runs td[data-label=seed]")].map(cell => cell.textContent);
+  document.documentElement.dataset.layout = JSON.stringify(
+    {scrollWidth: document.documentElement.scrollWidth, width: window.innerWidth, labels, seeds});
+}, 1500);
+</script>"""
+DROP = "lm/user/guided: closing turn is not a goodbye"
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("width", [600, 1400])
+def test_the_page_fits_the_window_and_shows_labels_and_seeds_in_full(output, tmp_path, width):
+    runs_log = output / TASK / "runs.jsonl"
+    runs = [json.loads(line) for line in runs_log.read_text().splitlines()]
+    runs[0]["dropped"] = {DROP: 7, "lm/scenario: scenario copies a seed or an earlier scenario": 3, "LM call failed": 1}
+    runs_log.write_text("".join(json.dumps(run) + "\n" for run in runs))
+    assert run_cli("view", output, "--html", tmp_path / "report.html", cwd=tmp_path).returncode == 0
+    page = (tmp_path / "report.html").read_text().replace("</body>", LAYOUT_PROBE + "</body>")
+    (tmp_path / "probed.html").write_text(page)
+    dom = chromium("--dump-dom", f"--window-size={width},900", (tmp_path / "probed.html").as_uri())
+    layout = json.loads(html.unescape(re.search(r'<html[^>]* data-layout="([^"]*)"', dom).group(1)))
+    assert layout["width"] == width and layout["scrollWidth"] <= width  # nothing runs off to the side
+    drops = [label for label in layout["labels"] if label["full"] in runs[0]["dropped"]]
+    assert len(drops) == 3 and any(label["full"] == DROP for label in drops)
+    for label in layout["labels"]:
+        assert label["shown"] == label["full"] and label["left"] >= 0, label  # wrapped, not cut
+    card = (output / TASK / "README.md").read_text()
+    assert all(isinstance(run["seed"], int) for run in runs)
+    assert layout["seeds"] == [str(run["seed"]) for run in runs]
+    assert all(f"| {run['seed']} |" in card for run in runs)  # the card and the page show the same seeds
+    chromium(f"--screenshot={tmp_path / f'{width}.png'}", f"--window-size={width},1600", (tmp_path / "report.html").as_uri())
+    assert (tmp_path / f"{width}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
