@@ -284,7 +284,7 @@ def load_lines(folder: Path) -> list[str]:
     """The card's Python lines that load this folder with `datasets`: each file by its path.
 
     subtle: not `load_dataset(folder)`. For a local folder whose card has `configs` (which the
-    Hub needs), `datasets` 5.2.0 keys its cache on the folder's last name, the config name and a
+    Hub needs), `datasets` 4.8.5 and 5.2.0 key its cache on the folder's last name, the config name and a
     hash of the card's relative paths, never on where the folder is or when its files changed.
     Every `chit_chat` folder then shares one cache entry: a second folder loads the first one's
     rows, a folder grown by a resume its old rows, and `download_mode="force_redownload"` fails
