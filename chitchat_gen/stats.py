@@ -9,8 +9,10 @@ exact and near-duplicate scenarios (normalised text, word 3-gram Jaccard >= 0.5)
 distinct-1/2 and mean length (words) of user and of assistant messages; persona coverage.
 
 The dataset card starts with the Hugging Face Hub's metadata block, so the folder is a Hub
-dataset as it stands: `load_dataset(folder)` gives formatted_output.jsonl (the `messages`
-column), `load_dataset(folder, "full")` gives final_data.jsonl, every step.
+dataset as it stands: pushed, `load_dataset("<user>/<name>")` gives formatted_output.jsonl (the
+`messages` column) and `load_dataset("<user>/<name>", "full")` final_data.jsonl, every step.
+The card tells users to load the local folder file by file, `load_dataset("json", data_files=...)`:
+see `load_lines`.
 
     >>> tally = new_tally(); add_message(tally, "a b a b"); round(distinct(tally, 2), 3)
     0.667
@@ -18,6 +20,7 @@ column), `load_dataset(folder, "full")` gives final_data.jsonl, every step.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -28,6 +31,7 @@ from .prompts import JUDGED
 from .quality import clean, copies, is_closing, problems
 from .record import messages, read_jsonl
 from .redact import redact_text
+from .store import FINAL, FORMATTED
 from .text import jaccard, normalise, shingles, words
 
 NEAR_DUPLICATE = 0.5  # word 3-gram Jaccard at or above which two scenarios count as near-duplicates
@@ -35,8 +39,8 @@ NEAR_DUPLICATE = 0.5  # word 3-gram Jaccard at or above which two scenarios coun
 SIZE_CATEGORIES = [(10 ** 3, "n<1K"), (10 ** 4, "1K<n<10K"), (10 ** 5, "10K<n<100K"), (10 ** 6, "100K<n<1M"),
                    (10 ** 7, "1M<n<10M"), (10 ** 8, "10M<n<100M"), (10 ** 9, "100M<n<1B"), (10 ** 10, "1B<n<10B"),
                    (10 ** 11, "10B<n<100B"), (10 ** 12, "100B<n<1T")]
-CONFIGS = [{"config_name": "default", "data_files": [{"split": "train", "path": "formatted_output.jsonl"}], "default": True},
-           {"config_name": "full", "data_files": [{"split": "train", "path": "final_data.jsonl"}]}]
+CONFIGS = [{"config_name": "default", "data_files": [{"split": "train", "path": FORMATTED}], "default": True},
+           {"config_name": "full", "data_files": [{"split": "train", "path": FINAL}]}]
 
 
 def new_tally() -> dict:
@@ -296,9 +300,31 @@ def card_license(card: Path) -> str | None:
     return license_id if isinstance(license_id, str) else None
 
 
+def load_lines(folder: Path) -> list[str]:
+    """The card's Python lines that load this folder with `datasets`: each file by its path.
+
+    subtle: not `load_dataset(folder)`. For a local folder whose card has `configs` (which the
+    Hub needs), `datasets` 4.8.5 and 5.2.0 key its cache on the folder's last name, the config name and a
+    hash of the card's relative paths, never on where the folder is or when its files changed.
+    Every `chit_chat` folder then shares one cache entry: a second folder loads the first one's
+    rows, a folder grown by a resume its old rows, and `download_mode="force_redownload"` fails
+    with NonMatchingSplitsSizesError. `load_dataset("json", data_files=FILE)` keys it on the
+    file's absolute path and modification time, so it loads what is on disk now.
+
+    >>> load_lines(Path("out/chit_chat"))[2]
+    'full = load_dataset("json", data_files="out/chit_chat/final_data.jsonl")       # every step'
+    """
+    # json.dumps: each path as a double-quoted Python string literal, whatever it holds.
+    return ["from datasets import load_dataset",
+            f'sft = load_dataset("json", data_files={json.dumps((folder / FORMATTED).as_posix(), ensure_ascii=False)})'
+            "  # the `messages` column, for SFT",
+            f'full = load_dataset("json", data_files={json.dumps((folder / FINAL).as_posix(), ensure_ascii=False)})'
+            "       # every step"]
+
+
 def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
     """(Re)write README.md beside the outputs: Hub metadata, how to load it, how it was made, its figures."""
-    stats = dataset_stats(folder / "final_data.jsonl", task, text_figures=False)
+    stats = dataset_stats(folder / FINAL, task, text_figures=False)
     last = runs[-1]
     card = folder / "README.md"
     license_id = task["license"] or card_license(card)
@@ -320,11 +346,13 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
              f"| last run | {last['date']} |",
              f"| command | `{redact_text(last['command'])}` |",
              f"| files | `final_data.jsonl` (every step), `formatted_output.jsonl` (messages for SFT) |",
-             "", "## Use", "", "```python", "from datasets import load_dataset",
-             f'sft = load_dataset("{folder}")          # formatted_output.jsonl: the `messages` column',
-             f'full = load_dataset("{folder}", "full") # final_data.jsonl: every step', "```", "",
-             "Published with `hf upload <user>/<name> <this folder> --repo-type dataset`, it loads by its Hub name "
-             "the same way. `runs.jsonl` and `rejected.jsonl` are the generator's bookkeeping, in no config.", "",
+             "", "## Use", "", "```python", *load_lines(folder), "```", "",
+             "Each file by its path, not `load_dataset(\"<this folder>\")`: `datasets` caches a local folder by "
+             "its name, so another folder's rows, or this folder's rows from before a resume, could load instead.", "",
+             "Published with `hf upload <user>/<name> <this folder> --repo-type dataset --exclude .lock`, it loads "
+             "by its Hub name: `load_dataset(\"<user>/<name>\")` for the messages, `load_dataset(\"<user>/<name>\", "
+             "\"full\")` for every step (the configs of the metadata block above). `runs.jsonl` and `rejected.jsonl` "
+             "are the generator's bookkeeping, in no config.", "",
              "## License", "", *license_text,
              "", "## Figures", "", "```", render_table(stats), "```", "",
              f"Duplicates, distinct-n and message lengths: `python -m chitchat_gen stats {folder} "

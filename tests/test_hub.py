@@ -5,6 +5,9 @@ import importlib.util
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -113,9 +116,16 @@ def test_export_needs_a_format(generated):
     assert result.returncode == 2 and result.stderr.startswith("Error: the following arguments are required: --format")
 
 
+NEEDS_DATASETS = pytest.mark.skipif(importlib.util.find_spec("datasets") is None,
+                                    reason="needs the 'hf' extra: pip install -e '.[hf]'")
+SFT_COLUMNS = ["conversation_id", "messages"]
+FULL_COLUMNS = ["task_name", "is_seed", "conversation_id", "steps"]
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is None, reason="needs the 'hf' extra: pip install -e '.[hf]'")
+@NEEDS_DATASETS
 def test_datasets_loads_the_folder_both_ways(generated, tmp_path, monkeypatch):
+    """The card's configs, as the Hub reads them: loaded by folder into a cache of its own."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a local folder: nothing to fetch
     from datasets import load_dataset
     folder = str(generated / FOLDER)
@@ -123,19 +133,62 @@ def test_datasets_loads_the_folder_both_ways(generated, tmp_path, monkeypatch):
     (generated / FOLDER / "rejected.jsonl").write_text('{"file": "final_data.jsonl", "line": 3, "text": "{"}\n')
     sft = load_dataset(folder, cache_dir=str(tmp_path / "cache"))
     assert list(sft) == ["train"] and sft["train"].num_rows == 6
-    assert sft["train"].column_names == ["conversation_id", "messages"]
+    assert sft["train"].column_names == SFT_COLUMNS
     assert sft["train"][0]["messages"] == outputs(generated)[1][0]["messages"]
     full = load_dataset(folder, "full", cache_dir=str(tmp_path / "cache"))
     assert full["train"].num_rows == 6
-    assert full["train"].column_names == ["task_name", "is_seed", "conversation_id", "steps"]
+    assert full["train"].column_names == FULL_COLUMNS
     roles = [step["role"] for step in full["train"][0]["steps"]]
     assert roles[:3] == ["scenario", "persona", "flow_controller"] and roles.count("assistant") >= 2
     # The Hub's viewer serves Parquet converted from the files: the every-step config must convert too.
     full["train"].to_parquet(str(tmp_path / "full.parquet"))
-    # The README's three lines, as written, from the folder a run wrote.
-    snippet = re.search(r"```py\n(from datasets import load_dataset\n.*?)```", (ROOT / "README.md").read_text(), re.S)
-    monkeypatch.chdir(generated)
-    namespace = {}
-    exec(snippet.group(1), namespace)
-    assert namespace["chats"]["train"].column_names == ["conversation_id", "messages"]
-    assert namespace["steps"]["train"].num_rows == 6
+
+
+# Runs the lines it reads on stdin in a fresh interpreter (so HF_HOME is read at import), then
+# prints, for each DatasetDict they made, each split's columns and conversation ids.
+LOADER = """
+import json, sys
+from datasets import DatasetDict
+namespace = {}
+exec(sys.stdin.read(), namespace)
+print(json.dumps([[name, split, data[split].column_names, list(data[split]["conversation_id"])]
+                  for name, data in namespace.items() if isinstance(data, DatasetDict) for split in data]))
+"""
+
+
+def documented_loads(task_dir, hf_home) -> list:
+    """What the README's lines and the folder's card's lines load, as written, run in task_dir."""
+    readme = re.search(r"```py\n(from datasets import load_dataset\n.*?)```", (ROOT / "README.md").read_text(), re.S)
+    card = re.search(r"```python\n(from datasets import load_dataset\n.*?)```",
+                     (task_dir / FOLDER / "README.md").read_text(), re.S)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", LOADER], input=readme.group(1) + card.group(1), cwd=task_dir,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.slow
+@NEEDS_DATASETS
+def test_the_documented_load_gives_this_folders_rows_in_a_shared_cache(tmp_path, server):
+    hf_home = tmp_path / "hf"  # one cache for every load, as on a user's machine
+    first, second = tmp_path / "first", tmp_path / "second"  # both write output/public/examples/chit_chat
+    for task_dir, n in ((first, 4), (second, 2)):
+        task_dir.mkdir()
+        for name in ("task.yaml", "personas.jsonl", "seed_examples.jsonl"):
+            shutil.copy(ROOT / name, task_dir / name)
+        assert run_cli("-n", n, "--base-url", server.url, "--quiet", cwd=task_dir).returncode == 0
+
+    def expected(task_dir):
+        ids = [record["conversation_id"] for record in outputs(task_dir)[0]]
+        return [["chats", "train", SFT_COLUMNS, ids], ["steps", "train", FULL_COLUMNS, ids],  # README.md
+                ["sft", "train", SFT_COLUMNS, ids], ["full", "train", FULL_COLUMNS, ids]]     # the card
+
+    for task_dir in (first, second, first):  # the same name in one cache: neither folder may answer for the other
+        assert documented_loads(task_dir, hf_home) == expected(task_dir)
+    assert len(expected(first)[0][3]) == 4 and len(expected(second)[0][3]) == 2
+    # Grown by a resume (and its card rewritten with the same metadata block): the new rows load too.
+    assert run_cli("-n", 7, "--base-url", server.url, "--quiet", cwd=first).returncode == 0
+    assert documented_loads(first, hf_home) == expected(first) and len(expected(first)[0][3]) == 7
+    assert documented_loads(second, hf_home) == expected(second)
