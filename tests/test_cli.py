@@ -5,6 +5,7 @@ import json
 import pytest
 import yaml
 
+from chitchat_gen.config import load_task
 from conftest import outputs, run_cli, read_jsonl
 from fake_lm import FakeServer
 from test_engines import free_port_url
@@ -132,6 +133,60 @@ def test_trace_offers_no_concurrency(task_dir):
 def test_unknown_flag_is_a_usage_error(task_dir):
     result = run_cli("--num-output", 3, "--frobnicate", cwd=task_dir)
     assert result.returncode == 2 and "unrecognized arguments: --frobnicate" in result.stderr
+
+
+# A task file, and typos on one of its lines (1-based, as an editor numbers them) with what the
+# error says. PyYAML fails on a later line for several (the next line, the next quote).
+TYPO_BASE = """\
+task_name: typo/test
+max_turns: 4          # a turn is one user message + one reply
+min_turns: 2
+engine:
+  type: ollama
+  model: granite4:3b
+  temperature: 0.7
+initialization_stages:
+  - name: sample/persona
+    persona_store:
+      data_path: personas.jsonl   # the "personas" file
+iteration_stages:
+  - name: lm/user/guided
+  - name: lm/assistant/naive      # the assistant's reply
+"""
+YAML_TYPOS = [
+    ("missing colon", 2, "max_turns 4\n", "a line with no ':'"),
+    ("unclosed quote", 2, 'max_turns: "4\n', "the quote opened on this line closes only on line 11"),
+    ("unclosed quote, apostrophe later", 7, "  temperature: '0.7\n", "the quote opened on this line closes only on line 14"),
+    ("unclosed bracket", 3, "min_turns: [2\n", "a [ is not closed"),
+    ("tab", 6, "\tmodel: granite4:3b\n", "replace the tab with spaces"),
+    ("indent too deep", 6, "   model: granite4:3b\n", "indent this line like the keys beside it"),
+    ("indent too shallow", 6, " model: granite4:3b\n", "indent this line like the keys beside it"),
+]
+
+
+@pytest.mark.parametrize("line,text,says", [case[1:] for case in YAML_TYPOS], ids=[case[0] for case in YAML_TYPOS])
+def test_a_yaml_typo_is_reported_on_its_own_line(task_dir, line, text, says):
+    lines = TYPO_BASE.splitlines(keepends=True)
+    lines[line - 1] = text
+    (task_dir / "task.yaml").write_text("".join(lines))
+    result = run_cli("-n", 1, cwd=task_dir)
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"Error: task.yaml line {line}: not valid YAML ("), result.stderr
+    assert says in result.stderr
+
+
+def test_the_typo_free_task_file_loads(task_dir):
+    (task_dir / "task.yaml").write_text(TYPO_BASE)  # so each typo above is the only problem
+    assert load_task(task_dir / "task.yaml")["max_turns"] == 4
+
+
+def test_an_unclosed_quote_at_the_end_names_its_line(task_dir):
+    (task_dir / "task.yaml").write_text("task_name: x\nmax_turns: 4\ntask_description: \"hello\n")
+    result = run_cli("-n", 1, cwd=task_dir)
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("Error: task.yaml line 3: not valid YAML (a quote is not closed): "
+                                     "close the quote opened on this line")
 
 
 def test_several_tasks_each_write_their_own_folder(task_dir, server):
