@@ -19,7 +19,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import ENGINE_FIELDS, TASK_FIELDS, ConfigError, load_task, spec_of, value_problem
+from .config import ENGINE_FIELDS, TASK_FIELDS, ConfigError, closest, load_task, spec_of, value_problem
 from .engines import LMError, check_engine, default_concurrency, make_chat, make_pool
 from .export import FORMATS, export
 from .load import describe, report
@@ -106,14 +106,30 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
 
 
 def _parser(command: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m chitchat_gen {command}".strip(), description=description)
+    return Parser(prog=f"python -m chitchat_gen {command}".strip(), description=description)
 
-    def error(message: str):
-        # One rule for every flag mistake: one line, exit 2 (argparse's usage errors), the fix named.
-        parser.exit(2, f"Error: {_clean(message)}: see '{parser.prog} --help'\n")
 
-    parser.error = error
-    return parser
+class Parser(argparse.ArgumentParser):
+    """argparse, with one rule for every flag mistake: one line, exit 2 (argparse's usage errors), the fix named."""
+
+    def error(self, message: str):
+        self.exit(2, f"Error: {_clean(message)}: see '{self.prog} --help'\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.unknown(unknown[0])
+        return parsed
+
+    def unknown(self, word: str):
+        """Exit on an argument no flag takes: a misspelt flag gets a did-you-mean, as a misspelt task-file key does."""
+        if not word.startswith("-"):
+            self.error(f"unexpected argument {word!r}")
+        flag = word.split("=", 1)[0]
+        guess = closest(flag, [option for action in self._actions for option in action.option_strings])
+        if not guess:
+            self.error(f"unknown flag {flag}")
+        self.exit(2, f"Error: unknown flag {_clean(flag)}: did you mean {guess}?\n")
 
 
 def _checked(spec: dict):

@@ -317,9 +317,15 @@ def describe(spec: dict) -> str:
     return text + (" or null" if spec["default"] is None else "")
 
 
-def _did_you_mean(word, choices) -> str:
+def closest(word, choices) -> str | None:
+    """The choice `word` is most likely a misspelling of (difflib), or None: for keys, stages, flags."""
     close = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return close[0] if close else None
+
+
+def _did_you_mean(word, choices) -> str:
+    close = closest(word, choices)
+    return f" (did you mean '{close}'?)" if close else ""
 
 
 def _split_urls(value) -> list[str]:

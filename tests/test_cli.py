@@ -130,9 +130,24 @@ def test_trace_offers_no_concurrency(task_dir):
     assert result.returncode == 0 and "--seed" in result.stdout and "--concurrency" not in result.stdout
 
 
-def test_unknown_flag_is_a_usage_error(task_dir):
-    result = run_cli("--num-output", 3, "--frobnicate", cwd=task_dir)
-    assert result.returncode == 2 and "unrecognized arguments: --frobnicate" in result.stderr
+UNKNOWN_FLAGS = [
+    (("--restrat",), "Error: unknown flag --restrat: did you mean --restart?"),
+    (("-n", 2, "--concurency", 3), "Error: unknown flag --concurency: did you mean --concurrency?"),
+    (("--base-urls=http://a:1",), "Error: unknown flag --base-urls: did you mean --base-url?"),
+    (("--num-output", 3, "--frobnicate"), "Error: unknown flag --frobnicate: see 'python -m chitchat_gen --help'"),
+    (("--api-key", "sk-not-for-stderr"), "Error: unknown flag --api-key: see 'python -m chitchat_gen --help'"),
+    (("trace", "--concurrency", 2), "Error: unknown flag --concurrency: see 'python -m chitchat_gen trace --help'"),
+    (("stats", "output", "--jsn"), "Error: unknown flag --jsn: did you mean --json?"),
+    (("-n", 2, "extra"), "Error: unexpected argument 'extra': see 'python -m chitchat_gen --help'"),
+]
+
+
+@pytest.mark.parametrize("flags,message", UNKNOWN_FLAGS, ids=[" ".join(map(str, f)) for f, _ in UNKNOWN_FLAGS])
+def test_an_unknown_flag_is_one_line_with_a_did_you_mean_exit_2(task_dir, flags, message):
+    result = run_cli(*flags, cwd=task_dir)
+    assert result.returncode == 2
+    assert result.stderr == message + "\n"  # one line, no usage dump, only the flag (never its value)
+    assert not (task_dir / "output").exists()
 
 
 # A task file, and typos on one of its lines (1-based, as an editor numbers them) with what the
