@@ -5,6 +5,7 @@ import json
 import pytest
 import yaml
 
+from chitchat_gen.cli import eta
 from chitchat_gen.config import load_task
 from conftest import outputs, run_cli, read_jsonl
 from fake_lm import FakeServer
@@ -218,6 +219,26 @@ def test_several_tasks_each_write_their_own_folder(task_dir, server):
 def test_quiet_prints_no_progress(task_dir, server):
     result = run_cli("-n", 2, "--quiet", "--base-url", server.url, cwd=task_dir)
     assert result.returncode == 0 and result.stderr == ""
+
+
+def test_eta_is_unknown_before_the_first_acceptance_and_never_climbs_between_two():
+    assert eta(5, 0, 0.0, 50.0) is None
+    # 1 of 5 accepted at 40 s: 4 more at that pace is 160 s; then the wait for the next one.
+    waiting = [eta(5, 1, 40.0, since) for since in (0, 0.5, 10, 60, 159, 200, 400)]
+    assert waiting[0] == 160
+    assert all(later <= earlier for earlier, later in zip(waiting, waiting[1:]))
+    assert waiting[-1] == 0
+    assert eta(5, 2, 100.0, 0) == 150  # recomputed when the next one is accepted: the pace it shows
+    assert eta(5, 5, 300.0, 0) == 0
+
+
+def test_the_summary_and_run_log_count_every_lm_call(task_dir):
+    with FakeServer(latency=0.005) as fake:
+        result = run_cli("-n", 4, "--concurrency", 3, "--base-url", fake.url, cwd=task_dir)
+        requests = len(fake.chat_requests())
+    assert result.returncode == 0, result.stderr
+    assert f", {requests} LM calls (" in result.stdout
+    assert read_jsonl(task_dir / OUT / "runs.jsonl")[-1]["calls"] == requests
 
 
 def test_several_base_urls_share_the_load(task_dir):
