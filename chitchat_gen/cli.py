@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import ENGINE_FIELDS, TASK_FIELDS, ConfigError, load_task, spec_of, value_problem
+from .config import ENGINE_FIELDS, TASK_FIELDS, ConfigError, closest, load_task, spec_of, value_problem
 from .engines import LMError, check_engine, default_concurrency, make_chat, make_pool
 from .export import FORMATS, export
 from .load import describe, report
@@ -107,14 +107,30 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
 
 
 def _parser(command: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m chitchat_gen {command}".strip(), description=description)
+    return Parser(prog=f"python -m chitchat_gen {command}".strip(), description=description)
 
-    def error(message: str):
-        # One rule for every flag mistake: one line, exit 2 (argparse's usage errors), the fix named.
-        parser.exit(2, f"Error: {_clean(message)}: see '{parser.prog} --help'\n")
 
-    parser.error = error
-    return parser
+class Parser(argparse.ArgumentParser):
+    """argparse, with one rule for every flag mistake: one line, exit 2 (argparse's usage errors), the fix named."""
+
+    def error(self, message: str):
+        self.exit(2, f"Error: {_clean(message)}: see '{self.prog} --help'\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.unknown(unknown[0])
+        return parsed
+
+    def unknown(self, word: str):
+        """Exit on an argument no flag takes: a misspelt flag gets a did-you-mean, as a misspelt task-file key does."""
+        if not word.startswith("-"):
+            self.error(f"unexpected argument {word!r}")
+        flag = word.split("=", 1)[0]
+        guess = closest(flag, [option for action in self._actions for option in action.option_strings])
+        if not guess:
+            self.error(f"unknown flag {flag}")
+        self.exit(2, f"Error: unknown flag {_clean(flag)}: did you mean {guess}?\n")
 
 
 def _checked(spec: dict):
@@ -349,14 +365,20 @@ def _progress(stats: dict, pool: dict | None, wanted: int, start: float) -> thre
     """Print a progress line on stderr until the returned event is set."""
     done = threading.Event()
     tty = sys.stderr.isatty()
+    # When the latest acceptance was seen: at the loop's tick (0.5 s on a terminal, 10 s in a log),
+    # close enough for a pace; only the loop's thread touches it.
+    last = {"accepted": 0, "elapsed": 0.0}
 
     def line():
         accepted, dropped = stats["accepted"], sum(stats["dropped"].values())
         elapsed = time.monotonic() - start
+        if accepted != last["accepted"]:
+            last.update(accepted=accepted, elapsed=elapsed)
         rate = accepted / elapsed if elapsed else 0
-        eta = f"{(wanted - accepted) / rate:.0f}s" if rate else "?"
+        left = eta(wanted, accepted, last["elapsed"], elapsed - last["elapsed"])
         return (f"accepted {accepted}/{wanted}  dropped {dropped}  LM calls {stats['calls']}  "
-                f"{rate * 60:.1f}/min  ETA {eta}" + (f"  [{describe(report(pool))}]" if pool else ""))
+                f"{rate * 60:.1f}/min  ETA {'?' if left is None else f'{left:.0f}s'}"
+                + (f"  [{describe(report(pool))}]" if pool else ""))
 
     def loop():
         while not done.wait(0.5 if tty else 10):
@@ -366,6 +388,21 @@ def _progress(stats: dict, pool: dict | None, wanted: int, start: float) -> thre
 
     threading.Thread(target=loop, daemon=True).start()
     return done
+
+
+def eta(wanted: int, accepted: int, elapsed_at_last: float, since_last: float) -> float | None:
+    """Seconds left: the pace up to the latest accepted conversation, counted down since; None: unknown.
+
+    subtle: recomputed only when a conversation is accepted, then counted down to 0. The plain
+    (wanted - accepted) / (accepted / elapsed) climbs all the while the run waits for the next
+    acceptance (elapsed grows, accepted does not): with a slow model, a minute of "the run is
+    falling behind" between any two conversations. Before the first acceptance it is None ("?"):
+    neither the LM calls a conversation takes nor the share dropped is known until one is kept,
+    and the LM call count, live, shows the run moving meanwhile.
+    """
+    if not accepted:
+        return None
+    return max(0.0, elapsed_at_last / accepted * (wanted - accepted) - since_last)
 
 
 def _summary(task, stats, pool, existing, seconds, folder) -> None:

@@ -73,8 +73,9 @@ def run_stages(stages: list[dict], record: dict, ctx: dict) -> str | None:
 def new_stats() -> dict:
     """The figures of a run, one dict that the progress line, the summary and the run log read.
 
-    accepted, dropped ({reason: count}) and calls are kept by `generate`; prompt_tokens and
-    completion_tokens by whoever sees the engine's usage (cli.py's `on_usage`, ray_executor's workers).
+    accepted, dropped ({reason: count}) and calls (each LM call as it completes, failed ones too)
+    are kept by `generate`; prompt_tokens and completion_tokens by whoever sees the engine's usage
+    (cli.py's `on_usage`, ray_executor's workers).
     """
     return {"accepted": 0, "dropped": collections.Counter(), "calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
@@ -100,7 +101,8 @@ def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, co
              memory: dict | None = None):
     """Yield `n` accepted records as they complete, with up to `concurrency` in flight.
 
-    `stats` (optional: a dict, filled in as `new_stats`) is updated in this thread; `memory`
+    `stats` (optional: a dict, filled in as `new_stats`) is updated as the run goes, LM calls
+    as each completes (from the conversations' threads: read it from any thread); `memory`
     (`new_memory`) carries what the duplicate checks know from earlier runs. A conversation is only
     started while accepted + in flight < n, so no call is spent on a conversation that could
     not be kept; a drop starts a replacement. `stop` ends the run early. `trace(event, **data)`
@@ -117,30 +119,34 @@ def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, co
     stop = stop or threading.Event()
     memory = new_memory() if memory is None else memory
     bounds = new_bounds(concurrency)
+    calls_lock = threading.Lock()
+
+    def counted_chat(messages, json_schema=None, **options):
+        if stop.is_set():
+            raise LMError("run stopped")
+        try:
+            return chat(messages, json_schema=json_schema, **options)
+        finally:
+            # Counted as each call ends, not when its conversation does: the progress line moves
+            # from the first reply. subtle: `+=` on a dict item is not atomic across threads.
+            with calls_lock:
+                stats["calls"] += 1
 
     def start():
-        ctx = {"task": task, "memory": memory, "trace": trace, "calls": 0,
+        ctx = {"task": task, "memory": memory, "trace": trace, "chat": counted_chat,
                "rng": random.Random(master.randrange(2**63))}
-
-        def counted_chat(messages, json_schema=None, **options):
-            if stop.is_set():
-                raise LMError("run stopped")
-            ctx["calls"] += 1  # only this conversation's thread touches its ctx
-            return chat(messages, json_schema=json_schema, **options)
-
-        ctx["chat"] = counted_chat
-        in_flight[pool.submit(run_conversation, task, ctx)] = ctx
+        in_flight.add(pool.submit(run_conversation, task, ctx))
 
     pool = ThreadPoolExecutor(max_workers=concurrency)
-    in_flight: dict = {}  # future -> its conversation's ctx
+    in_flight: set = set()  # the futures of the conversations running
     try:
         while stats["accepted"] < n:
             while len(in_flight) < concurrency and stats["accepted"] + len(in_flight) < n:
                 start()
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
+                in_flight.remove(future)
                 record, reason = future.result()
-                stats["calls"] += in_flight.pop(future)["calls"]
                 tally(stats, bounds, reason)
                 if record is not None:
                     yield record

@@ -5,6 +5,8 @@ import json
 import pytest
 import yaml
 
+from chitchat_gen.cli import eta
+from chitchat_gen.config import load_task
 from conftest import outputs, run_cli, read_jsonl
 from fake_lm import FakeServer
 from test_engines import free_port_url
@@ -129,9 +131,78 @@ def test_trace_offers_no_concurrency(task_dir):
     assert result.returncode == 0 and "--seed" in result.stdout and "--concurrency" not in result.stdout
 
 
-def test_unknown_flag_is_a_usage_error(task_dir):
-    result = run_cli("--num-output", 3, "--frobnicate", cwd=task_dir)
-    assert result.returncode == 2 and "unrecognized arguments: --frobnicate" in result.stderr
+UNKNOWN_FLAGS = [
+    (("--restrat",), "Error: unknown flag --restrat: did you mean --restart?"),
+    (("-n", 2, "--concurency", 3), "Error: unknown flag --concurency: did you mean --concurrency?"),
+    (("--base-urls=http://a:1",), "Error: unknown flag --base-urls: did you mean --base-url?"),
+    (("--num-output", 3, "--frobnicate"), "Error: unknown flag --frobnicate: see 'python -m chitchat_gen --help'"),
+    (("--api-key", "sk-not-for-stderr"), "Error: unknown flag --api-key: see 'python -m chitchat_gen --help'"),
+    (("trace", "--concurrency", 2), "Error: unknown flag --concurrency: see 'python -m chitchat_gen trace --help'"),
+    (("stats", "output", "--jsn"), "Error: unknown flag --jsn: did you mean --json?"),
+    (("-n", 2, "extra"), "Error: unexpected argument 'extra': see 'python -m chitchat_gen --help'"),
+]
+
+
+@pytest.mark.parametrize("flags,message", UNKNOWN_FLAGS, ids=[" ".join(map(str, f)) for f, _ in UNKNOWN_FLAGS])
+def test_an_unknown_flag_is_one_line_with_a_did_you_mean_exit_2(task_dir, flags, message):
+    result = run_cli(*flags, cwd=task_dir)
+    assert result.returncode == 2
+    assert result.stderr == message + "\n"  # one line, no usage dump, only the flag (never its value)
+    assert not (task_dir / "output").exists()
+
+
+# A task file, and typos on one of its lines (1-based, as an editor numbers them) with what the
+# error says. PyYAML fails on a later line for several (the next line, the next quote).
+TYPO_BASE = """\
+task_name: typo/test
+max_turns: 4          # a turn is one user message + one reply
+min_turns: 2
+engine:
+  type: ollama
+  model: granite4:3b
+  temperature: 0.7
+initialization_stages:
+  - name: sample/persona
+    persona_store:
+      data_path: personas.jsonl   # the "personas" file
+iteration_stages:
+  - name: lm/user/guided
+  - name: lm/assistant/naive      # the assistant's reply
+"""
+YAML_TYPOS = [
+    ("missing colon", 2, "max_turns 4\n", "a line with no ':'"),
+    ("unclosed quote", 2, 'max_turns: "4\n', "the quote opened on this line closes only on line 11"),
+    ("unclosed quote, apostrophe later", 7, "  temperature: '0.7\n", "the quote opened on this line closes only on line 14"),
+    ("unclosed bracket", 3, "min_turns: [2\n", "a [ is not closed"),
+    ("tab", 6, "\tmodel: granite4:3b\n", "replace the tab with spaces"),
+    ("indent too deep", 6, "   model: granite4:3b\n", "indent this line like the keys beside it"),
+    ("indent too shallow", 6, " model: granite4:3b\n", "indent this line like the keys beside it"),
+]
+
+
+@pytest.mark.parametrize("line,text,says", [case[1:] for case in YAML_TYPOS], ids=[case[0] for case in YAML_TYPOS])
+def test_a_yaml_typo_is_reported_on_its_own_line(task_dir, line, text, says):
+    lines = TYPO_BASE.splitlines(keepends=True)
+    lines[line - 1] = text
+    (task_dir / "task.yaml").write_text("".join(lines))
+    result = run_cli("-n", 1, cwd=task_dir)
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"Error: task.yaml line {line}: not valid YAML ("), result.stderr
+    assert says in result.stderr
+
+
+def test_the_typo_free_task_file_loads(task_dir):
+    (task_dir / "task.yaml").write_text(TYPO_BASE)  # so each typo above is the only problem
+    assert load_task(task_dir / "task.yaml")["max_turns"] == 4
+
+
+def test_an_unclosed_quote_at_the_end_names_its_line(task_dir):
+    (task_dir / "task.yaml").write_text("task_name: x\nmax_turns: 4\ntask_description: \"hello\n")
+    result = run_cli("-n", 1, cwd=task_dir)
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("Error: task.yaml line 3: not valid YAML (a quote is not closed): "
+                                     "close the quote opened on this line")
 
 
 def test_several_tasks_each_write_their_own_folder(task_dir, server):
@@ -148,6 +219,26 @@ def test_several_tasks_each_write_their_own_folder(task_dir, server):
 def test_quiet_prints_no_progress(task_dir, server):
     result = run_cli("-n", 2, "--quiet", "--base-url", server.url, cwd=task_dir)
     assert result.returncode == 0 and result.stderr == ""
+
+
+def test_eta_is_unknown_before_the_first_acceptance_and_never_climbs_between_two():
+    assert eta(5, 0, 0.0, 50.0) is None
+    # 1 of 5 accepted at 40 s: 4 more at that pace is 160 s; then the wait for the next one.
+    waiting = [eta(5, 1, 40.0, since) for since in (0, 0.5, 10, 60, 159, 200, 400)]
+    assert waiting[0] == 160
+    assert all(later <= earlier for earlier, later in zip(waiting, waiting[1:]))
+    assert waiting[-1] == 0
+    assert eta(5, 2, 100.0, 0) == 150  # recomputed when the next one is accepted: the pace it shows
+    assert eta(5, 5, 300.0, 0) == 0
+
+
+def test_the_summary_and_run_log_count_every_lm_call(task_dir):
+    with FakeServer(latency=0.005) as fake:
+        result = run_cli("-n", 4, "--concurrency", 3, "--base-url", fake.url, cwd=task_dir)
+        requests = len(fake.chat_requests())
+    assert result.returncode == 0, result.stderr
+    assert f", {requests} LM calls (" in result.stdout
+    assert read_jsonl(task_dir / OUT / "runs.jsonl")[-1]["calls"] == requests
 
 
 def test_several_base_urls_share_the_load(task_dir):

@@ -119,6 +119,12 @@ def test_yaml_syntax_error_names_the_line(task_dir):
         load_task(task_dir / "task.yaml")
 
 
+def test_a_task_file_not_in_utf8_says_so(task_dir):
+    (task_dir / "task.yaml").write_bytes("task_name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"task.yaml: not UTF-8 text \(.*\): save the file as UTF-8"):
+        load_task(task_dir / "task.yaml")
+
+
 def test_top_level_not_a_mapping(task_dir):
     (task_dir / "task.yaml").write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="expected a mapping"):

@@ -7,7 +7,7 @@ import pytest
 
 from chitchat_gen import STAGES, LMError, generate, load_task, stage
 from chitchat_gen.pipeline import run_conversation
-from fake_lm import fake_chat
+from fake_lm import FakeServer, canned_reply, fake_chat
 
 
 @pytest.fixture
@@ -170,3 +170,29 @@ def test_without_chat_generate_uses_the_tasks_engine(task_dir):
         task = load_task(task_dir / "task.yaml", base_url=server.url)
         assert len(list(generate(task, 2))) == 2
         assert server.requests[0][0] == "/api/tags" and len(server.chat_requests()) > 10
+
+
+def test_lm_calls_are_counted_as_each_completes_not_when_the_conversation_ends(task_dir):
+    stats = {}
+    seen = []  # (calls, accepted) in the run's stats as the server takes each chat request
+
+    def reply(messages, json_schema=None):
+        seen.append((stats["calls"], stats["accepted"]))
+        return canned_reply(messages, json_schema)
+
+    with FakeServer(latency=0.02, reply=reply) as server:
+        task = load_task(task_dir / "task.yaml", base_url=server.url)
+        assert len(list(generate(task, 2, concurrency=1, stats=stats))) == 2
+        requests = len(server.chat_requests())
+    in_first = [calls for calls, accepted in seen if accepted == 0]
+    assert len(in_first) > 5  # the first conversation's calls, made before it was accepted
+    assert in_first == list(range(len(in_first)))  # each saw every call before it counted already
+    assert stats["calls"] == requests == len(seen)
+
+
+def test_calls_from_many_threads_add_up_to_the_requests_sent(task_dir):
+    stats = {}
+    with FakeServer(latency=0.005) as server:
+        task = load_task(task_dir / "task.yaml", base_url=server.url)
+        assert len(list(generate(task, 12, concurrency=8, stats=stats))) == 12
+        assert stats["calls"] == len(server.chat_requests())

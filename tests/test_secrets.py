@@ -95,7 +95,7 @@ def test_errors_and_notes_name_the_server_without_its_credentials(task_dir, serv
     assert malformed.returncode == 2
     assert malformed.stderr.startswith("Error: argument --base-url: 'http://***@host:port' is not a URL")
     flag = run_cli("--api-key", FILE_KEY, cwd=task_dir)
-    assert flag.returncode == 2 and "--api-key ***" in flag.stderr
+    assert flag.returncode == 2 and flag.stderr.startswith("Error: unknown flag --api-key: ")  # its value not shown
     assert_no_secret(task_dir, *(r.stdout + r.stderr for r in (fleet, alone, malformed, flag)))
 
 

@@ -39,4 +39,4 @@ def test_trace_shows_a_drop_and_goes_on(task_dir):
 
 def test_trace_takes_no_generation_flags(task_dir):
     result = run_cli("trace", "-n", 3, cwd=task_dir)
-    assert result.returncode == 2 and "unrecognized arguments: -n" in result.stderr
+    assert result.returncode == 2 and result.stderr == "Error: unknown flag -n: see 'python -m chitchat_gen trace --help'\n"
