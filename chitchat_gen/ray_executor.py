@@ -58,12 +58,13 @@ def _ray():
     return ray
 
 
-def connect(address: str | None = None) -> bool:
+def connect(address: str = "local") -> bool:
     """Join Ray at `address`; True if this call did it (and so should `disconnect`).
 
-    "local" starts a new local instance (what --ray alone does); None does what `ray.init()` does
-    (RAY_ADDRESS, else a cluster started on this machine, else a new local instance); "auto",
-    "HOST:6379" or "ray://HOST:10001" join a cluster.
+    "local" (what --ray alone and `generate_on_ray` without an address do) starts a new local
+    instance, whatever RAY_ADDRESS or an earlier `ray start` left behind; "auto" joins the cluster
+    RAY_ADDRESS names, else the one last started on this machine; "HOST:6379" or
+    "ray://HOST:10001" join that cluster.
 
     Already connected (a notebook that ran `ray.init` itself, or a second task): nothing to do.
     A missing ray package or a cluster that does not answer is a ConfigError naming the fix.
@@ -71,10 +72,13 @@ def connect(address: str | None = None) -> bool:
     ray = _ray()
     if ray.is_initialized():
         return False
-    if address not in (None, "auto", "local"):
+    if address not in ("auto", "local"):
         _check_reachable(address)
+    # subtle: never address=None for a local run. ray.init() joins the address in RAY_ADDRESS or in
+    # {Ray's temp dir}/ray_current_cluster, which outlives its cluster (a killed head, a crashed test
+    # cluster): Ray then retries the dead address for minutes. "local" reads neither.
     options = {"address": address, "logging_level": logging.WARNING}
-    if address in (None, "local"):
+    if address == "local":
         options["include_dashboard"] = False  # not accepted when joining a cluster
     try:
         with warnings.catch_warnings():  # Ray Client warns before it raises; the error line says it all
@@ -84,7 +88,7 @@ def connect(address: str | None = None) -> bool:
         cause = _cause(exc)
         if "ray[client]" in cause:
             fix = "pip install 'chitchat_gen[ray]' (it includes ray[client])"
-        elif (address or "").startswith("ray://") and "timeout" in cause:  # seen with Ray 2.60's token authentication
+        elif address.startswith("ray://") and "timeout" in cause:  # seen with Ray 2.60's token authentication
             fix = ("if the cluster uses token authentication, set RAY_AUTH_MODE=token and copy its token "
                    "(~/.ray/auth_token on the head) to this machine; else check that port is the Ray Client's")
         else:
@@ -143,16 +147,17 @@ class Worker:
         return record, reason, ctx["calls"], self.tokens.prompt, self.tokens.completion
 
 
-def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None, address: str | None = None,
+def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None, address: str = "local",
                     workers: int | None = None, seed: int | str | None = None, concurrency: int | None = None,
                     stats: dict | None = None, memory: dict | None = None):
     """Yield `n` accepted records made by Ray workers, with up to `concurrency` in flight in all.
 
     `chat` (any picklable callable, e.g. a module-level function) is shipped to every worker;
     without it each worker builds the engine's client from `engine` (checked here if not given).
-    `workers` defaults to one per node of the cluster. Joins `address` unless Ray is already
-    connected, and disconnects at the end only if it connected. `stats` gains `tokens` here
-    (prompt_tokens, completion_tokens), which the thread path leaves to the caller's client.
+    `workers` defaults to one per node of the cluster. Unless Ray is already connected, starts a
+    local instance or joins `address` ("auto", "HOST:6379", "ray://HOST:10001"), and then
+    disconnects at the end. `stats` gains `tokens` here (prompt_tokens, completion_tokens),
+    which the thread path leaves to the caller's client.
     """
     ray = _ray()
     connected_here = connect(address)

@@ -1,14 +1,17 @@
 """The Ray path (--ray, generate_on_ray) on a real local Ray instance against the fake LM
 server: exactly N, both files aligned, resume, a worker killed mid-run, the driver killed with
-SIGKILL, and the one-line errors. Marked `ray` (needs the 'ray' extra): `python -m pytest -m ray`.
+SIGKILL, a local run on a machine an old Ray session left its address on, and the one-line errors. Marked `ray` (needs the 'ray' extra): `python -m pytest -m ray`.
 """
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +19,10 @@ from conftest import ROOT, outputs, run_cli
 from fake_lm import FakeServer
 
 OUT = "output/public/examples/chit_chat"
+# Ray's node address is then 127.0.0.1, not the machine's (Ray's default off Windows and macOS); set
+# before ray is imported, and inherited by every CLI run, so no test's Ray listens beyond loopback.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+DEAD_ADDRESS = "127.0.0.1:9"  # the discard port: nothing of Ray's answers there
 
 
 @pytest.fixture(scope="module")
@@ -153,13 +160,57 @@ def test_a_bad_ray_flag_value_is_one_error_line(task_dir):
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.fixture
+def stale_ray_session():
+    """The environment of a machine where an old Ray session left its address behind: Ray's temp
+    folder (here our own, by RAY_TMPDIR, so a real /tmp/ray is never touched) holds the
+    ray_current_cluster file of a head that is gone, as a head killed without `ray stop` leaves it,
+    and RAY_ADDRESS names that dead address too. Yields (env for a subprocess, Ray's folder)."""
+    pytest.importorskip("ray")
+    # subtle: short, in /tmp, not pytest's tmp_path: Ray's socket paths go under it (108 bytes at most)
+    temp = Path(tempfile.mkdtemp(prefix="ray-stale-", dir="/tmp"))
+    (temp / "ray").mkdir()
+    (temp / "ray" / "ray_current_cluster").write_text(DEAD_ADDRESS + "\n")
+    yield {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(temp), "RAY_ADDRESS": DEAD_ADDRESS}, temp / "ray"
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def sessions(ray_folder) -> list:
+    """The Ray instances started with this temp folder (each makes a session_* folder in it)."""
+    return sorted(path.name for path in ray_folder.glob("session_2*"))
+
+
 @pytest.mark.ray
-def test_the_readme_ray_snippet_runs(task_dir):
+def test_the_readme_ray_snippet_runs_whatever_an_old_ray_session_left(task_dir, stale_ray_session):
+    env, ray_folder = stale_ray_session
     blocks = [block for block in re.findall(r"```py\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
               if "generate_on_ray" in block]  # other py blocks need other extras (the Hub's needs datasets)
     assert blocks, "README.md has no py (Ray) snippet"
     for block in blocks:  # a fresh interpreter each: the snippet starts its own Ray instance
         result = subprocess.run([sys.executable, "-c", block], cwd=task_dir, capture_output=True, text=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+                                env=env, timeout=300)
         assert result.returncode == 0, result.stderr
         assert result.stdout == "3 scenario\n"
+    assert len(sessions(ray_folder)) == len(blocks)  # each started its own instance, in the folder given
+    assert (ray_folder / "ray_current_cluster").read_text() == DEAD_ADDRESS + "\n"  # left as it was
+
+
+@pytest.mark.ray
+def test_ray_alone_starts_its_own_instance_whatever_an_old_ray_session_left(task_dir, stale_ray_session):
+    env, ray_folder = stale_ray_session
+    with FakeServer() as server:
+        result = run_cli("-n", 3, "--restart", "--quiet", "--ray", *engine_flags(server), cwd=task_dir, env=env)
+    assert result.returncode == 0, result.stderr
+    assert_aligned(task_dir, 3)
+    assert len(sessions(ray_folder)) == 1
+
+
+@pytest.mark.ray
+def test_ray_auto_joins_the_cluster_ray_address_names(cluster, task_dir, stale_ray_session):
+    env, ray_folder = stale_ray_session
+    with FakeServer() as server:
+        result = run_cli("-n", 3, "--restart", "--quiet", "--ray", "auto", *engine_flags(server), cwd=task_dir,
+                         env={**env, "RAY_ADDRESS": cluster})  # RAY_ADDRESS before the stale file, as in ray.init
+    assert result.returncode == 0, result.stderr
+    assert_aligned(task_dir, 3)
+    assert sessions(ray_folder) == []  # it joined the module's instance, it started none
