@@ -58,7 +58,7 @@ def main() -> None:
                 sys.exit(f"Error: {python} failed (exit {done.returncode}): {done.stderr.strip()[-300:]}")
             seen[python].append(json.loads(done.stdout))
     base = None
-    print(f"| build (python) | llama-cpp-python | prompt tokens/s | generated tokens/s | vs first |")
+    print("| build (python) | llama-cpp-python | prompt tokens/s | generated tokens/s | vs first |")
     print("| --- | --- | --- | --- | --- |")
     for python, rounds in seen.items():
         prompt = statistics.median(r["prompt_tps"] for r in rounds)

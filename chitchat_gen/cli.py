@@ -10,31 +10,30 @@
 from __future__ import annotations
 
 import argparse
-import json
 import collections
+import json
 import os
-import random
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import ENGINE_FIELDS, TASK_FIELDS, ConfigError, closest, load_task, spec_of, value_problem
-from .engines import LMError, check_engine, default_concurrency, make_chat, make_pool
+from .engines import LMError, check_engine, make_chat
 from .export import FORMATS, export
 from .load import describe, report
-from .pipeline import generate, new_memory, new_stats
-from .ray_executor import check_address, connect, disconnect, generate_on_ray
-from .record import read_jsonl
-from .redact import redact_command, redact_text, url_secrets
+from .pipeline import generate
+from .ray_executor import check_address
+from .redact import redact_command, redact_for
+from .run import DEFAULT_GRACE, run
 from .trace import make_printer
-from .stats import dataset_stats, model_name, render_table, write_card
+from .stats import dataset_stats, render_table
 from .view import serve, write_html
-from .store import FINAL, FORMATTED, append, clear, close, count_existing, log_run, open_store
+from .store import FINAL, FORMATTED, WriteError
 
 
 COMMANDS = ("trace", "stats", "export", "view")
+SIGNAL_EXITS = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
 
 
 def build_parser(command: str = "generate") -> argparse.ArgumentParser:
@@ -90,6 +89,9 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
         parser.add_argument("--ray-workers", type=_checked({"kind": "int", "low": 1}), metavar="K",
                             help="Ray workers (actors), each running its share of --concurrency (default: one per node)")
         parser.add_argument("--quiet", action="store_true", help="no progress line")
+        parser.add_argument("--grace", type=_checked({"kind": "number", "low": 0}), default=DEFAULT_GRACE,
+                            metavar="SECONDS", help="on SIGTERM or Ctrl-C, how long the conversations in flight "
+                            f"may take to finish and be kept (default: {DEFAULT_GRACE:g}; a second signal stops at once)")
         license_spec = spec_of(TASK_FIELDS, "license")
         parser.add_argument("--license", type=_checked(license_spec), metavar="ID", help=license_spec["doc"])
     engine = parser.add_argument_group("engine (overrides the task file)")
@@ -196,10 +198,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"note: {task['path']}: engine.api_key: a key in a task file travels with it (shared, "
                       "committed): delete it and export OPENAI_API_KEY instead", file=sys.stderr)
         for task in tasks:
-            run_trace(task) if command == "trace" else run_task(task, args)
+            if command == "trace":
+                run_trace(task)
+                continue
+            stopped = run_task(task, args)["stopped"]
+            if stopped in SIGNAL_EXITS:  # the later tasks are not started either
+                print(f"Stopped by {stopped}: the conversations accepted are kept, with the card and a runs.jsonl "
+                      "entry; run the same command without --restart to resume", file=sys.stderr)
+                _exit_now(SIGNAL_EXITS[stopped])
     except ConfigError as exc:
         print(f"Error: {_clean(str(exc), tasks)}", file=sys.stderr)
         return 1
+    except WriteError as exc:  # after the run's close: what was accepted before is kept
+        print(f"Error: {_clean(str(exc), tasks)}", file=sys.stderr)
+        _exit_now(1)
     except LMError as exc:
         print(f"Error: the run stopped ({_clean(str(exc), tasks)}): fix the cause, then run the same command without --restart "
               "to resume; everything accepted so far is kept", file=sys.stderr)
@@ -211,20 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _clean(text: str, tasks=()) -> str:
-    """`text` fit to leave the process: URL credentials, secret flags and the API keys in use masked
-    (a server's error body may echo the key it was sent)."""
-    keys = [os.environ.get("OPENAI_API_KEY")] + [task["engine"]["api_key"] for task in tasks]
-    keys += [key for task in tasks for url in task["engine"]["base_urls"] for key in url_secrets(url)]
-    return redact_text(text, secrets=keys)
-
-
-def _cleaned(dropped: dict, task: dict) -> dict:
-    """Drop reasons cleaned for the run log; reasons that differed only in a secret add up."""
-    counts = collections.Counter()
-    for reason, count in dropped.items():
-        counts[_clean(reason, [task])] += count
-    return dict(counts)
+_clean = redact_for  # every line printed passes through it
 
 
 def _exit_now(code: int):
@@ -234,94 +233,25 @@ def _exit_now(code: int):
     os._exit(code)
 
 
-def shard_plan(n: int, shard: tuple[int, int] | None) -> tuple[int, str]:
-    """(conversations this run makes, its sub-folder, also its seed tag) for shard I of K or the whole job.
-
-    Shard I of K makes N // K conversations, one more for the first N % K shards.
-    """
-    if not shard:
-        return n, ""
-    index, count = shard
-    return n // count + (1 if index <= n % count else 0), f"shard-{index}-of-{count}"
-
-
-def run_task(task: dict, args) -> None:
-    n, part = shard_plan(args.num_outputs_to_generate, args.shard)
-    folder = Path(args.output_dir) / task["task_name"] / part
-    if n == 0:
-        print(f"{part}: an empty share of {args.num_outputs_to_generate} conversations: nothing to do")
-        return
-    # subtle: everything that can fail at start-up is checked before the output folder is touched.
-    existing = 0 if args.restart else count_existing(folder)
-    if existing >= n:
-        print(f"{folder} already holds {existing} conversations (>= {n}): nothing to do "
+def run_task(task: dict, args) -> dict:
+    """One task's run (run.py), with this process's progress line, notes and summary around it."""
+    summary = run(task, args.num_outputs_to_generate, output_dir=args.output_dir, restart=args.restart,
+                  shard=args.shard, ray=args.ray, ray_workers=args.ray_workers, grace=args.grace,
+                  command=_command(), on_note=lambda text: print(f"note: {text}", file=sys.stderr),
+                  progress=None if args.quiet else _progress)
+    folder = Path(summary["folder"])
+    if summary["nothing_to_do"]:
+        if summary["wanted"] == 0:
+            print(f"{folder.name}: an empty share of {args.num_outputs_to_generate} conversations: nothing to do")
+            return summary
+        print(f"{folder} already holds {summary['existing']} conversations (>= {summary['wanted']}): nothing to do "
               "(use --restart to start again, or a larger -n)")
         if args.license:
             print(f"note: --license is written by a run that generates: to set it now, write 'license: {args.license}' "
                   f"into the metadata block at the top of {folder / 'README.md'}", file=sys.stderr)
-        return
-    engine = check_engine(task["engine"])
-    for problem in engine.get("unreachable", ()):
-        print(f"note: {_clean(problem.split(': start it')[0], [task])}: the other servers carry the run; it is tried again as it goes",
-              file=sys.stderr)
-    if args.ray:
-        connect(args.ray)  # before the folder is touched: a missing ray or a silent cluster changes nothing
-    stats, pool = new_stats(), None if args.ray else make_pool(engine)  # Ray workers hold their own pools
-    chat = make_chat(engine, on_usage=_token_counter(stats), pool=pool)
-    store = open_store(folder)
-    try:
-        for note in store["notes"]:
-            print(f"note: {note}", file=sys.stderr)
-        if args.restart:
-            clear(store)
-        existing = store["existing"]
-        concurrency = engine["concurrency"] or default_concurrency(engine)
-        start = time.monotonic()
-        ticker = None if args.quiet else _progress(stats, pool, n - existing, start)
-        # The run's seed: the task's (--seed, `seed:`), else one drawn now; either way recorded, so
-        # `--seed S` on a fresh folder makes this run again.
-        seed = task["seed"] if task["seed"] is not None else random.SystemRandom().randrange(2**31)
-        try:
-            # subtle: a resumed run with the same seed must not replay the first run's personas and patterns.
-            derived = f"{seed}/{part}/{existing}"
-            # The duplicate checks also know what earlier runs wrote (bounded: the latest on disk).
-            memory = new_memory(value for _, _, value, _ in read_jsonl(folder / FINAL)) if existing else None
-            records = (generate_on_ray(task, n - existing, engine=engine, workers=args.ray_workers, seed=derived,
-                                       concurrency=concurrency, stats=stats, memory=memory) if args.ray else
-                       generate(task, n - existing, chat=chat, seed=derived, concurrency=concurrency, stats=stats,
-                                memory=memory))
-            for record in records:
-                append(store, record)
-        finally:
-            if ticker:
-                ticker.set()
-            # Also after a crash or Ctrl-C: the card and the run log describe what is on disk.
-            runs = log_run(store, {
-                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": _command(),
-                "engine": engine["type"], "model": model_name(engine["type"], task["engine"]["model"], engine["model"]),
-                "seed": seed,
-                "wanted": n - existing, "accepted": stats["accepted"], "dropped": _cleaned(stats["dropped"], task),
-                "calls": stats["calls"],
-                "tokens": stats["prompt_tokens"] + stats["completion_tokens"],
-                "seconds": round(time.monotonic() - start, 1), "endpoints": report(pool) if pool else []})
-            write_card(folder, task, runs)
-        _summary(task, stats, pool, existing, time.monotonic() - start, folder)
-    finally:
-        close(store)
-        if args.ray:
-            disconnect()
-
-
-def _token_counter(stats: dict):
-    """`on_usage` for make_chat: adds each call's tokens to the run's stats (from many threads)."""
-    lock = threading.Lock()
-
-    def on_usage(prompt_tokens: int, completion_tokens: int) -> None:
-        with lock:
-            stats["prompt_tokens"] += prompt_tokens
-            stats["completion_tokens"] += completion_tokens
-
-    return on_usage
+        return summary
+    _summary(summary)
+    return summary
 
 
 def _command() -> str:
@@ -361,9 +291,9 @@ def run_trace(task: dict) -> None:
         pass
 
 
-def _progress(stats: dict, pool: dict | None, wanted: int, start: float) -> threading.Event:
-    """Print a progress line on stderr until the returned event is set."""
-    done = threading.Event()
+def _progress(stats: dict, pool: dict | None, wanted: int):
+    """Print a progress line on stderr until the returned function is called."""
+    done, start = threading.Event(), time.monotonic()
     tty = sys.stderr.isatty()
     # When the latest acceptance was seen: at the loop's tick (0.5 s on a terminal, 10 s in a log),
     # close enough for a pace; only the loop's thread touches it.
@@ -387,7 +317,7 @@ def _progress(stats: dict, pool: dict | None, wanted: int, start: float) -> thre
             print("\r" + line(), file=sys.stderr, flush=True)
 
     threading.Thread(target=loop, daemon=True).start()
-    return done
+    return done.set
 
 
 def eta(wanted: int, accepted: int, elapsed_at_last: float, since_last: float) -> float | None:
@@ -405,20 +335,21 @@ def eta(wanted: int, accepted: int, elapsed_at_last: float, since_last: float) -
     return max(0.0, elapsed_at_last / accepted * (wanted - accepted) - since_last)
 
 
-def _summary(task, stats, pool, existing, seconds, folder) -> None:
-    accepted = stats["accepted"]
-    tokens = stats["prompt_tokens"] + stats["completion_tokens"]
-    per = f" ({stats['calls'] / accepted:.1f} per accepted)" if accepted else ""
+def _summary(summary: dict) -> None:
+    accepted, existing, calls = summary["accepted"], summary["existing"], summary["calls"]
+    tokens = summary["prompt_tokens"] + summary["completion_tokens"]
+    per = f" ({calls / accepted:.1f} per accepted)" if accepted else ""
     tokens_per = f", {tokens / accepted:.0f} per accepted" if accepted else ""
-    print(f"{task['task_name']}: {accepted} accepted"
+    print(f"{summary['task_name']}: {accepted} accepted"
           + (f" (+{existing} from earlier runs)" if existing else "")
-          + f", {sum(stats['dropped'].values())} dropped, {stats['calls']} LM calls{per}, "
-          f"{tokens} tokens ({stats['prompt_tokens']} prompt + {stats['completion_tokens']} completion{tokens_per}), "
-          f"{seconds:.1f}s")
-    for reason, count in stats["dropped"].most_common():
-        print(f"  dropped {count}: {_clean(reason, [task])}")
-    for row in report(pool) if pool else ():
+          + f", {sum(summary['dropped'].values())} dropped, {calls} LM calls{per}, "
+          f"{tokens} tokens ({summary['prompt_tokens']} prompt + {summary['completion_tokens']} completion{tokens_per}), "
+          f"{summary['seconds']:.1f}s")
+    for reason, count in collections.Counter(summary["dropped"]).most_common():
+        print(f"  dropped {count}: {reason}")
+    for row in summary["endpoints"]:
         answers = ", ".join(f"{n} x {status}" for status, n in sorted(row["answers"].items(), key=str))
         print(f"  {row['url']}: {row['calls']} calls ({answers}), limit {row['limit']}"
               + (f", paced at {row['pace_rpm']}/min" if row["pace_rpm"] else "") + f", mean latency {row['latency']:.2f}s")
+    folder = Path(summary["folder"])
     print(f"  {folder / FINAL}\n  {folder / FORMATTED}\n  {folder / 'README.md'} (dataset card)")

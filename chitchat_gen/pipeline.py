@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import random
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from .engines import LMError, check_engine, make_chat
@@ -97,28 +98,21 @@ def new_memory(records=()) -> dict:
 
 
 def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, concurrency: int = 1,
-             stats: dict | None = None, stop: threading.Event | None = None, trace=None,
-             memory: dict | None = None):
-    """Yield `n` accepted records as they complete, with up to `concurrency` in flight.
+             stats: dict | None = None, control: dict | None = None, trace=None, memory: dict | None = None):
+    """Yield `n` accepted records as they complete, with up to `concurrency` in flight on threads.
 
     `stats` (optional: a dict, filled in as `new_stats`) is updated as the run goes, LM calls
     as each completes (from the conversations' threads: read it from any thread); `memory`
-    (`new_memory`) carries what the duplicate checks know from earlier runs. A conversation is only
-    started while accepted + in flight < n, so no call is spent on a conversation that could
-    not be kept; a drop starts a replacement. `stop` ends the run early. `trace(event, **data)`
-    is called on every LM call and stage decision (see trace.py). Without `chat`, the task's own
-    engine is checked and used. If every conversation keeps being dropped (the LM failing, or a
-    stage that always drops), LMError is raised instead of spending calls forever.
+    (`new_memory`) carries what the duplicate checks know from earlier runs; `control`
+    (`new_control`) drains the run early (see `drive`). `trace(event, **data)` is called on every
+    LM call and stage decision (see trace.py). Without `chat`, the task's own engine is checked
+    and used.
     """
     if chat is None:
         chat = make_chat(check_engine(task["engine"]))
-    master = random.Random(task.get("seed") if seed is None else seed)
-    stats = {} if stats is None else stats
-    for key, value in new_stats().items():
-        stats.setdefault(key, value)  # a caller's {} fills in; a caller's figures add up
-    stop = stop or threading.Event()
+    stats = fill_stats(stats)
     memory = new_memory() if memory is None else memory
-    bounds = new_bounds(concurrency)
+    stop = threading.Event()
     calls_lock = threading.Lock()
 
     def counted_chat(messages, json_schema=None, **options):
@@ -132,29 +126,82 @@ def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, co
             with calls_lock:
                 stats["calls"] += 1
 
-    def start():
-        ctx = {"task": task, "memory": memory, "trace": trace, "chat": counted_chat,
-               "rng": random.Random(master.randrange(2**63))}
-        in_flight.add(pool.submit(run_conversation, task, ctx))
-
     pool = ThreadPoolExecutor(max_workers=concurrency)
-    in_flight: set = set()  # the futures of the conversations running
+
+    def start(conversation_seed: int):
+        ctx = {"task": task, "memory": memory, "trace": trace, "chat": counted_chat,
+               "rng": random.Random(conversation_seed)}
+        return pool.submit(run_conversation, task, ctx)
+
+    def wait_some(futures: list, timeout: float) -> list:
+        return list(wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)[0])
+
     try:
-        while stats["accepted"] < n:
-            while len(in_flight) < concurrency and stats["accepted"] + len(in_flight) < n:
-                start()
-            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in done:
-                in_flight.remove(future)
-                record, reason = future.result()
-                tally(stats, bounds, reason)
-                if record is not None:
-                    yield record
+        yield from drive(n, {"start": start, "wait": wait_some, "finish": lambda future: future.result()},
+                         seed=task.get("seed") if seed is None else seed, concurrency=concurrency,
+                         stats=stats, control=control)
     finally:
         # subtle: runs on normal exit, on error and when the consumer closes the generator;
         # in-flight conversations see `stop` at their next LM call and end quickly.
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def new_control() -> dict:
+    """How a caller ends a run early: set `drain_until` (a time.monotonic() value) and the driver
+    starts no more conversations, keeps those that finish by then, and returns.
+
+        control["drain_until"] = time.monotonic() + 10   # a signal: 10 s of grace
+        control["drain_until"] = time.monotonic()        # a second signal: now
+    """
+    return {"drain_until": None}
+
+
+def fill_stats(stats: dict | None) -> dict:
+    """`stats` with every figure of `new_stats` present: a caller's {} fills in, its figures add up."""
+    stats = {} if stats is None else stats
+    for key, value in new_stats().items():
+        stats.setdefault(key, value)
+    return stats
+
+
+# How often the driver looks at `control` while it waits for a conversation to finish.
+POLL_SECONDS = 0.25
+
+
+def drive(n: int, executor: dict, *, seed, concurrency: int, stats: dict, control: dict | None = None):
+    """The driver loop of every run: keep conversations in flight until `n` are accepted; yield each.
+
+    The executor says where a conversation runs: `start(conversation_seed) -> handle`,
+    `wait(handles, timeout) -> finished handles`, `finish(handle) -> (record, drop reason)`, or
+    None for a conversation lost with its worker, which runs again with the same seed. A
+    conversation is only started while accepted + in flight < n, so no call is spent on one that
+    could not be kept; a drop starts a replacement. If every conversation keeps being dropped
+    (the LM failing, a stage that always drops), LMError is raised instead of spending calls forever.
+    """
+    control = control or new_control()
+    master = random.Random(seed)
+    bounds = new_bounds(concurrency)
+    in_flight: dict = {}  # handle -> the conversation's seed
+    rerun: list[int] = []
+    before = stats["accepted"]  # a caller's figures add up: this run's own count is the difference
+    while stats["accepted"] - before < n:
+        draining = control["drain_until"] is not None
+        if draining and (not in_flight or time.monotonic() >= control["drain_until"]):
+            return
+        while not draining and len(in_flight) < concurrency and stats["accepted"] - before + len(in_flight) < n:
+            conversation_seed = rerun.pop() if rerun else master.randrange(2**63)
+            in_flight[executor["start"](conversation_seed)] = conversation_seed
+        for handle in executor["wait"](list(in_flight), POLL_SECONDS):
+            conversation_seed = in_flight.pop(handle)
+            outcome = executor["finish"](handle)
+            if outcome is None:
+                rerun.append(conversation_seed)
+                continue
+            record, reason = outcome
+            tally(stats, bounds, reason)
+            if record is not None:
+                yield record
 
 
 def new_bounds(concurrency: int) -> dict:

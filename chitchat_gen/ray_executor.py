@@ -29,7 +29,7 @@ import warnings
 
 from .config import ConfigError
 from .engines import LMError, check_engine, default_concurrency, make_chat
-from .pipeline import new_bounds, new_memory, new_stats, run_conversation, tally
+from .pipeline import drive, fill_stats, new_memory, run_conversation
 from .stages import STAGES
 
 ADDRESS_FORMS = "'auto', 'ray://HOST:10001' (Ray Client) or 'HOST:6379' (the head's GCS)"
@@ -149,7 +149,7 @@ class Worker:
 
 def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None, address: str = "local",
                     workers: int | None = None, seed: int | str | None = None, concurrency: int | None = None,
-                    stats: dict | None = None, memory: dict | None = None):
+                    stats: dict | None = None, memory: dict | None = None, control: dict | None = None):
     """Yield `n` accepted records made by Ray workers, with up to `concurrency` in flight in all.
 
     `chat` (any picklable callable, e.g. a module-level function) is shipped to every worker;
@@ -157,13 +157,12 @@ def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None
     `workers` defaults to one per node of the cluster. Unless Ray is already connected, starts a
     local instance or joins `address` ("auto", "HOST:6379", "ray://HOST:10001"), and then
     disconnects at the end. `stats` gains `tokens` here (prompt_tokens, completion_tokens),
-    which the thread path leaves to the caller's client.
+    which the thread path leaves to the caller's client. The loop itself is pipeline.drive's,
+    as on threads; `control` drains the run early the same way.
     """
     ray = _ray()
     connected_here = connect(address)
-    stats = {} if stats is None else stats
-    for key, value in new_stats().items():
-        stats.setdefault(key, value)
+    stats = fill_stats(stats)
     actors: dict = {}  # actor -> conversations in flight on it
     try:
         if chat is None and engine is None:
@@ -186,40 +185,44 @@ def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None
 
         for _ in range(workers):
             hire()
-        master = random.Random(task.get("seed") if seed is None else seed)
-        in_flight: dict = {}  # ref -> (actor, the conversation's seed)
-        rerun: list[int] = []  # seeds of conversations lost with a worker, run again first
-        bounds, deaths_in_a_row, max_deaths = new_bounds(concurrency), 0, 2 * workers + 3
-        while stats["accepted"] < n:
-            while len(in_flight) < concurrency and stats["accepted"] + len(in_flight) < n:
-                conversation_seed = rerun.pop() if rerun else master.randrange(2**63)
-                actor = min(actors, key=actors.get)  # the least busy worker
-                actors[actor] += 1
-                in_flight[actor.run_one.remote(conversation_seed)] = (actor, conversation_seed)
-            done, _ = ray.wait(list(in_flight), num_returns=1)
-            for ref in done:
-                actor, conversation_seed = in_flight.pop(ref)
-                try:
-                    record, reason, calls, prompt_tokens, completion_tokens = ray.get(ref)
-                except ray.exceptions.RayActorError as exc:
-                    rerun.append(conversation_seed)
-                    stats["dropped"]["Ray worker lost (run again)"] += 1
-                    if actor in actors:  # its other in-flight calls fail the same way: replace it once
-                        del actors[actor]
-                        hire()
-                        deaths_in_a_row += 1
-                    if deaths_in_a_row >= max_deaths:
-                        raise LMError(f"{deaths_in_a_row} Ray workers in a row died; last: {_cause(exc)}")
-                    continue
-                if actor in actors:
-                    actors[actor] -= 1
-                stats["calls"] += calls
-                stats["prompt_tokens"] += prompt_tokens
-                stats["completion_tokens"] += completion_tokens
-                tally(stats, bounds, reason)  # the same bounds on a hopeless run as pipeline.generate
-                if record is not None:
-                    deaths_in_a_row = 0
-                    yield record
+        on_actor: dict = {}  # ref -> the actor running it
+        deaths = {"in_a_row": 0, "max": 2 * workers + 3}
+
+        def start(conversation_seed: int):
+            actor = min(actors, key=actors.get)  # the least busy worker
+            actors[actor] += 1
+            ref = actor.run_one.remote(conversation_seed)
+            on_actor[ref] = actor
+            return ref
+
+        def wait_some(refs: list, timeout: float) -> list:
+            return ray.wait(refs, num_returns=1, timeout=timeout)[0]
+
+        def finish(ref):
+            actor = on_actor.pop(ref)
+            try:
+                record, reason, calls, prompt_tokens, completion_tokens = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                stats["dropped"]["Ray worker lost (run again)"] += 1
+                if actor in actors:  # its other in-flight calls fail the same way: replace it once
+                    del actors[actor]
+                    hire()
+                    deaths["in_a_row"] += 1
+                if deaths["in_a_row"] >= deaths["max"]:
+                    raise LMError(f"{deaths['in_a_row']} Ray workers in a row died; last: {_cause(exc)}")
+                return None  # the driver runs it again, same seed
+            if actor in actors:
+                actors[actor] -= 1
+            stats["calls"] += calls
+            stats["prompt_tokens"] += prompt_tokens
+            stats["completion_tokens"] += completion_tokens
+            if record is not None:
+                deaths["in_a_row"] = 0
+            return record, reason
+
+        yield from drive(n, {"start": start, "wait": wait_some, "finish": finish},
+                         seed=task.get("seed") if seed is None else seed, concurrency=concurrency,
+                         stats=stats, control=control)
     finally:
         # subtle: also when the consumer stops early or the driver is interrupted: no worker goes on
         # spending LM calls for a run that has ended.

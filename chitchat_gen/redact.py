@@ -15,6 +15,7 @@ also loses the value of every flag whose name says key, token, secret or passwor
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from typing import Iterable
@@ -94,3 +95,12 @@ def redact_text(text: str, secrets: Iterable[str | None] = ()) -> str:
         if secret and len(secret) >= SHORTEST_SECRET:
             text = text.replace(secret, MASK)
     return text
+
+
+def redact_for(text: str, tasks: Iterable[dict] = ()) -> str:
+    """`text` fit to leave the process during a run of `tasks`: URL credentials, secret flags and
+    the API keys in use masked (a server's error body may echo the key it was sent)."""
+    tasks = list(tasks)
+    keys = [os.environ.get("OPENAI_API_KEY")] + [task["engine"]["api_key"] for task in tasks]
+    keys += [key for task in tasks for url in task["engine"]["base_urls"] for key in url_secrets(url)]
+    return redact_text(text, secrets=keys)

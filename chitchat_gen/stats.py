@@ -21,6 +21,7 @@ see `load_lines`.
 from __future__ import annotations
 
 import json
+import os
 import math
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -345,7 +346,7 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
              f"| seed | {shown_seed(last)} |",
              f"| last run | {last['date']} |",
              f"| command | `{redact_text(last['command'])}` |",
-             f"| files | `final_data.jsonl` (every step), `formatted_output.jsonl` (messages for SFT) |",
+             "| files | `final_data.jsonl` (every step), `formatted_output.jsonl` (messages for SFT) |",
              "", "## Use", "", "```python", *load_lines(folder), "```", "",
              "Each file by its path, not `load_dataset(\"<this folder>\")`: `datasets` caches a local folder by "
              "its name, so another folder's rows, or this folder's rows from before a resume, could load instead.", "",
@@ -364,7 +365,14 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
         # redact_text again: a runs.jsonl written before commands were redacted may hold credentials.
         dropped = ", ".join(f"{n} {redact_text(reason)}" for reason, n in run["dropped"].items()) or "0"
         busy = sum(endpoint.get("busy", 0) for endpoint in run.get("endpoints") or ())
-        lines.append(f"| {run['date']} | {run['engine']} / {run['model']} | {shown_seed(run)} | {run['accepted']} | "
+        accepted = f"{run['accepted']} (stopped: {redact_text(run['stopped'])})" if run.get("stopped") else run["accepted"]
+        lines.append(f"| {run['date']} | {run['engine']} / {run['model']} | {shown_seed(run)} | {accepted} | "
                      f"{dropped} | {run['calls']} | {busy} | {run['tokens']} | {run['seconds']} | `{redact_text(run['command'])}` |")
-    card.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")  # the same bytes on Windows
+    # Whole or not at all (a full disk keeps the last card); the same bytes on Windows.
+    draft = card.with_suffix(".md.tmp")
+    try:
+        draft.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
+        os.replace(draft, card)
+    finally:
+        draft.unlink(missing_ok=True)
     return card

@@ -20,6 +20,7 @@ Linux and macOS, msvcrt.locking on Windows, and elsewhere a pid file taken over 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from datetime import datetime, timezone
@@ -44,9 +45,53 @@ RUNS = "runs.jsonl"
 LOCK = ".lock"
 
 
+class WriteError(Exception):
+    """A write to the output folder failed (disk full, quota, size limit, I/O error): the run stops."""
+
+
+# What to do about a write that failed, by errno; the files stay in step whatever the cause.
+_WRITE_FIXES = {errno.ENOSPC: "free space", errno.EDQUOT: "free space (or raise your disk quota)",
+                errno.EFBIG: "the file reached a size limit (ulimit -f, or the filesystem's): raise it",
+                errno.EIO: "check the disk (dmesg names the device)", errno.EROFS: "remount the folder writable",
+                errno.EACCES: "make the folder writable", errno.EPERM: "make the folder writable"}
+
+
+def write_error(path: Path, exc: OSError) -> WriteError:
+    """The one line a failed write becomes, naming the file, the cause and the fix.
+
+    >>> str(write_error(Path("out/final_data.jsonl"), OSError(errno.ENOSPC, "No space left on device")))
+    'cannot write out/final_data.jsonl: no space left on device (ENOSPC): free space, then run the same command without --restart'
+    """
+    cause = (exc.strerror or str(exc)).lower()
+    code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
+    fix = _WRITE_FIXES.get(exc.errno, "make room or fix the folder")
+    return WriteError(f"cannot write {path}: {cause}{code}: {fix}, then run the same command without --restart")
+
+
 def _open(path: Path, mode: str = "a"):
     # subtle: "\n" line endings and UTF-8 on every OS, so the files are the same bytes everywhere.
     return open(path, mode, encoding="utf-8", newline="\n")
+
+
+def _open_raw(path: Path):
+    # Unbuffered bytes: what a write did not put on disk is never held back to fail again at close.
+    return open(path, "ab", buffering=0)
+
+
+def _append_all(files: list, lines: list[str]) -> None:
+    """Append each line to its file, all or none: on a failure every file is cut back to its size
+    before, and the OSError is raised (the files stay in step, with no torn line)."""
+    sizes = [os.fstat(out.fileno()).st_size for out in files]
+    for out, line in zip(files, lines):
+        data = memoryview(line.encode("utf-8"))
+        try:
+            while data:  # a write may take part of the bytes (a disk filling up), then fail on the rest
+                data = data[out.write(data):]
+        except OSError as exc:
+            for written, size in zip(files, sizes):
+                os.ftruncate(written.fileno(), size)  # subtle: shrinking a file needs no free space
+            exc.filename = exc.filename or out.name
+            raise
 
 
 def count_existing(folder: Path) -> int:
@@ -61,16 +106,24 @@ def open_store(folder: Path) -> dict:
         unlock = _take_lock(folder)
     except OSError as exc:
         raise ConfigError(f"cannot write to {folder} ({exc.strerror}): choose a writable folder with --output-dir")
-    existing, notes = repair(folder)
+    try:
+        existing, notes = repair(folder)
+    except OSError as exc:
+        unlock()
+        raise write_error(Path(exc.filename or folder), exc)
     return {"folder": folder, "unlock": unlock, "existing": existing, "notes": notes,
-            "final": _open(folder / FINAL), "formatted": _open(folder / FORMATTED)}
+            "final": _open_raw(folder / FINAL), "formatted": _open_raw(folder / FORMATTED)}
 
 
 def append(store: dict, record: dict) -> None:
-    # subtle: final_data first; if we die between the two writes, repair() rebuilds the formatted line.
-    for key, value in (("final", record), ("formatted", format_record(record))):
-        store[key].write(to_line(value))
-        store[key].flush()
+    """Append one accepted record to both files, or to neither (WriteError when a write fails).
+
+    subtle: final_data first; if we die between the two writes, repair() rebuilds the formatted line.
+    """
+    try:
+        _append_all([store["final"], store["formatted"]], [to_line(record), to_line(format_record(record))])
+    except OSError as exc:
+        raise write_error(Path(exc.filename), exc)
 
 
 def clear(store: dict) -> None:
@@ -82,10 +135,21 @@ def clear(store: dict) -> None:
 
 
 def log_run(store: dict, run: dict) -> list[dict]:
-    """Append this run's summary to runs.jsonl; return every run logged in this folder."""
+    """Append this run's summary to runs.jsonl (whole, or not at all: WriteError); return every run logged."""
     path = store["folder"] / RUNS
-    with _open(path) as out:
-        out.write(json.dumps(run) + "\n")
+    with _open_raw(path) as out:
+        try:
+            _append_all([out], [json.dumps(run) + "\n"])
+        except OSError as exc:
+            raise write_error(path, exc)
+    return read_runs(store["folder"])
+
+
+def read_runs(folder: Path) -> list[dict]:
+    """Every run logged in the folder's runs.jsonl, oldest first; [] without one."""
+    path = folder / RUNS
+    if not path.is_file():
+        return []
     return [value for _, _, value, _ in read_jsonl(path) if isinstance(value, dict) and "accepted" in value]
 
 

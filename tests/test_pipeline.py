@@ -2,11 +2,12 @@
 
 import random
 import threading
+import time
 
 import pytest
 
 from chitchat_gen import STAGES, LMError, generate, load_task, stage
-from chitchat_gen.pipeline import run_conversation
+from chitchat_gen.pipeline import new_control, run_conversation
 from fake_lm import FakeServer, canned_reply, fake_chat
 
 
@@ -144,11 +145,58 @@ def test_same_seed_same_sampling_decisions(task):
 
 
 def test_closing_the_generator_early_stops_the_workers(task):
-    stop = threading.Event()
-    gen = generate(task, 100, chat=fake_chat, concurrency=4, stop=stop)
+    calls_at = []  # the number of calls made when each new call began
+
+    def slow_chat(messages, json_schema=None, **options):
+        calls_at.append(len(calls_at))
+        threading.Event().wait(0.01)
+        return fake_chat(messages, json_schema)
+
+    before = set(threading.enumerate())
+    gen = generate(task, 100, chat=slow_chat, concurrency=4)
     next(gen)
     gen.close()
-    assert stop.is_set()
+    closed_at = len(calls_at)
+    for thread in set(threading.enumerate()) - before:
+        thread.join(timeout=30)  # the pool's threads end once their conversation sees the stop
+    assert all(not thread.is_alive() for thread in set(threading.enumerate()) - before)
+    assert len(calls_at) - closed_at <= 4  # at most the call each conversation in flight was making
+
+
+def test_a_drained_run_starts_nothing_more_and_keeps_what_finishes_in_time(task):
+    control, calls = new_control(), []
+
+    def counting_chat(messages, json_schema=None, **options):
+        calls.append(1)
+        return fake_chat(messages, json_schema)
+
+    gen = generate(task, 50, chat=counting_chat, concurrency=4, control=control, seed=3)
+    kept = [next(gen)]
+    control["drain_until"] = time.monotonic() + 30  # a signal with 30 s of grace
+    kept += list(gen)  # ends by itself: the 3 others in flight finish well within the grace
+    assert 2 <= len(kept) <= 4, "no new conversation is started, those in flight are kept"
+    calls_then = len(calls)
+    gen.close()
+    assert len(calls) == calls_then
+
+
+def test_a_second_signal_ends_the_wait_at_once(task):
+    control, calling, released = new_control(), threading.Event(), threading.Event()
+
+    def never_answers(messages, json_schema=None, **options):
+        calling.set()
+        released.wait(3600)  # until the test ends: Python joins the pool's threads at exit
+
+    def signals_twice():  # from another thread, while the consumer waits on the stuck conversation
+        calling.wait(30)
+        control["drain_until"] = time.monotonic() + 3600  # the first: an hour of grace
+        control["drain_until"] = time.monotonic()  # the second: now
+
+    threading.Thread(target=signals_twice, daemon=True).start()
+    try:
+        assert list(generate(task, 1, chat=never_answers, concurrency=1, control=control)) == []
+    finally:
+        released.set()
 
 
 def test_a_stage_that_always_drops_stops_the_run_with_the_reason(task):

@@ -1,0 +1,260 @@
+"""One run, start to end, for the CLI, the library and Ray alike.
+
+    from chitchat_gen import run
+    summary = run("task.yaml", 10, engine="local", seed=1)
+    print(summary["accepted"], summary["folder"], summary["stopped"])
+
+Everything that can fail at start-up (the task, the engine, the Ray cluster) is checked before
+the output folder is touched. Then: lock the folder and repair it, resume (or `restart`), make
+conversations on threads or on Ray until the folder holds N, and close. Every way a run ends
+goes through that one close, which leaves the two files in step and writes a runs.jsonl entry
+saying how the run ended, then the dataset card:
+
+    all made         stopped None
+    nothing to do    the folder is repaired and its card rewritten; no entry (nothing was run)
+    a signal         SIGTERM or SIGINT: no new conversations; those in flight get `grace` seconds
+                     to finish and be kept; a second signal ends the wait
+    a failed write   disk full, quota, size limit, I/O error: WriteError after the close
+    a hopeless LM    every conversation failing or dropped: LMError after the close
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .config import ConfigError, load_task
+from .engines import LMError, check_engine, default_concurrency, make_chat, make_pool
+from .load import report
+from .pipeline import generate, new_control, new_memory, new_stats
+from .ray_executor import connect, disconnect, generate_on_ray
+from .record import read_jsonl
+from .redact import redact_for
+from .stats import model_name, write_card
+from .store import FINAL, WriteError, append, clear, close, count_existing, log_run, open_store, read_runs
+
+DEFAULT_GRACE = 10.0  # seconds the conversations in flight get to finish after a stop signal
+
+
+def run(task: dict | str | Path, n: int, *, output_dir: str | Path = "output", restart: bool = False,
+        shard: tuple[int, int] | None = None, ray: str | None = None, ray_workers: int | None = None,
+        grace: float = DEFAULT_GRACE, chat=None, command: str | None = None, on_note=None, progress=None,
+        **overrides) -> dict:
+    """Make the folder `output_dir/<task_name>/` hold `n` conversations; return the run's summary.
+
+    `task` is a task file's path or a task from `load_task`; `overrides` are the CLI's long
+    options with underscores (`engine`, `model`, `base_url`, `seed`, `concurrency`, ...), for a
+    path only (give a loaded task's to `load_task`). `ray` is an address ("local", "auto",
+    "ray://HOST:10001") to run on Ray workers. `shard=(i, k)` makes this machine's share of `n`.
+    `chat` is your own LM function (as for `generate`) instead of the task's engine.
+    `on_note(text)` hears what the run noticed (repairs, a server down); `progress(stats, pool,
+    wanted)` is called once the run starts and returns a function called when it ends.
+    The summary: folder, wanted, existing (before), accepted, dropped ({reason: count}),
+    calls, prompt_tokens, completion_tokens, seconds, seed, model, stopped (None, "SIGTERM",
+    "SIGINT", or the error that ended the run), nothing_to_do, notes, endpoints.
+    """
+    task = _loaded(task, overrides)
+    command = command or f"chitchat_gen.run({task['path']!r}, {n})"  # the CLI passes its own command line
+    wanted, part = shard_plan(n, shard)
+    folder = Path(output_dir) / task["task_name"] / part
+    notes: list[str] = []
+
+    def note(text: str) -> None:
+        text = redact_for(text, [task])
+        notes.append(text)
+        if on_note:
+            on_note(text)
+
+    summary = {"task_name": task["task_name"], "folder": str(folder), "wanted": wanted, "existing": 0,
+               "accepted": 0, "dropped": {}, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+               "seconds": 0.0, "seed": None, "engine": None, "model": None, "stopped": None, "nothing_to_do": False,
+               "notes": notes, "endpoints": []}
+    if wanted == 0:
+        return {**summary, "nothing_to_do": True}
+    # subtle: everything that can fail at start-up is checked before the output folder is touched.
+    existing = 0 if restart else count_existing(folder)
+    if existing >= wanted:
+        return {**summary, **_tidy(folder, task, note), "nothing_to_do": True}
+    # Your own chat function stands for the engine: nothing to check, and the run log names it.
+    engine = check_engine(task["engine"]) if chat is None else {
+        **task["engine"], "type": "function", "model": getattr(chat, "__name__", "chat")}
+    for problem in engine.get("unreachable", ()):
+        note(f"{problem.split(': start it')[0]}: the other servers carry the run; it is tried again as it goes")
+    if ray:
+        connect(ray)  # before the folder is touched: a missing ray or a silent cluster changes nothing
+    try:
+        return _generate(task, wanted, part, folder, engine, chat, summary, note, restart=restart, ray=ray,
+                         ray_workers=ray_workers, grace=grace, command=command, progress=progress)
+    finally:
+        if ray:
+            disconnect()
+
+
+def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restart, ray, ray_workers, grace,
+              command, progress) -> dict:
+    stats, pool = new_stats(), None if ray or chat else make_pool(engine)  # Ray workers hold their own pools
+    own_chat = chat
+    chat = chat or make_chat(engine, on_usage=_token_counter(stats), pool=pool)
+    control, caught = new_control(), []
+    restore = _drain_on_signals(control, caught, grace)
+    try:
+        store = open_store(folder)
+    except BaseException:
+        restore()
+        raise
+    # The run's seed: the task's (--seed, `seed:`), else one drawn now; either way recorded, so
+    # `--seed S` on a fresh folder makes this run again.
+    seed = task["seed"] if task["seed"] is not None else random.SystemRandom().randrange(2**31)
+    start, ended = time.monotonic(), None
+    existing = 0
+    try:
+        for text in store["notes"]:
+            note(text)
+        if restart:
+            clear(store)
+        existing = store["existing"]
+        stop_progress = progress(stats, pool, wanted - existing) if progress else None
+        try:
+            # subtle: a resumed run with the same seed must not replay the first run's personas and patterns.
+            derived = f"{seed}/{part}/{existing}"
+            # The duplicate checks also know what earlier runs wrote (bounded: the latest on disk).
+            memory = new_memory(value for _, _, value, _ in read_jsonl(folder / FINAL)) if existing else None
+            concurrency = engine["concurrency"] or (default_concurrency(engine) if not own_chat else 1)
+            records = (generate_on_ray(task, wanted - existing, chat=own_chat, engine=None if own_chat else engine,
+                                       workers=ray_workers, seed=derived,
+                                       concurrency=concurrency, stats=stats, memory=memory, control=control)
+                       if ray else
+                       generate(task, wanted - existing, chat=chat, seed=derived, concurrency=concurrency,
+                                stats=stats, memory=memory, control=control))
+            try:
+                for record in records:
+                    append(store, record)
+            finally:
+                records.close()  # the in-flight conversations stop at their next LM call
+        finally:
+            if stop_progress:
+                stop_progress()
+    except BaseException as exc:  # every end goes through the close below; the caller sees the error
+        ended = str(exc) if isinstance(exc, (WriteError, LMError)) else f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        restore()
+        if caught and not ended:
+            ended = signal.Signals(caught[0]).name
+        dropped = collections.Counter()  # reasons that differed only in a secret add up
+        for reason, count in stats["dropped"].items():
+            dropped[redact_for(reason, [task])] += count
+        summary.update(existing=existing, accepted=stats["accepted"], dropped=dict(dropped),
+                       calls=stats["calls"], prompt_tokens=stats["prompt_tokens"],
+                       completion_tokens=stats["completion_tokens"], seconds=round(time.monotonic() - start, 1),
+                       seed=seed, engine=engine["type"],
+                       model=engine["model"] if own_chat else model_name(engine["type"], task["engine"]["model"], engine["model"]),
+                       stopped=ended and redact_for(ended, [task]), endpoints=report(pool) if pool else [])
+        _close(store, task, summary, command, note)
+    return summary
+
+
+def _close(store: dict, task: dict, summary: dict, command: str, note) -> None:
+    """The one close: a runs.jsonl entry saying how the run ended, the card, the lock released.
+
+    After a failed write the disk may have no room for either: each is tried, and what cannot
+    be written is a note (the data files are already in step; the card is replaced whole or kept).
+    """
+    entry = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": command,
+             "engine": summary["engine"], "model": summary["model"], "seed": summary["seed"],
+             "wanted": summary["wanted"] - summary["existing"], "accepted": summary["accepted"],
+             "dropped": summary["dropped"], "calls": summary["calls"],
+             "tokens": summary["prompt_tokens"] + summary["completion_tokens"], "seconds": summary["seconds"],
+             "stopped": summary["stopped"], "endpoints": summary["endpoints"]}
+    try:
+        try:
+            runs = log_run(store, entry)
+        except WriteError as exc:
+            note(f"no runs.jsonl entry for this run: {exc}")
+            runs = read_runs(store["folder"]) + [entry]
+        try:
+            write_card(store["folder"], task, runs)
+        except OSError as exc:
+            note(f"the dataset card was not updated ({exc.strerror or exc}): the next run rewrites it")
+    finally:
+        close(store)
+
+
+def _tidy(folder: Path, task: dict, note) -> dict:
+    """Nothing to make: repair the folder and rewrite its card as any run does; the summary's figures."""
+    store = open_store(folder)
+    try:
+        for text in store["notes"]:
+            note(text)
+        runs = read_runs(folder)
+        if runs:
+            try:
+                write_card(folder, task, runs)
+            except OSError as exc:
+                note(f"the dataset card was not updated ({exc.strerror or exc}): the next run rewrites it")
+        return {"existing": store["existing"]}
+    finally:
+        close(store)
+
+
+def _drain_on_signals(control: dict, caught: list, grace: float):
+    """On SIGTERM or SIGINT: drain (no new conversations, `grace` seconds for those in flight);
+    on a second: end the wait now. Returns the function that puts the old handlers back.
+
+    Only the main thread may set handlers: from another thread (a notebook's worker, a server),
+    signals keep their old meaning.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_signal(signum, frame):
+        caught.append(signum)
+        control["drain_until"] = time.monotonic() + (grace if len(caught) == 1 else 0)
+
+    wanted = [getattr(signal, name) for name in ("SIGTERM", "SIGINT") if hasattr(signal, name)]
+    old = {signum: signal.signal(signum, on_signal) for signum in wanted}
+
+    def restore():
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+    return restore
+
+
+def _token_counter(stats: dict):
+    """`on_usage` for make_chat: adds each call's tokens to the run's stats (from many threads)."""
+    lock = threading.Lock()
+
+    def on_usage(prompt_tokens: int, completion_tokens: int) -> None:
+        with lock:
+            stats["prompt_tokens"] += prompt_tokens
+            stats["completion_tokens"] += completion_tokens
+
+    return on_usage
+
+
+def _loaded(task, overrides: dict) -> dict:
+    if isinstance(task, dict):
+        if overrides:
+            raise ConfigError(f"run(): {', '.join(sorted(overrides))}: with a loaded task, give overrides to "
+                              "load_task (or pass the task file's path to run)")
+        return task
+    return load_task(task, **overrides)
+
+
+def shard_plan(n: int, shard: tuple[int, int] | None) -> tuple[int, str]:
+    """(conversations this run makes, its sub-folder, also its seed tag) for shard I of K or the whole job.
+
+    Shard I of K makes N // K conversations, one more for the first N % K shards.
+
+    >>> shard_plan(10, (1, 3)), shard_plan(10, (3, 3)), shard_plan(10, None)
+    ((4, 'shard-1-of-3'), (3, 'shard-3-of-3'), (10, ''))
+    """
+    if not shard:
+        return n, ""
+    index, count = shard
+    return n // count + (1 if index <= n % count else 0), f"shard-{index}-of-{count}"
