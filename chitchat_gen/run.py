@@ -111,7 +111,7 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
     # `--seed S` on a fresh folder makes this run again.
     seed = task["seed"] if task["seed"] is not None else random.SystemRandom().randrange(2**31)
     start, ended = time.monotonic(), None
-    existing = 0
+    existing = written = 0  # written: accepted and on disk (a failed write is in neither file)
     try:
         for text in store["notes"]:
             note(text)
@@ -134,6 +134,7 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
             try:
                 for record in records:
                     append(store, record)
+                    written += 1
             finally:
                 records.close()  # the in-flight conversations stop at their next LM call
         finally:
@@ -141,6 +142,8 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
                 stop_progress()
     except BaseException as exc:  # every end goes through the close below; the caller sees the error
         ended = str(exc) if isinstance(exc, (WriteError, LMError)) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, WriteError):
+            note = _silent  # the close meets the same full disk: the error's one line says it all
         raise
     finally:
         restore()
@@ -149,7 +152,7 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
         dropped = collections.Counter()  # reasons that differed only in a secret add up
         for reason, count in stats["dropped"].items():
             dropped[redact_for(reason, [task])] += count
-        summary.update(existing=existing, accepted=stats["accepted"], dropped=dict(dropped),
+        summary.update(existing=existing, accepted=written, dropped=dict(dropped),
                        calls=stats["calls"], prompt_tokens=stats["prompt_tokens"],
                        completion_tokens=stats["completion_tokens"], seconds=round(time.monotonic() - start, 1),
                        seed=seed, engine=engine["type"],
@@ -157,6 +160,10 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
                        stopped=ended and redact_for(ended, [task]), endpoints=report(pool) if pool else [])
         _close(store, task, summary, command, note)
     return summary
+
+
+def _silent(text: str) -> None:
+    pass
 
 
 def _close(store: dict, task: dict, summary: dict, command: str, note) -> None:
