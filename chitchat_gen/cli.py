@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 _exit_now(SIGNAL_EXITS[stopped])
     except ConfigError as exc:
         print(f"Error: {_clean(str(exc), tasks)}", file=sys.stderr)
-        return 1
+        _exit_now(1)  # a Ray join that did not answer may still hang in its thread
     except WriteError as exc:  # after the run's close: what was accepted before is kept
         print(f"Error: {_clean(str(exc), tasks)}", file=sys.stderr)
         _exit_now(1)
@@ -227,7 +227,8 @@ _clean = redact_for  # every line printed passes through it
 
 
 def _exit_now(code: int):
-    """Exit without waiting for LM requests still in flight (their threads may sit in a long timeout)."""
+    """Exit without waiting for threads: LM requests still in flight (they may sit in a long timeout),
+    a Ray join that never answered."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -83,11 +83,14 @@ def connect(address: str = "local") -> bool:
     try:
         with warnings.catch_warnings():  # Ray Client warns before it raises; the error line says it all
             warnings.simplefilter("ignore")
-            ray.init(**options)
+            _init_within(ray, options, None if address == "local" else JOIN_SECONDS)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         cause = _cause(exc)
         if "ray[client]" in cause:
             fix = "pip install 'chitchat_gen[ray]' (it includes ray[client])"
+        elif "handshake within" in cause:
+            fix = ("check that it is the head's GCS port (HOST:6379, from a node of the cluster) or Ray Client's "
+                   "(ray://HOST:10001), and that the cluster's nodes are reachable from here")
         elif address.startswith("ray://") and "timeout" in cause:  # seen with Ray 2.60's token authentication
             fix = ("if the cluster uses token authentication, set RAY_AUTH_MODE=token and copy its token "
                    "(~/.ray/auth_token on the head) to this machine; else check that port is the Ray Client's")
@@ -95,6 +98,39 @@ def connect(address: str = "local") -> bool:
             fix = "start one with 'ray start --head' on the head node, or use --ray alone for a local instance"
         raise ConfigError(f"cannot join the Ray cluster at {address}: {cause}: {fix}")
     return True
+
+
+# The longest a join may take. subtle: ray.init can hang for minutes on an address that accepts
+# TCP but never completes Ray's handshake (seen: a cluster whose nodes were bound to 127.0.0.1,
+# and after it was gone), and it has no timeout of its own.
+JOIN_SECONDS = 60.0
+
+
+def _init_within(ray, options: dict, seconds: float | None) -> None:
+    """ray.init(**options), or TimeoutError after `seconds` (None: no bound, for a local start).
+
+    The join runs in a daemon thread that is left behind if it hangs: the CLI exits without
+    waiting for it (cli._exit_now).
+    """
+    if seconds is None:
+        ray.init(**options)
+        return
+    outcome: dict = {}
+
+    def join():
+        try:
+            ray.init(**options)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+        outcome["done"] = True
+
+    thread = threading.Thread(target=join, name="ray-join", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if "error" in outcome:
+        raise outcome["error"]
+    if "done" not in outcome:
+        raise TimeoutError(f"no answer to Ray's handshake within {seconds:g} s")
 
 
 def _check_reachable(address: str) -> None:

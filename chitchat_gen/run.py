@@ -110,7 +110,7 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
     # The run's seed: the task's (--seed, `seed:`), else one drawn now; either way recorded, so
     # `--seed S` on a fresh folder makes this run again.
     seed = task["seed"] if task["seed"] is not None else random.SystemRandom().randrange(2**31)
-    start, ended = time.monotonic(), None
+    start, ended, stop_progress = time.monotonic(), None, None
     existing = written = 0  # written: accepted and on disk (a failed write is in neither file)
     try:
         for text in store["notes"]:
@@ -118,7 +118,8 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
         if restart:
             clear(store)
         existing = store["existing"]
-        stop_progress = progress(stats, pool, wanted - existing) if progress else None
+        if progress:
+            stop_progress = progress(stats, pool, wanted - existing)
         try:
             # subtle: a resumed run with the same seed must not replay the first run's personas and patterns.
             derived = f"{seed}/{part}/{existing}"
@@ -152,11 +153,10 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
         dropped = collections.Counter()  # reasons that differed only in a secret add up
         for reason, count in stats["dropped"].items():
             dropped[redact_for(reason, [task])] += count
-        summary.update(existing=existing, accepted=written, dropped=dict(dropped),
-                       calls=stats["calls"], prompt_tokens=stats["prompt_tokens"],
-                       completion_tokens=stats["completion_tokens"], seconds=round(time.monotonic() - start, 1),
-                       seed=seed, engine=engine["type"],
-                       model=engine["model"] if own_chat else model_name(engine["type"], task["engine"]["model"], engine["model"]),
+        model = engine["model"] if own_chat else model_name(engine["type"], task["engine"]["model"], engine["model"])
+        summary.update(existing=existing, accepted=written, dropped=dict(dropped), calls=stats["calls"],
+                       prompt_tokens=stats["prompt_tokens"], completion_tokens=stats["completion_tokens"],
+                       seconds=round(time.monotonic() - start, 1), seed=seed, engine=engine["type"], model=model,
                        stopped=ended and redact_for(ended, [task]), endpoints=report(pool) if pool else [])
         _close(store, task, summary, command, note)
     return summary

@@ -214,3 +214,32 @@ def test_ray_auto_joins_the_cluster_ray_address_names(cluster, task_dir, stale_r
     assert result.returncode == 0, result.stderr
     assert_aligned(task_dir, 3)
     assert sessions(ray_folder) == []  # it joined the module's instance, it started none
+
+
+@pytest.mark.ray
+def test_a_join_that_never_completes_fails_in_one_line_within_the_bound(task_dir):
+    """An address that accepts TCP and never speaks Ray (a GCS gone behind a live port): the join is
+    bounded (ray_executor.JOIN_SECONDS, lowered to 5 s here) and the folder stays untouched."""
+    pytest.importorskip("ray")
+    import socket
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections, never answers
+    port = silent.getsockname()[1]
+    bounded = ("import sys, chitchat_gen.ray_executor as executor; executor.JOIN_SECONDS = 5; "
+               "from chitchat_gen.cli import main; sys.exit(main(sys.argv[1:]))")
+    try:
+        with FakeServer() as server:
+            first = run_cli("-n", 3, "--restart", "--quiet", *engine_flags(server), cwd=task_dir)
+            before = (task_dir / OUT / "final_data.jsonl").read_bytes()
+            result = subprocess.run([sys.executable, "-c", bounded, "-n", "5", "--restart", "--ray", f"127.0.0.1:{port}",
+                                     *engine_flags(server)], cwd=task_dir, capture_output=True, text=True, timeout=120,
+                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        silent.close()
+    assert first.returncode == 0 and result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [f"Error: cannot join the Ray cluster at 127.0.0.1:{port}: no answer to Ray's handshake within 5 s: "
+                      "check that it is the head's GCS port (HOST:6379, from a node of the cluster) or Ray Client's "
+                      "(ray://HOST:10001), and that the cluster's nodes are reachable from here"], result.stderr
+    assert (task_dir / OUT / "final_data.jsonl").read_bytes() == before
