@@ -3,6 +3,7 @@ server: exactly N, both files aligned, resume, a worker killed mid-run, the driv
 SIGKILL, a local run on a machine an old Ray session left its address on, and the one-line errors. Marked `ray` (needs the 'ray' extra): `python -m pytest -m ray`.
 """
 
+import json
 import os
 import re
 import shutil
@@ -243,3 +244,40 @@ def test_a_join_that_never_completes_fails_in_one_line_within_the_bound(task_dir
                       "check that it is the head's GCS port (HOST:6379, from a node of the cluster) or Ray Client's "
                       "(ray://HOST:10001), and that the cluster's nodes are reachable from here"], result.stderr
     assert (task_dir / OUT / "final_data.jsonl").read_bytes() == before
+
+
+NODE_LOST = """
+import json, sys
+sys.path.insert(0, sys.argv[3])
+import ray
+from ray.cluster_utils import Cluster
+from chitchat_gen import generate_on_ray, load_task
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+worker_node = cluster.add_node(num_cpus=1)
+ray.init(address=cluster.address)
+cluster.wait_for_nodes()
+task = load_task(sys.argv[1], engine="openai", base_url=[sys.argv[2]], model="granite4:3b")
+stats, ids = {}, []
+for record in generate_on_ray(task, 100, concurrency=8, workers=2, stats=stats):  # SPREAD: one worker a node
+    ids.append(record["conversation_id"])
+    if len(ids) == 20:
+        cluster.remove_node(worker_node)  # a node lost mid-run, its worker and conversations with it
+print(json.dumps({"ids": ids, "lost": stats["dropped"].get("Ray worker lost (run again)", 0),
+                  "nodes": sum(1 for node in ray.nodes() if node["Alive"])}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.ray
+def test_a_node_lost_mid_run_still_gives_exactly_n(task_dir):
+    """A 2-node local cluster (ray.cluster_utils.Cluster), in its own process; one node removed mid-run."""
+    pytest.importorskip("ray")
+    with FakeServer(latency=0.02, slots=16) as server:
+        done = subprocess.run([sys.executable, "-c", NODE_LOST, str(task_dir / "task.yaml"), server.url, str(ROOT)],
+                              capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(outcome["ids"]) == 100 and len(set(outcome["ids"])) == 100
+    assert outcome["lost"] >= 1 and outcome["nodes"] == 1  # the node's conversations were run again elsewhere
