@@ -254,16 +254,20 @@ from ray.cluster_utils import Cluster
 from chitchat_gen import generate_on_ray, load_task
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-worker_node = cluster.add_node(num_cpus=1)
+nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
 ray.init(address=cluster.address)
 cluster.wait_for_nodes()
 task = load_task(sys.argv[1], engine="openai", base_url=[sys.argv[2]], model="granite4:3b")
-stats, ids = {}, []
-for record in generate_on_ray(task, 100, concurrency=8, workers=2, stats=stats):  # SPREAD: one worker a node
+stats, ids, removed = {}, [], None
+for record in generate_on_ray(task, 100, concurrency=8, workers=3, stats=stats):  # SPREAD: a worker a node
     ids.append(record["conversation_id"])
-    if len(ids) == 20:
-        cluster.remove_node(worker_node)  # a node lost mid-run, its worker and conversations with it
-print(json.dumps({"ids": ids, "lost": stats["dropped"].get("Ray worker lost (run again)", 0),
+    if len(ids) == 20:  # a node lost mid-run, with the worker on it and its conversations in flight
+        hosts = {actor["Address"]["NodeID"] for actor in ray._private.state.actors().values()
+                 if (actor.get("Name") or "").startswith("chitchat_gen-") and actor["State"] == "ALIVE"}
+        removed = next((node for node in nodes if node.node_id in hosts), None)
+        if removed:
+            cluster.remove_node(removed)
+print(json.dumps({"ids": ids, "lost": stats["dropped"].get("Ray worker lost (run again)", 0), "removed": bool(removed),
                   "nodes": sum(1 for node in ray.nodes() if node["Alive"])}))
 ray.shutdown()
 cluster.shutdown()
@@ -272,7 +276,7 @@ cluster.shutdown()
 
 @pytest.mark.ray
 def test_a_node_lost_mid_run_still_gives_exactly_n(task_dir):
-    """A 2-node local cluster (ray.cluster_utils.Cluster), in its own process; one node removed mid-run."""
+    """A 3-node local cluster (ray.cluster_utils.Cluster), in its own process; a node with a worker removed mid-run."""
     pytest.importorskip("ray")
     with FakeServer(latency=0.02, slots=16) as server:
         done = subprocess.run([sys.executable, "-c", NODE_LOST, str(task_dir / "task.yaml"), server.url, str(ROOT)],
@@ -280,4 +284,5 @@ def test_a_node_lost_mid_run_still_gives_exactly_n(task_dir):
     assert done.returncode == 0, done.stderr[-2000:]
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(outcome["ids"]) == 100 and len(set(outcome["ids"])) == 100
-    assert outcome["lost"] >= 1 and outcome["nodes"] == 1  # the node's conversations were run again elsewhere
+    assert outcome["removed"], "no worker was placed off the head node: nothing was tested"
+    assert outcome["lost"] >= 1 and outcome["nodes"] == 2  # the node's conversations were run again elsewhere
