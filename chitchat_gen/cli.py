@@ -116,7 +116,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, with one rule for every flag mistake: one line, exit 2 (argparse's usage errors), the fix named."""
 
     def error(self, message: str):
-        self.exit(2, f"Error: {_clean(message)}: see '{self.prog} --help'\n")
+        self.exit(2, f"Error: {redact_for(message)}: see '{self.prog} --help'\n")
 
     def parse_args(self, args=None, namespace=None):
         parsed, unknown = self.parse_known_args(args, namespace)
@@ -132,7 +132,7 @@ class Parser(argparse.ArgumentParser):
         guess = closest(flag, [option for action in self._actions for option in action.option_strings])
         if not guess:
             self.error(f"unknown flag {flag}")
-        self.exit(2, f"Error: unknown flag {_clean(flag)}: did you mean {guess}?\n")
+        self.exit(2, f"Error: unknown flag {redact_for(flag)}: did you mean {guess}?\n")
 
 
 def _checked(spec: dict):
@@ -207,13 +207,13 @@ def main(argv: list[str] | None = None) -> int:
                       "entry; run the same command without --restart to resume", file=sys.stderr)
                 _exit_now(SIGNAL_EXITS[stopped])
     except ConfigError as exc:
-        print(f"Error: {_clean(str(exc), tasks)}", file=sys.stderr)
+        print(f"Error: {redact_for(str(exc), tasks)}", file=sys.stderr)
         _exit_now(1)  # a Ray join that did not answer may still hang in its thread
     except WriteError as exc:  # after the run's close: what was accepted before is kept
-        print(f"Error: {_clean(str(exc), tasks)}", file=sys.stderr)
+        print(f"Error: {redact_for(str(exc), tasks)}", file=sys.stderr)
         _exit_now(1)
     except LMError as exc:
-        print(f"Error: the run stopped ({_clean(str(exc), tasks)}): fix the cause, then run the same command without --restart "
+        print(f"Error: the run stopped ({redact_for(str(exc), tasks)}): fix the cause, then run the same command without --restart "
               "to resume; everything accepted so far is kept", file=sys.stderr)
         _exit_now(1)
     except KeyboardInterrupt:
@@ -221,9 +221,6 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         _exit_now(130)
     return 0
-
-
-_clean = redact_for  # every line printed passes through it
 
 
 def _exit_now(code: int):

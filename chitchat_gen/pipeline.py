@@ -76,7 +76,7 @@ def new_stats() -> dict:
 
     accepted, dropped ({reason: count}) and calls (each LM call as it completes, failed ones too)
     are kept by `generate`; prompt_tokens and completion_tokens by whoever sees the engine's usage
-    (cli.py's `on_usage`, ray_executor's workers).
+    (run.py's `on_usage`, ray_executor's workers).
     """
     return {"accepted": 0, "dropped": collections.Counter(), "calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
 

@@ -184,12 +184,16 @@ def _close(store: dict, task: dict, summary: dict, command: str, note) -> None:
         except WriteError as exc:
             note(f"no runs.jsonl entry for this run: {exc}")
             runs = read_runs(store["folder"]) + [entry]
-        try:
-            write_card(store["folder"], task, runs)
-        except OSError as exc:
-            note(f"the dataset card was not updated ({exc.strerror or exc}): the next run rewrites it")
+        _card(store["folder"], task, runs, note)
     finally:
         close(store)
+
+
+def _card(folder: Path, task: dict, runs: list[dict], note) -> None:
+    try:
+        write_card(folder, task, runs)
+    except OSError as exc:
+        note(f"the dataset card was not updated ({exc.strerror or exc}): the next run rewrites it")
 
 
 def _tidy(folder: Path, task: dict, note) -> dict:
@@ -199,11 +203,8 @@ def _tidy(folder: Path, task: dict, note) -> dict:
         for text in store["notes"]:
             note(text)
         runs = read_runs(folder)
-        if runs:
-            try:
-                write_card(folder, task, runs)
-            except OSError as exc:
-                note(f"the dataset card was not updated ({exc.strerror or exc}): the next run rewrites it")
+        if runs:  # a folder no run logged (made by hand) has no card to rewrite
+            _card(folder, task, runs, note)
         return {"existing": store["existing"]}
     finally:
         close(store)
