@@ -8,7 +8,8 @@
 Faults are queued per call: server.faults.extend(["500", "reset", "429", "garbage", "hang"]);
 "echo" answers 400 with the request's Authorization header in the body, as careless gateways do.
 
-Backpressure as real servers apply it (ENGINE-FACTS.md, "Backpressure"); server.answered counts
+Backpressure as real servers apply it (hosted APIs: 429 with Retry-After and x-ratelimit-* headers;
+Ollama: 503 when its queue is full; llama-server: a queue beyond its slots); server.answered counts
 the status codes sent on the chat endpoints:
 
     FakeServer(rate=40, ratelimit_headers=True)  # hosted API: 429 + Retry-After beyond 40 requests/s

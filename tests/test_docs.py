@@ -66,12 +66,19 @@ def test_a_custom_filter_stage_drops_with_its_reason(task_dir, registry_restored
     assert run_conversation(task, ctx) == (None, "test/no_questions: user asked a question")  # fake users ask
 
 
-@pytest.mark.parametrize("module", ["text", "record", "prompts", "stats", "quality", "engines", "load", "redact", "view"])
+# Every module's docstring examples, found by a glob: a new module's examples run without a list to update.
+MODULES = sorted(path.stem for path in (ROOT / "chitchat_gen").glob("*.py") if path.stem != "__main__")
+WITH_EXAMPLES = {"engines", "export", "load", "prompts", "quality", "record", "redact", "run", "stages", "stats",
+                 "store", "text", "view"}  # an example deleted by mistake fails here
+
+
+@pytest.mark.parametrize("module", MODULES)
 def test_docstring_examples_run(module):
     import doctest
     import importlib
-    result = doctest.testmod(importlib.import_module(f"chitchat_gen.{module}"))
-    assert result.attempted > 0 and result.failed == 0
+    result = doctest.testmod(importlib.import_module("chitchat_gen" if module == "__init__" else f"chitchat_gen.{module}"))
+    assert result.failed == 0
+    assert result.attempted > 0 or module not in WITH_EXAMPLES
 
 
 def test_no_module_imports_one_that_imports_it_back():
