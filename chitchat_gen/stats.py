@@ -21,7 +21,6 @@ see `load_lines`.
 from __future__ import annotations
 
 import json
-import os
 import math
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -32,7 +31,7 @@ from .prompts import JUDGED
 from .quality import clean, copies, is_closing, problems
 from .record import messages, read_jsonl
 from .redact import redact_text
-from .store import FINAL, FORMATTED
+from .store import FINAL, FORMATTED, rewrite
 from .text import jaccard, normalise, shingles, words
 
 NEAR_DUPLICATE = 0.5  # word 3-gram Jaccard at or above which two scenarios count as near-duplicates
@@ -368,11 +367,5 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
         accepted = f"{run['accepted']} (stopped: {redact_text(run['stopped'])})" if run.get("stopped") else run["accepted"]
         lines.append(f"| {run['date']} | {run['engine']} / {run['model']} | {shown_seed(run)} | {accepted} | "
                      f"{dropped} | {run['calls']} | {busy} | {run['tokens']} | {run['seconds']} | `{redact_text(run['command'])}` |")
-    # Whole or not at all (a full disk keeps the last card); the same bytes on Windows.
-    draft = card.with_suffix(".md.tmp")
-    try:
-        draft.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
-        os.replace(draft, card)
-    finally:
-        draft.unlink(missing_ok=True)
+    rewrite(card, ["\n".join(lines) + "\n"])  # whole or not at all: a full disk keeps the last card
     return card

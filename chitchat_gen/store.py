@@ -196,7 +196,7 @@ def repair(folder: Path) -> tuple[int, list[str]]:
     notes = []
     if bad:
         _reject(folder, final, bad)
-        _rewrite(final, (text for number, text, _, _ in read_jsonl(final) if number not in bad))
+        rewrite(final, (text for number, text, _, _ in read_jsonl(final) if number not in bad))
         notes.append(_note(FINAL, bad))
     formatted_ids, formatted_bad = scan(formatted) if formatted.exists() else ([], {})
     if formatted_ids != ids or formatted_bad:
@@ -211,7 +211,7 @@ def repair(folder: Path) -> tuple[int, list[str]]:
         if orphans:
             _reject(folder, formatted, orphans)
             notes.append(_note(FORMATTED, orphans))
-        _rewrite(formatted, (to_line(format_record(value)) for number, _, value, _ in read_jsonl(final)))
+        rewrite(formatted, (to_line(format_record(value)) for number, _, value, _ in read_jsonl(final)))
     return len(ids), notes
 
 
@@ -231,14 +231,18 @@ def _reject(folder: Path, path: Path, bad: dict[int, str]) -> None:
         os.fsync(out.fileno())
 
 
-def _rewrite(path: Path, lines) -> None:
-    """Write `lines` to a temporary file and rename it over `path` (atomic on POSIX)."""
+def rewrite(path: Path, lines) -> None:
+    """Write `lines` to a temporary file and rename it over `path` (atomic on POSIX): `path` is
+    replaced whole or, when a write fails (a full disk), left as it was, with no temporary file behind."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with _open(tmp, "w") as out:
-        out.writelines(lines)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    try:
+        with _open(tmp, "w") as out:
+            out.writelines(lines)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def lock_holder(folder: Path) -> str | None:

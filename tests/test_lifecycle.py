@@ -102,6 +102,7 @@ def test_a_full_disk_is_one_line_and_a_resume_after_freeing_space_reaches_n(task
     final = [json.loads(line) for line in (folder / "final_data.jsonl").read_text(encoding="utf-8").splitlines()]
     formatted = (folder / "formatted_output.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(final) == len(formatted) > 0
+    assert not list(folder.glob("*.tmp"))  # a card that did not fit leaves no half-written draft
     subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True)  # space freed
     resumed = run_cli("-n", len(final) + 5, "--quiet", "--base-url", server.url, "--output-dir", small_disk,
                       cwd=task_dir)

@@ -56,15 +56,21 @@ def run_local_with(stand_in, task_dir, *args):
                    env={"PYTHONPATH": f"{library}{os.pathsep}{ROOT}"})
 
 
+def assert_one_error_line(result, start, task_dir, before):
+    """Exit 1, one line starting `start` on stderr, and the output folder's bytes as they were."""
+    assert result.returncode == 1
+    assert result.stderr.startswith(start), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert folder_digest(task_dir / OUT) == before
+
+
 def test_a_model_library_that_dies_by_sigill_is_one_error_line_naming_the_rebuild(written):
     task_dir, before = written
-    result = run_local_with("sigill", task_dir, "--restart")
-    assert result.returncode == 1
-    assert result.stderr.startswith("Error: the embedded model crashed (illegal instruction) in a one-token test call")
+    result = run_local_with("sigill", task_dir, "--restart")  # --restart too: nothing is cleared before the check
+    assert_one_error_line(result, "Error: the embedded model crashed (illegal instruction) in a one-token test call",
+                          task_dir, before)
     assert 'reinstall llama-cpp-python with CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" pip install ' \
            "--force-reinstall --no-cache-dir" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-    assert folder_digest(task_dir / OUT) == before  # --restart too: nothing is cleared before the check
     assert not list(task_dir.glob("core*"))  # the child writes no core file
 
 
@@ -74,21 +80,16 @@ def test_a_model_library_that_hangs_is_killed_after_engine_timeout(written):
     raw["engine"]["timeout"] = 2
     (task_dir / "task.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     result = run_local_with("hang", task_dir)
-    assert result.returncode == 1
-    assert result.stderr.startswith("Error: the embedded model did not answer a one-token test call within 2 s "
-                                    "(engine.timeout in the task file)")
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert folder_digest(task_dir / OUT) == before
+    assert_one_error_line(result, "Error: the embedded model did not answer a one-token test call within 2 s "
+                          "(engine.timeout in the task file)", task_dir, before)
 
 
 def test_a_model_file_that_does_not_load_names_the_file(written):
     task_dir, before = written
     result = run_local_with("bad_file", task_dir)
-    assert result.returncode == 1
-    assert result.stderr.startswith("Error: the embedded model failed a one-token test call "
-                                    "(ValueError: Failed to load model from file: model.gguf): check the .gguf file")
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert folder_digest(task_dir / OUT) == before
+    assert_one_error_line(result, "Error: the embedded model failed a one-token test call "
+                          "(ValueError: Failed to load model from file: model.gguf): check the .gguf file",
+                          task_dir, before)
 
 
 def test_the_readme_installs_the_portable_build_the_error_names():
