@@ -29,7 +29,7 @@ from .ray_executor import check_address, connect, disconnect, generate_on_ray
 from .record import read_jsonl
 from .redact import redact_command, redact_text, url_secrets
 from .trace import make_printer
-from .stats import dataset_stats, model_name, render_table, write_card
+from .stats import dataset_stats, model_name, render_table, run_cost, write_card
 from .view import serve, write_html
 from .store import FINAL, FORMATTED, append, clear, close, count_existing, log_run, open_store
 
@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {"engine": args.engine, "model": args.model, "base_url": args.base_url,
                      "concurrency": getattr(args, "concurrency", None), "seed": args.seed,
                      "temperature": args.temperature, "max_tokens": args.max_tokens,
-                     "max_rpm": args.max_rpm, "max_tpm": args.max_tpm, "license": getattr(args, "license", None)}
+                     "max_rpm": args.max_rpm, "max_tpm": args.max_tpm, "license": getattr(args, "license", None),
+                     "price_in": args.price_in, "price_cached": args.price_cached, "price_out": args.price_out}
         tasks = [load_task(path, **overrides) for path in args.task_paths]
         for note in (note for task in tasks for note in task["notes"] if args.verbose):
             print(f"note: {note}", file=sys.stderr)
@@ -303,9 +304,11 @@ def run_task(task: dict, args) -> None:
                 "wanted": n - existing, "accepted": stats["accepted"], "dropped": _cleaned(stats["dropped"], task),
                 "calls": stats["calls"],
                 "tokens": stats["prompt_tokens"] + stats["completion_tokens"],
+                **{key: stats[key] for key in ("prompt_tokens", "completion_tokens", "cached_tokens")},
+                "cost_usd": run_cost(stats, engine),
                 "seconds": round(time.monotonic() - start, 1), "endpoints": report(pool) if pool else []})
             write_card(folder, task, runs)
-        _summary(task, stats, pool, existing, time.monotonic() - start, folder)
+        _summary(task, stats, pool, existing, time.monotonic() - start, folder, run_cost(stats, engine))
     finally:
         close(store)
         if args.ray:
@@ -316,10 +319,11 @@ def _token_counter(stats: dict):
     """`on_usage` for make_chat: adds each call's tokens to the run's stats (from many threads)."""
     lock = threading.Lock()
 
-    def on_usage(prompt_tokens: int, completion_tokens: int) -> None:
+    def on_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> None:
         with lock:
             stats["prompt_tokens"] += prompt_tokens
             stats["completion_tokens"] += completion_tokens
+            stats["cached_tokens"] += cached_tokens
 
     return on_usage
 
@@ -405,7 +409,7 @@ def eta(wanted: int, accepted: int, elapsed_at_last: float, since_last: float) -
     return max(0.0, elapsed_at_last / accepted * (wanted - accepted) - since_last)
 
 
-def _summary(task, stats, pool, existing, seconds, folder) -> None:
+def _summary(task, stats, pool, existing, seconds, folder, cost=None) -> None:
     accepted = stats["accepted"]
     tokens = stats["prompt_tokens"] + stats["completion_tokens"]
     per = f" ({stats['calls'] / accepted:.1f} per accepted)" if accepted else ""
@@ -413,8 +417,14 @@ def _summary(task, stats, pool, existing, seconds, folder) -> None:
     print(f"{task['task_name']}: {accepted} accepted"
           + (f" (+{existing} from earlier runs)" if existing else "")
           + f", {sum(stats['dropped'].values())} dropped, {stats['calls']} LM calls{per}, "
-          f"{tokens} tokens ({stats['prompt_tokens']} prompt + {stats['completion_tokens']} completion{tokens_per}), "
-          f"{seconds:.1f}s")
+          f"{tokens} tokens ({stats['prompt_tokens']} prompt, {stats['cached_tokens']} of them cached, "
+          f"+ {stats['completion_tokens']} completion{tokens_per}), {seconds:.1f}s")
+    if cost is not None:
+        engine = task["engine"]
+        prices = ", ".join(f"{engine[key]:g} {label}" for key, label in (("price_in", "in"), ("price_cached", "cached"),
+                                                                         ("price_out", "out")) if engine[key] is not None)
+        print(f"  cost: {cost:.4f} USD" + (f" ({cost / accepted:.6f} per accepted)" if accepted else "")
+              + f" at USD per million tokens: {prices}")
     for reason, count in stats["dropped"].most_common():
         print(f"  dropped {count}: {_clean(reason, [task])}")
     for row in report(pool) if pool else ():

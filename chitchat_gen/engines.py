@@ -53,7 +53,8 @@ def make_pool(engine: dict) -> dict | None:
 def make_chat(engine: dict, on_usage=None, pool: dict | None = None):
     """Return `chat(messages, json_schema=None, **options) -> str` for the engine settings.
 
-    `on_usage(prompt_tokens, completion_tokens)` is called after each successful call; `pool`
+    `on_usage(prompt_tokens, completion_tokens, cached_tokens)` is called after each successful
+    call (`usage_of` says what each server reports); `pool`
     (from `make_pool`, to read its figures while the run goes) routes and paces the calls.
     """
     if engine["type"] == "local":
@@ -114,7 +115,7 @@ def _ollama_reply(reply: dict):
     except (KeyError, TypeError):
         raise LMError(f"Ollama reply without message.content: {str(reply)[:200]}")
     text = _drop_unfinished_sentence(text or "") if reply.get("done_reason") == "length" else text or ""
-    return text, (reply.get("prompt_eval_count") or 0, reply.get("eval_count") or 0)
+    return text, usage_of(reply)
 
 
 def _openai_body(engine, messages, json_schema, options, json_form="json_schema"):
@@ -140,8 +141,35 @@ def _openai_reply(reply: dict):
     except (KeyError, IndexError, TypeError, AttributeError):
         raise LMError(f"OpenAI-style reply without choices[0].message.content: {str(reply)[:200]}")
     text = _drop_unfinished_sentence(text or "") if finish == "length" else text or ""
-    usage = reply.get("usage") or {}
-    return text, (usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+    return text, usage_of(reply)
+
+
+def usage_of(reply: dict) -> tuple[int, int, int]:
+    """(prompt, completion, cached prompt) tokens of a reply, 0 where the server says nothing.
+
+    OpenAI and vLLM: `usage` with `prompt_tokens_details.cached_tokens`; llama-server: `usage`
+    and `timings.cache_n`; llama-cpp-python (the local engine): `usage`; Ollama:
+    `prompt_eval_count` (the prompt tokens it evaluated, cache hits left out) and `eval_count`.
+
+    >>> usage_of({"usage": {"prompt_tokens": 900, "completion_tokens": 40, "prompt_tokens_details": {"cached_tokens": 768}}})
+    (900, 40, 768)
+    >>> usage_of({"usage": {"prompt_tokens": 900, "completion_tokens": 40}, "timings": {"cache_n": 700}})
+    (900, 40, 700)
+    >>> usage_of({"prompt_eval_count": 130, "eval_count": 40})
+    (130, 40, 0)
+    """
+    usage = reply.get("usage")
+    if not isinstance(usage, dict):  # Ollama
+        return _count(reply.get("prompt_eval_count")), _count(reply.get("eval_count")), 0
+    details, timings = usage.get("prompt_tokens_details"), reply.get("timings")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if cached is None and isinstance(timings, dict):
+        cached = timings.get("cache_n")
+    return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), _count(cached)
+
+
+def _count(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _drop_unfinished_sentence(text: str) -> str:
@@ -159,7 +187,7 @@ def _auth_headers(engine: dict) -> dict:
     return {"Authorization": f"Bearer {key}"} if engine["type"] == "openai" and key else {}
 
 
-def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple[int, int]]:
+def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple[int, int, int]]:
     """POST `body` to the endpoint load control picks; return the parsed (text, usage).
 
     A failure (connection, timeout, 408, 5xx, a reply that is not JSON) is retried with
@@ -198,7 +226,7 @@ def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple
                     raise
                 else:
                     load.release(pool, ticket, "ok", status=status, seconds=time.monotonic() - sent,
-                                 headers=response.headers, used_tokens=sum(usage))
+                                 headers=response.headers, used_tokens=usage[0] + usage[1])
                     return reply, usage
             elif status in load.BUSY_STATUS and "response_format" not in text:
                 wait = _retry_after(response)
