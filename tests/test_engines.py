@@ -181,3 +181,17 @@ def test_check_a_url_that_is_not_an_lm_server(server):
 def test_local_with_a_missing_gguf_path():
     with pytest.raises(ConfigError, match="local model file /nope.gguf not found"):
         check_engine({**DEFAULT_ENGINE, "type": "local", "model": "/nope.gguf", "base_urls": []})
+
+
+def test_a_proxy_from_the_environment_is_used_though_read_once(monkeypatch):
+    """requests' environment (proxies, CA bundle, ~/.netrc) is read once per endpoint, not per request."""
+    with FakeServer() as proxy:
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, proxy.url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        chat = make_chat(engine("ollama", "http://llm.invalid:9", retries=0))
+        for _ in range(2):
+            with pytest.raises(LMError, match="HTTP 404"):
+                chat([{"role": "user", "content": "hi"}])
+    assert [path for path, _ in proxy.received] == ["http://llm.invalid:9/api/chat"] * 2
