@@ -44,13 +44,15 @@ def closing_prompts(record: dict, hint: str) -> dict:
     history = transcript(before)
     persona = next(s["content"] for s in steps if s["role"] == "persona")
     scenario = next(s["content"] for s in steps if s["role"] == "scenario")
-    system = {"role": "system", "content": render("USER_SYSTEM", {}, persona=persona, scenario=scenario)}
+    shared = {"persona": persona, "scenario": scenario, "history": history, "moves": ""}  # as stages.user_side
+    blank = dict.fromkeys(shared, "")  # as stages.instruction_of
+    system = {"role": "system", "content": render("USER_SYSTEM", {}, **shared)}
     turn = f"{hint} {OLD_NOTE}"
     return {
-        "history": ([system, {"role": "user", "content": render("USER_TURN", {}, history=history, hint=turn)}],
-                    render("USER_TURN", {}, history="", hint=turn), 160),
-        "turn": ([system, {"role": "user", "content": render("CLOSING_TURN", {}, last=said[-1]["content"], hint=hint)}],
-                 render("CLOSING_TURN", {}, last="", hint=hint), CLOSING_MAX_TOKENS),
+        "history": ([system, {"role": "user", "content": render("USER_TURN", {}, **shared, hint=turn)}],
+                    render("USER_TURN", {}, **blank, hint=turn), 160),
+        "turn": ([system, {"role": "user", "content": render("CLOSING_TURN", {}, **shared, last=said[-1]["content"], hint=hint)}],
+                 render("CLOSING_TURN", {}, **blank, last="", hint=hint), CLOSING_MAX_TOKENS),
     }
 
 

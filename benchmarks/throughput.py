@@ -8,7 +8,8 @@ the ideal `calls x L / S`. Run by hand (takes ~20 minutes for the full sweep):
     python benchmarks/throughput.py --dialect openai --rows 64:1000:0.2 --ray   # on Ray workers (needs ray)
 
 Per row: LM calls, ideal seconds, measured seconds, their ratio, calls per accepted
-conversation, and the generator process's peak RSS (ru_maxrss of a process that runs only it).
+conversation, the generator process's peak RSS (ru_maxrss of a process that runs only it) and
+its CPU time (user + system, start-up included) per LM call.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ try:
     runpy.run_module("chitchat_gen", run_name="__main__")
 except SystemExit as exit:
     code = exit.code
-print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print("PEAK_RSS_KB", usage.ru_maxrss, "CPU_S", usage.ru_utime + usage.ru_stime, file=sys.stderr)
 sys.exit(code)
 """
 
@@ -60,11 +62,12 @@ def run_row(slots: int, n: int, latency: float, dialect: str, concurrency: int |
     calls = len(server.chat_requests())
     lines = sum(1 for _ in open(workdir / "output/public/examples/chit_chat/final_data.jsonl"))
     rss = int(result.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
+    cpu = float(result.stderr.rsplit("CPU_S", 1)[1].split()[0])
     shutil.rmtree(workdir)
     ideal = calls * latency / slots
     return {"S": slots, "N": n, "L": latency, "written": lines, "calls": calls, "ideal_s": round(ideal, 1),
             "wall_s": round(seconds, 1), "ratio": round(seconds / ideal, 3), "calls_per_conv": round(calls / n, 2),
-            "peak_rss_mb": round(rss / 1024, 1)}
+            "peak_rss_mb": round(rss / 1024, 1), "cpu_ms_per_call": round(1000 * cpu / calls, 2)}
 
 
 def ray_startup() -> float:
@@ -88,7 +91,7 @@ def main() -> None:
     if args.ray:
         print(f"Ray start-up (ray.init of a local instance): {ray_startup():.1f} s", flush=True)
     print(f"{'S':>4}{'N':>7}{'L s':>6}{'written':>9}{'calls':>8}{'ideal s':>9}{'wall s':>8}{'ratio':>7}"
-          f"{'calls/conv':>11}{'peak RSS MB':>13}", flush=True)
+          f"{'calls/conv':>11}{'peak RSS MB':>13}{'CPU ms/call':>13}", flush=True)
     for row in args.rows:
         slots, n, latency = row.split(":")
         result = run_row(int(slots), int(n), float(latency), args.dialect, args.concurrency, args.ray)
@@ -97,7 +100,7 @@ def main() -> None:
         else:
             print(f"{result['S']:>4}{result['N']:>7}{result['L']:>6}{result['written']:>9}{result['calls']:>8}"
                   f"{result['ideal_s']:>9}{result['wall_s']:>8}{result['ratio']:>7}{result['calls_per_conv']:>11}"
-                  f"{result['peak_rss_mb']:>13}", flush=True)
+                  f"{result['peak_rss_mb']:>13}{result['cpu_ms_per_call']:>13}", flush=True)
 
 
 if __name__ == "__main__":

@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {"engine": args.engine, "model": args.model, "base_url": args.base_url,
                      "concurrency": getattr(args, "concurrency", None), "seed": args.seed,
                      "temperature": args.temperature, "max_tokens": args.max_tokens,
-                     "max_rpm": args.max_rpm, "max_tpm": args.max_tpm, "license": getattr(args, "license", None)}
+                     "max_rpm": args.max_rpm, "max_tpm": args.max_tpm, "license": getattr(args, "license", None),
+                     "price_in": args.price_in, "price_cached": args.price_cached, "price_out": args.price_out}
         tasks = [load_task(path, **overrides) for path in args.task_paths]
         for note in (note for task in tasks for note in task["notes"] if args.verbose):
             print(f"note: {note}", file=sys.stderr)
@@ -248,7 +249,7 @@ def run_task(task: dict, args) -> dict:
             print(f"note: --license is written by a run that generates: to set it now, write 'license: {args.license}' "
                   f"into the metadata block at the top of {folder / 'README.md'}", file=sys.stderr)
         return summary
-    _summary(summary)
+    _summary(summary, task)
     return summary
 
 
@@ -333,7 +334,7 @@ def eta(wanted: int, accepted: int, elapsed_at_last: float, since_last: float) -
     return max(0.0, elapsed_at_last / accepted * (wanted - accepted) - since_last)
 
 
-def _summary(summary: dict) -> None:
+def _summary(summary: dict, task: dict) -> None:
     accepted, existing, calls = summary["accepted"], summary["existing"], summary["calls"]
     tokens = summary["prompt_tokens"] + summary["completion_tokens"]
     per = f" ({calls / accepted:.1f} per accepted)" if accepted else ""
@@ -341,8 +342,15 @@ def _summary(summary: dict) -> None:
     print(f"{summary['task_name']}: {accepted} accepted"
           + (f" (+{existing} from earlier runs)" if existing else "")
           + f", {sum(summary['dropped'].values())} dropped, {calls} LM calls{per}, "
-          f"{tokens} tokens ({summary['prompt_tokens']} prompt + {summary['completion_tokens']} completion{tokens_per}), "
-          f"{summary['seconds']:.1f}s")
+          f"{tokens} tokens ({summary['prompt_tokens']} prompt, {summary['cached_tokens']} of them cached, "
+          f"+ {summary['completion_tokens']} completion{tokens_per}), {summary['seconds']:.1f}s")
+    cost = summary["cost_usd"]
+    if cost is not None:
+        engine = task["engine"]
+        prices = ", ".join(f"{engine[key]:g} {label}" for key, label in (("price_in", "in"), ("price_cached", "cached"),
+                                                                         ("price_out", "out")) if engine[key] is not None)
+        print(f"  cost: {cost:.4f} USD" + (f" ({cost / accepted:.6f} per accepted)" if accepted else "")
+              + f" at USD per million tokens: {prices}")
     for reason, count in collections.Counter(summary["dropped"]).most_common():
         print(f"  dropped {count}: {reason}")
     for row in summary["endpoints"]:

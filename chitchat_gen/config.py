@@ -82,6 +82,11 @@ ENGINE_FIELDS = [
           "corrected by each reply's usage); null: none", above=0, flag="--max-tpm"),
     field("max_wait", "number", 600, "seconds one call may wait in all on backpressure (429/503, pacing) "
           "before it counts as failed", above=0),
+    field("price_in", "number", None, "USD per million prompt tokens, for the cost line of the summary, run log "
+          "and card; null: tokens only", low=0, flag="--price-in"),
+    field("price_cached", "number", None, "USD per million prompt tokens served from the server's prefix cache; "
+          "null: price_in", low=0, flag="--price-cached"),
+    field("price_out", "number", None, "USD per million completion tokens; null: tokens only", low=0, flag="--price-out"),
 ]
 DEFAULT_MODELS = {"ollama": "granite4:3b", "openai": None, "local": None}
 DEFAULT_MAX_TOKENS = {"ollama": 512, "openai": 512, "local": 200}  # a 135M model mostly loops past 200
@@ -130,14 +135,15 @@ IGNORED_STAGE_KEYS = IGNORED_KEYS | {"max_turns"}
 BIG_FIVE = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
 OVERRIDES = {"engine": "type", "model": "model", "base_url": "base_url", "temperature": "temperature",
              "max_tokens": "max_tokens", "concurrency": "concurrency", "api_key": "api_key",
-             "max_rpm": "max_rpm", "max_tpm": "max_tpm"}
+             "max_rpm": "max_rpm", "max_tpm": "max_tpm", "price_in": "price_in", "price_cached": "price_cached",
+             "price_out": "price_out"}
 
 
 def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
     """Read, validate and resolve a task file; `overrides` are the CLI-level settings.
 
     Overrides: engine (type), model, base_url (str or list), temperature, max_tokens,
-    concurrency, api_key, seed, license. Returns a plain dict: the checked settings with defaults filled
+    concurrency, api_key, max_rpm, max_tpm, price_in, price_cached, price_out, seed, license. Returns a plain dict: the checked settings with defaults filled
     in, `engine.base_urls`, and the data files loaded (`personas`, `seed_scenarios`).
     """
     path = Path(path)

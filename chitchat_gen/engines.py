@@ -53,13 +53,19 @@ def make_pool(engine: dict) -> dict | None:
 def make_chat(engine: dict, on_usage=None, pool: dict | None = None):
     """Return `chat(messages, json_schema=None, **options) -> str` for the engine settings.
 
-    `on_usage(prompt_tokens, completion_tokens)` is called after each successful call; `pool`
+    `on_usage(prompt_tokens, completion_tokens, cached_tokens)` is called after each successful
+    call (`usage_of` says what each server reports); `pool`
     (from `make_pool`, to read its figures while the run goes) routes and paces the calls.
     """
     if engine["type"] == "local":
         return _local_chat(engine, on_usage)
     pool = pool or make_pool(engine)
     session = requests.Session()
+    # subtle: with trust_env, requests reads the proxy variables, the CA bundle variables and
+    # ~/.netrc again on every request (a profile's 6 % of the client's CPU); _environment reads
+    # them once per endpoint and each request passes them on.
+    session.trust_env = False
+    session.environment = {}
     session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=256))
     session.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=256))
     build, parse = (_ollama_body, _ollama_reply) if engine["type"] == "ollama" else (_openai_body, _openai_reply)
@@ -114,7 +120,7 @@ def _ollama_reply(reply: dict):
     except (KeyError, TypeError):
         raise LMError(f"Ollama reply without message.content: {str(reply)[:200]}")
     text = _drop_unfinished_sentence(text or "") if reply.get("done_reason") == "length" else text or ""
-    return text, (reply.get("prompt_eval_count") or 0, reply.get("eval_count") or 0)
+    return text, usage_of(reply)
 
 
 def _openai_body(engine, messages, json_schema, options, json_form="json_schema"):
@@ -140,8 +146,35 @@ def _openai_reply(reply: dict):
     except (KeyError, IndexError, TypeError, AttributeError):
         raise LMError(f"OpenAI-style reply without choices[0].message.content: {str(reply)[:200]}")
     text = _drop_unfinished_sentence(text or "") if finish == "length" else text or ""
-    usage = reply.get("usage") or {}
-    return text, (usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+    return text, usage_of(reply)
+
+
+def usage_of(reply: dict) -> tuple[int, int, int]:
+    """(prompt, completion, cached prompt) tokens of a reply, 0 where the server says nothing.
+
+    OpenAI and vLLM: `usage` with `prompt_tokens_details.cached_tokens`; llama-server: `usage`
+    and `timings.cache_n`; llama-cpp-python (the local engine): `usage`; Ollama:
+    `prompt_eval_count` (the prompt tokens it evaluated, cache hits left out) and `eval_count`.
+
+    >>> usage_of({"usage": {"prompt_tokens": 900, "completion_tokens": 40, "prompt_tokens_details": {"cached_tokens": 768}}})
+    (900, 40, 768)
+    >>> usage_of({"usage": {"prompt_tokens": 900, "completion_tokens": 40}, "timings": {"cache_n": 700}})
+    (900, 40, 700)
+    >>> usage_of({"prompt_eval_count": 130, "eval_count": 40})
+    (130, 40, 0)
+    """
+    usage = reply.get("usage")
+    if not isinstance(usage, dict):  # Ollama
+        return _count(reply.get("prompt_eval_count")), _count(reply.get("eval_count")), 0
+    details, timings = usage.get("prompt_tokens_details"), reply.get("timings")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if cached is None and isinstance(timings, dict):
+        cached = timings.get("cache_n")
+    return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), _count(cached)
+
+
+def _count(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _drop_unfinished_sentence(text: str) -> str:
@@ -159,7 +192,7 @@ def _auth_headers(engine: dict) -> dict:
     return {"Authorization": f"Bearer {key}"} if engine["type"] == "openai" and key else {}
 
 
-def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple[int, int]]:
+def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple[int, int, int]]:
     """POST `body` to the endpoint load control picks; return the parsed (text, usage).
 
     A failure (connection, timeout, 408, 5xx, a reply that is not JSON) is retried with
@@ -179,7 +212,8 @@ def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple
         # subtle: the real URL goes on the wire; messages (drop reasons, Error: lines) get `url`, masked.
         url, sent = redact_url(ticket["url"]), time.monotonic()
         try:
-            response = session.post(_endpoint_url(ticket["url"], path), json=body, headers=headers, timeout=engine["timeout"])
+            response = session.post(_endpoint_url(ticket["url"], path), json=body, headers=headers, timeout=engine["timeout"],
+                                    **_environment(session, ticket["url"]))
         except requests.RequestException as exc:  # refused, reset (also mid-body), timed out, ...
             refused = isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower()
             outcome = "timeout" if isinstance(exc, requests.Timeout) else "refused" if refused else "failed"
@@ -198,7 +232,7 @@ def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple
                     raise
                 else:
                     load.release(pool, ticket, "ok", status=status, seconds=time.monotonic() - sent,
-                                 headers=response.headers, used_tokens=sum(usage))
+                                 headers=response.headers, used_tokens=usage[0] + usage[1])
                     return reply, usage
             elif status in load.BUSY_STATUS and "response_format" not in text:
                 wait = _retry_after(response)
@@ -222,6 +256,16 @@ def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple
             raise LMError(problem)
         # Full jitter keeps many threads from retrying in lockstep against a recovering server.
         time.sleep(random.uniform(0, min(8.0, 0.5 * 2 ** (failures - 1))))
+
+
+def _environment(session, url: str) -> dict:
+    """What requests takes from the environment for `url` (proxies, CA bundle, ~/.netrc), read once."""
+    if url not in session.environment:
+        settings = requests.Session().merge_environment_settings(url, {}, None, None, None)
+        settings.pop("stream", None)
+        netrc = None if "@" in url.split("//", 1)[-1].split("/", 1)[0] else requests.utils.get_netrc_auth(url)
+        session.environment[url] = {**settings, **({"auth": netrc} if netrc else {})}
+    return session.environment[url]
 
 
 def _endpoint_url(base_url: str, path: str) -> str:

@@ -75,10 +75,12 @@ def new_stats() -> dict:
     """The figures of a run, one dict that the progress line, the summary and the run log read.
 
     accepted, dropped ({reason: count}) and calls (each LM call as it completes, failed ones too)
-    are kept by `generate`; prompt_tokens and completion_tokens by whoever sees the engine's usage
-    (run.py's `on_usage`, ray_executor's workers).
+    are kept by `generate`; prompt_tokens, completion_tokens and cached_tokens (the prompt tokens
+    the server's prefix cache served, where it says) by whoever sees the engine's usage (run.py's
+    `on_usage`, ray_executor's workers).
     """
-    return {"accepted": 0, "dropped": collections.Counter(), "calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    return {"accepted": 0, "dropped": collections.Counter(), "calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+            "cached_tokens": 0}
 
 
 def new_memory(records=()) -> dict:

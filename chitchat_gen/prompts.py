@@ -8,8 +8,12 @@ A task file may replace any of them under `prompts:` (same names, same $variable
 `render` fails loudly on a missing variable, so a typo in an override is caught on the
 first call instead of reaching the model as a literal `$scenaro`.
 
-    >>> render("USER_SYSTEM", {}, persona="Role: cook.", scenario="A chat.", history="(none)", hint="Say hi.")[:30]
-    'You are role-playing a human u'
+    >>> render("USER_TURN", {}, persona="Role: cook.", scenario="A chat.", history="(none)", moves="", hint="Say hi.")[:36]
+    'Situation: A chat.\\nWho you are: Role'
+
+A template is given every variable of `VARIABLES[name]`, so an override may use any of them, in
+any order. The defaults are laid out for the servers' prefix caches (see USER_SIDE below); an
+override that puts something per call first still works, it only costs more uncached tokens.
 """
 
 from string import Template
@@ -27,51 +31,52 @@ they want to chat about.$person
 Pick a topic that is clearly different from every example above \
 (for instance: $topic_hint). Reply with the sentence only, no quotes, no label.""")
 
-FLOW_SYSTEM = Template(
-    "You decide what the user in a conversation could plausibly do next. Reply in JSON only."
-)
+# The calls on the user's side (flow controller, hint, user message) share their opening, byte
+# for byte: the same system text, then the situation, the persona and the transcript so far, which
+# only grows. What changes per call (the turn, the candidate moves, the instruction) comes last.
+# A server with a prefix cache (vLLM, SGLang, llama-server, OpenAI) then evaluates only each
+# call's new part: the transcript's latest exchange and a short task (benchmarks/tokens.py,
+# docs/performance.md). subtle: keep $history last in the shared part, and the shared part
+# free of anything per call; `common_prefix` and `trace` show where two prompts part.
+USER_SIDE = """\
+You are role-playing a human user chatting with an AI assistant: the person and the situation \
+below. Stay in character. Each request ends with one task: choosing your next move, planning \
+your next message, or writing it. Do exactly that task and reply with what it asks for only. \
+Your messages are written in the first person, as this person would type them: never answer as \
+the assistant, do not explain, do not add labels or quotes.$moves"""
+# $moves: the task's moves, when the flow controller asks which fit (else empty). They are the
+# same in every conversation of a task, so they sit in the cached system text, not in the task.
+MOVES = Template("""
 
-FLOW_USER = Template("""\
-Scenario: $scenario
-Conversation so far (turn $turn):
-$history
+The moves you can make (a task names the ones open to you):
+$patterns""")
+CONTEXT = "Situation: $scenario\nWho you are: $persona\n"
+SO_FAR = "Conversation so far:\n$history\n\n"
 
-Possible next moves for the user:
-$patterns
+FLOW_SYSTEM = Template(USER_SIDE)
 
-Which of these moves would be natural next? Reply as JSON: \
-{"eligible": [names of the natural moves], "reasoning": "one short sentence"}""")
+FLOW_USER = Template(CONTEXT + SO_FAR + """\
+Task: choose your next move (turn $turn) among $names. Reply as JSON: \
+{"eligible": [the moves that would be natural next], "reasoning": "one short sentence"}""")
 
-HINT_USER = Template("""\
-Scenario: $scenario
-The user: $persona
-Conversation so far:
-$history
+HINT_SYSTEM = Template(USER_SIDE)
 
-The user's next move is "$pattern": $description
-General instruction: $hint
+HINT_USER = Template(CONTEXT + SO_FAR + """\
+Task: write a one-sentence instruction for your next message, specific to this conversation. \
+Your move: "$pattern": $description
+General instruction: $hint""")
 
-Write a one-sentence instruction telling the user what to say next, specific to this \
-conversation. Reply with the instruction only.""")
+USER_SYSTEM = Template(USER_SIDE)
 
-USER_SYSTEM = Template("""\
-You are role-playing a human user chatting with an AI assistant. Stay in character.
-Who you are: $persona
-Situation: $scenario
-Write only your next message to the assistant, in the first person, as this person would \
-type it. Do not answer as the assistant, do not explain, do not add labels or quotes.""")
-
-USER_TURN = Template("""\
-Conversation so far:
-$history
-
-Instruction for your next message: $hint
+USER_TURN = Template(CONTEXT + SO_FAR + """\
+Task: write your next message to the assistant. Instruction for it: $hint
 Your message:""")
 
 # The user's closing turn. Only the assistant's last reply is shown: a goodbye needs no more,
 # and with the whole conversation in front of it a small model writes one more ordinary turn
 # (30 closings asked both ways on SmolLM2-135M: benchmarks/closing.py, docs/quality.md section 5).
-CLOSING_TURN = Template("""\
+# It shares the other user-side calls' opening up to the transcript.
+CLOSING_TURN = Template(CONTEXT + """
 The assistant just said: "$last"
 
 This is your last message: you are done chatting and leave now. $hint \
@@ -109,10 +114,11 @@ persona (the user sounds like the person described, never like an assistant), na
 the conversation well). Reply as JSON: {"coherence": n, "persona": n, "naturalness": n, \
 "closing": n, "reason": "one short sentence"}""")
 
+# The scenario last: the same text opens every conversation's assistant calls (a prefix cache's).
 ASSISTANT_SYSTEM = Template("""\
 You are a helpful, friendly AI assistant having a casual conversation. \
-Context: $scenario
-Answer naturally and accurately in a few sentences.""")
+Answer naturally and accurately in a few sentences.
+Context: $scenario""")
 
 # One is drawn per scenario and offered as an example of a fresh topic: without it, a model at
 # low temperature keeps rewriting the seed scenarios it was shown.
@@ -167,12 +173,25 @@ TRAIT_WORDS = {  # (low, high) for each Big-Five trait; |value| < 0.3 says nothi
 
 TEMPLATES = {name: value for name, value in globals().items() if isinstance(value, Template)}
 
+# The variables each template is given, so a task's override may use any of them (even one the
+# default leaves out, as the user-side system texts leave out the persona they used to hold).
+USER_SIDE_VARIABLES = ("scenario", "persona", "history", "moves")
+VARIABLES = {
+    "SCENARIO_SYSTEM": (), "SCENARIO_USER": ("examples", "person", "topic_hint"),
+    "FLOW_SYSTEM": USER_SIDE_VARIABLES, "FLOW_USER": (*USER_SIDE_VARIABLES, "turn", "patterns", "names"), "MOVES": ("patterns",),
+    "HINT_SYSTEM": USER_SIDE_VARIABLES, "HINT_USER": (*USER_SIDE_VARIABLES, "pattern", "description", "hint"),
+    "USER_SYSTEM": USER_SIDE_VARIABLES, "USER_TURN": (*USER_SIDE_VARIABLES, "hint"),
+    "CLOSING_TURN": (*USER_SIDE_VARIABLES, "last", "hint"),
+    "JUDGE_SYSTEM": (), "JUDGE_USER": ("scenario", "persona", "history"),
+    "ASSISTANT_SYSTEM": ("scenario",),
+}
+
 
 def check_override(name: str, text) -> str | None:
     """The problem with a task's replacement for template `name`, or None if it renders."""
     if not isinstance(text, str):
         return f"expected a string, got {type(text).__name__}"
-    known = {m.group("named") or m.group("braced") for m in TEMPLATES[name].pattern.finditer(TEMPLATES[name].template)} - {None}
+    known = VARIABLES[name]
     try:
         Template(text).substitute({v: "" for v in known})
     except KeyError as exc:
@@ -186,3 +205,26 @@ def render(name: str, overrides: dict, **variables) -> str:
     """Fill template `name` (or the task's override of it) with `variables`."""
     template = Template(overrides[name]) if name in overrides else TEMPLATES[name]
     return template.substitute(variables)
+
+
+def flatten(messages: list[dict]) -> str:
+    """The messages as one text, in order: what a server's prefix cache compares, near enough.
+
+    >>> flatten([{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}])
+    '<system>\\nBe kind.\\n<user>\\nHi\\n'
+    """
+    return "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages)
+
+
+def common_prefix(first: str, second: str) -> int:
+    """How many leading characters two texts share.
+
+    >>> common_prefix("Situation: a cafe. Turn 1", "Situation: a cafe. Turn 2")
+    24
+    """
+    shared = 0
+    for a, b in zip(first, second):
+        if a != b:
+            break
+        shared += 1
+    return shared

@@ -163,15 +163,16 @@ class Worker:
         self.chat = chat or make_chat(engine, on_usage=self._count_tokens)
         self.memory = memory or new_memory()  # a resumed run's, from the driver; then this worker's own
 
-    def _count_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
+    def _count_tokens(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> None:
         # subtle: a conversation runs in one actor thread and make_chat reports usage in the calling
         # thread, so a thread-local total is this conversation's tokens.
         self.tokens.prompt += prompt_tokens
         self.tokens.completion += completion_tokens
+        self.tokens.cached += cached_tokens
 
-    def run_one(self, seed: int) -> tuple[dict | None, str | None, int, int, int]:
-        """Run one conversation: (record or None, drop reason, LM calls, prompt tokens, completion tokens)."""
-        self.tokens.prompt = self.tokens.completion = 0
+    def run_one(self, seed: int) -> tuple[dict | None, str | None, int, int, int, int]:
+        """Run one conversation: (record or None, drop reason, LM calls, prompt, completion and cached tokens)."""
+        self.tokens.prompt = self.tokens.completion = self.tokens.cached = 0
         ctx = {"task": self.task, "memory": self.memory, "trace": None, "calls": 0, "rng": random.Random(seed)}
 
         def counted_chat(messages, json_schema=None, **options):
@@ -180,7 +181,7 @@ class Worker:
 
         ctx["chat"] = counted_chat
         record, reason = run_conversation(self.task, ctx)
-        return record, reason, ctx["calls"], self.tokens.prompt, self.tokens.completion
+        return record, reason, ctx["calls"], self.tokens.prompt, self.tokens.completion, self.tokens.cached
 
 
 def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None, address: str = "local",
@@ -192,7 +193,7 @@ def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None
     without it each worker builds the engine's client from `engine` (checked here if not given).
     `workers` defaults to one per node of the cluster. Unless Ray is already connected, starts a
     local instance or joins `address` ("auto", "HOST:6379", "ray://HOST:10001"), and then
-    disconnects at the end. `stats` gains `tokens` here (prompt_tokens, completion_tokens),
+    disconnects at the end. `stats` gains `tokens` here (prompt_tokens, completion_tokens, cached_tokens),
     which the thread path leaves to the caller's client. The loop itself is pipeline.drive's,
     as on threads; `control` drains the run early the same way.
     """
@@ -237,7 +238,7 @@ def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None
         def finish(ref):
             actor = on_actor.pop(ref)
             try:
-                record, reason, calls, prompt_tokens, completion_tokens = ray.get(ref)
+                record, reason, calls, prompt_tokens, completion_tokens, cached_tokens = ray.get(ref)
             except ray.exceptions.RayActorError as exc:
                 stats["dropped"]["Ray worker lost (run again)"] += 1
                 if actor in actors:  # its other in-flight calls fail the same way: replace it once
@@ -252,6 +253,7 @@ def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None
             stats["calls"] += calls
             stats["prompt_tokens"] += prompt_tokens
             stats["completion_tokens"] += completion_tokens
+            stats["cached_tokens"] += cached_tokens
             if record is not None:
                 deaths["in_a_row"] = 0
             return record, reason

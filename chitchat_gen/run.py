@@ -35,7 +35,7 @@ from .pipeline import generate, new_control, new_memory, new_stats
 from .ray_executor import connect, disconnect, generate_on_ray
 from .record import read_jsonl
 from .redact import redact_for
-from .stats import model_name, write_card
+from .stats import model_name, run_cost, write_card
 from .store import FINAL, WriteError, append, clear, close, count_existing, log_run, open_store, read_runs
 
 DEFAULT_GRACE = 10.0  # seconds the conversations in flight get to finish after a stop signal
@@ -54,8 +54,9 @@ def run(task: dict | str | Path, n: int, *, output_dir: str | Path = "output", r
     `chat` is your own LM function (as for `generate`) instead of the task's engine.
     `on_note(text)` hears what the run noticed (repairs, a server down); `progress(stats, pool,
     wanted)` is called once the run starts and returns a function called when it ends.
-    The summary: folder, wanted, existing (before), accepted, dropped ({reason: count}),
-    calls, prompt_tokens, completion_tokens, seconds, seed, model, stopped (None, "SIGTERM",
+    The summary: folder, wanted, existing (before), accepted, dropped ({reason: count}), calls,
+    prompt_tokens, completion_tokens, cached_tokens, cost_usd (None without prices), seconds, seed,
+    engine, model, stopped (None, "SIGTERM",
     "SIGINT", or the error that ended the run), nothing_to_do, notes, endpoints.
     """
     task = _loaded(task, overrides)
@@ -71,7 +72,8 @@ def run(task: dict | str | Path, n: int, *, output_dir: str | Path = "output", r
             on_note(text)
 
     summary = {"task_name": task["task_name"], "folder": str(folder), "wanted": wanted, "existing": 0,
-               "accepted": 0, "dropped": {}, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+               "accepted": 0, "dropped": {}, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0,
+               "cost_usd": None,
                "seconds": 0.0, "seed": None, "engine": None, "model": None, "stopped": None, "nothing_to_do": False,
                "notes": notes, "endpoints": []}
     if wanted == 0:
@@ -156,6 +158,7 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
         model = engine["model"] if own_chat else model_name(engine["type"], task["engine"]["model"], engine["model"])
         summary.update(existing=existing, accepted=written, dropped=dict(dropped), calls=stats["calls"],
                        prompt_tokens=stats["prompt_tokens"], completion_tokens=stats["completion_tokens"],
+                       cached_tokens=stats["cached_tokens"], cost_usd=run_cost(stats, engine),
                        seconds=round(time.monotonic() - start, 1), seed=seed, engine=engine["type"], model=model,
                        stopped=ended and redact_for(ended, [task]), endpoints=report(pool) if pool else [])
         _close(store, task, summary, command, note)
@@ -176,7 +179,9 @@ def _close(store: dict, task: dict, summary: dict, command: str, note) -> None:
              "engine": summary["engine"], "model": summary["model"], "seed": summary["seed"],
              "wanted": summary["wanted"] - summary["existing"], "accepted": summary["accepted"],
              "dropped": summary["dropped"], "calls": summary["calls"],
-             "tokens": summary["prompt_tokens"] + summary["completion_tokens"], "seconds": summary["seconds"],
+             "tokens": summary["prompt_tokens"] + summary["completion_tokens"],
+             **{key: summary[key] for key in ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd")},
+             "seconds": summary["seconds"],
              "stopped": summary["stopped"], "endpoints": summary["endpoints"]}
     try:
         try:
@@ -237,10 +242,11 @@ def _token_counter(stats: dict):
     """`on_usage` for make_chat: adds each call's tokens to the run's stats (from many threads)."""
     lock = threading.Lock()
 
-    def on_usage(prompt_tokens: int, completion_tokens: int) -> None:
+    def on_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> None:
         with lock:
             stats["prompt_tokens"] += prompt_tokens
             stats["completion_tokens"] += completion_tokens
+            stats["cached_tokens"] += cached_tokens
 
     return on_usage
 

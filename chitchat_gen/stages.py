@@ -81,6 +81,35 @@ def persona_of(record: dict) -> str:
     return step["content"] if step else "An ordinary person chatting in their free time."
 
 
+def user_side(record: dict, ctx: dict, system: str, name: str, **variables) -> list[dict]:
+    """The messages of a call on the user's side: system text `system`, then template `name`.
+
+    Every such call gets the scenario, the persona and the transcript, so the calls of one
+    conversation open with the same text (prompts.USER_SIDE) and a prefix cache serves it.
+    """
+    shared = {"scenario": scenario_of(record, ctx), "persona": persona_of(record), "history": transcript(record),
+              "moves": moves_of(ctx)}
+    return [{"role": "system", "content": template(ctx, system, **shared)},
+            {"role": "user", "content": template(ctx, name, **shared, **variables)}]
+
+
+def instruction_of(ctx: dict, name: str, **variables) -> str:
+    """Template `name` with the shared part left blank: the words a message must not parrot."""
+    return template(ctx, name, scenario="", persona="", history="", moves="", **variables)
+
+
+def moves_of(ctx: dict) -> str:
+    """The task's moves for the user-side system text, when the flow controller judges which fit; else ''."""
+    flow = next((s for s in ctx["task"]["iteration_stages"] if s["name"] == "lm/flow_controller"), None)
+    if not flow or not flow["judge_eligibility"]:
+        return ""
+    return template(ctx, "MOVES", patterns=patterns_text([p for p in flow["patterns"] if p["weight"] > 0]))
+
+
+def patterns_text(patterns: list[dict]) -> str:
+    return "\n".join(f"- {p['name']}: {p['description']}" for p in patterns)
+
+
 def transcript(record: dict) -> str:
     lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages(record)]
     return "\n".join(lines) or "(nothing yet: this is the first message)"
@@ -164,12 +193,9 @@ def flow_controller(record: dict, ctx: dict) -> dict:
     if len(candidates) > 1 and not cfg["judge_eligibility"]:
         reasoning = "judge_eligibility off: all candidates eligible"
     elif len(candidates) > 1:
-        reply = lm(ctx, [
-            {"role": "system", "content": template(ctx, "FLOW_SYSTEM")},
-            {"role": "user", "content": template(
-                ctx, "FLOW_USER", scenario=scenario_of(record, ctx), turn=turn, history=transcript(record),
-                patterns="\n".join(f"- {p['name']}: {p['description']}" for p in candidates))},
-        ], json_schema=eligibility_schema([p["name"] for p in candidates]),
+        reply = lm(ctx, user_side(record, ctx, "FLOW_SYSTEM", "FLOW_USER", turn=turn, patterns=patterns_text(candidates),
+                                  names=", ".join(p["name"] for p in candidates)),
+                   json_schema=eligibility_schema([p["name"] for p in candidates]),
             max_tokens=task["engine"]["json_max_tokens"])
         named, reasoning = parse_eligibility(reply)
         eligible = [p for p in candidates if p["name"] in named] or candidates
@@ -179,10 +205,9 @@ def flow_controller(record: dict, ctx: dict) -> dict:
     chosen = ctx["rng"].choices(eligible, weights=weights if sum(weights) > 0 else None)[0]
     hint, terminate = chosen["hint"], chosen["name"] in closing
     if cfg["generate_hint"] and not terminate:  # the closing turn keeps its pattern's own hint, as written
-        written = clean(lm(ctx, [{"role": "user", "content": template(
-            ctx, "HINT_USER", scenario=scenario_of(record, ctx), persona=persona_of(record),
-            history=transcript(record), pattern=chosen["name"], description=chosen["description"],
-            hint=chosen["hint"])}], max_tokens=120))[0]
+        written = clean(lm(ctx, user_side(record, ctx, "HINT_SYSTEM", "HINT_USER", pattern=chosen["name"],
+                                          description=chosen["description"], hint=chosen["hint"]),
+                           max_tokens=120))[0]
         hint = written if written and not problems(written, "hint") else hint
     return add_step(record, ctx, "flow_controller", chosen["name"], terminate=terminate, hint=hint,
                     eligible_patterns=[p["name"] for p in eligible], weights={p["name"]: p["weight"] for p in eligible},
@@ -227,15 +252,12 @@ def user(record: dict, ctx: dict) -> dict | str:
     hint = flow["hint"] if flow else "Continue the conversation naturally."
     if closing:  # the hint is the pattern's own here (never LM-written), so copying it is parroting too
         said = messages(record)
-        turn = template(ctx, "CLOSING_TURN", last=said[-1]["content"] if said else "", hint=hint)
-        instruction, attempts = template(ctx, "CLOSING_TURN", last="", hint=hint), cfg["closing_attempts"]
+        prompt = user_side(record, ctx, "USER_SYSTEM", "CLOSING_TURN", last=said[-1]["content"] if said else "", hint=hint)
+        instruction, attempts = instruction_of(ctx, "CLOSING_TURN", last="", hint=hint), cfg["closing_attempts"]
         cap = min(cfg["max_tokens"], CLOSING_MAX_TOKENS)
     else:
-        turn = template(ctx, "USER_TURN", history=transcript(record), hint=hint)
-        instruction, attempts, cap = template(ctx, "USER_TURN", history="", hint=""), 2, cfg["max_tokens"]
-    prompt = [{"role": "system", "content": template(ctx, "USER_SYSTEM", persona=persona_of(record),
-                                                     scenario=scenario_of(record, ctx))},
-              {"role": "user", "content": turn}]
+        prompt = user_side(record, ctx, "USER_SYSTEM", "USER_TURN", hint=hint)
+        instruction, attempts, cap = instruction_of(ctx, "USER_TURN", hint=""), 2, cfg["max_tokens"]
     for attempt in range(attempts):
         text, fixes, found = user_gate(lm(ctx, prompt, max_tokens=cap, **retry(ctx, attempt)),
                                        instruction, cfg["closing_cues"] if closing else None)

@@ -322,6 +322,37 @@ def load_lines(folder: Path) -> list[str]:
             "       # every step"]
 
 
+def run_cost(stats: dict, engine: dict) -> float | None:
+    """USD for a run's tokens at the engine's prices (USD per million tokens), or None without prices.
+
+    Cached prompt tokens cost `price_cached` (else `price_in`); a price not given counts as 0.
+
+    >>> run_cost({"prompt_tokens": 2_000_000, "cached_tokens": 1_500_000, "completion_tokens": 100_000},
+    ...          {"price_in": 0.4, "price_cached": 0.1, "price_out": 1.6})
+    0.51
+    """
+    price_in, price_out = engine.get("price_in"), engine.get("price_out")
+    if price_in is None and price_out is None:
+        return None
+    cached_price = engine.get("price_cached")
+    cached_price = price_in if cached_price is None else cached_price
+    cost = ((stats["prompt_tokens"] - stats["cached_tokens"]) * (price_in or 0) + stats["cached_tokens"] * (cached_price or 0)
+            + stats["completion_tokens"] * (price_out or 0)) / 1e6
+    return round(cost, 6)
+
+
+def _cost_text(cost: float | None) -> str:
+    return "-" if cost is None else f"{cost:.4f}"
+
+
+def tokens_text(run: dict) -> str:
+    """A run's tokens as the card shows them: "12,345 (9,000 prompt, 6,400 cached; 3,345 completion)"."""
+    if "prompt_tokens" not in run:  # logged by a version before 0.2: the total only
+        return f"{run['tokens']:,}"
+    return (f"{run['tokens']:,} ({run['prompt_tokens']:,} prompt, {run['cached_tokens']:,} cached; "
+            f"{run['completion_tokens']:,} completion)")
+
+
 def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
     """(Re)write README.md beside the outputs: Hub metadata, how to load it, how it was made, its figures."""
     stats = dataset_stats(folder / FINAL, task, text_figures=False)
@@ -358,14 +389,15 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
              f"Duplicates, distinct-n and message lengths: `python -m chitchat_gen stats {folder} "
              f"--task-paths {task['path']}`.", "",
              "## Runs", "",
-             "| date | engine / model | seed | accepted | dropped | LM calls | 429/503 answers | tokens | seconds | command |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| date | engine / model | seed | accepted | dropped | LM calls | 429/503 answers | tokens | cost (USD) | seconds | command |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for run in runs:
         # redact_text again: a runs.jsonl written before commands were redacted may hold credentials.
         dropped = ", ".join(f"{n} {redact_text(reason)}" for reason, n in run["dropped"].items()) or "0"
         busy = sum(endpoint.get("busy", 0) for endpoint in run.get("endpoints") or ())
         accepted = f"{run['accepted']} (stopped: {redact_text(run['stopped'])})" if run.get("stopped") else run["accepted"]
         lines.append(f"| {run['date']} | {run['engine']} / {run['model']} | {shown_seed(run)} | {accepted} | "
-                     f"{dropped} | {run['calls']} | {busy} | {run['tokens']} | {run['seconds']} | `{redact_text(run['command'])}` |")
+                     f"{dropped} | {run['calls']} | {busy} | {tokens_text(run)} | {_cost_text(run.get('cost_usd'))} | "
+                     f"{run['seconds']} | `{redact_text(run['command'])}` |")
     rewrite(card, ["\n".join(lines) + "\n"])  # whole or not at all: a full disk keeps the last card
     return card

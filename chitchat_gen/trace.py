@@ -2,8 +2,9 @@
 
     python -m chitchat_gen trace --engine local --seed 3
 
-For every LM call it prints the messages sent (long ones trimmed) and the raw reply; after
-every stage, what the stage decided (the steps it added, or why it dropped the conversation).
+For every LM call it prints the messages sent (long ones trimmed); how much of them opens as an
+earlier call of the conversation did, the one sharing the most (what a server's prefix cache
+could reuse), and the text where the two first differ; and the raw reply; after every stage, what the stage decided (the steps it added, or why it dropped the conversation).
 Plain text in 80 columns; colour only when stdout is a terminal.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 import sys
 import textwrap
 
+from .prompts import common_prefix, flatten
+
 WIDTH = 80
 COLOURS = {"stage": "1;36", "sent": "2", "reply": "33", "decided": "1;32", "drop": "1;31"}
 
@@ -19,6 +22,7 @@ COLOURS = {"stage": "1;36", "sent": "2", "reply": "33", "decided": "1;32", "drop
 def make_printer(out=sys.stdout):
     """Return `trace(event, **data)`, the hook the pipeline calls; it prints to `out`."""
     colour = out.isatty()
+    earlier: list[tuple[str, str]] = []  # (call, its messages flattened) of this conversation
 
     def paint(kind: str, text: str) -> str:
         return f"\033[{COLOURS[kind]}m{text}\033[0m" if colour else text
@@ -39,6 +43,11 @@ def make_printer(out=sys.stdout):
             print(paint("stage", f"-- {data['stage']}: LM call ".ljust(WIDTH, "-")), file=out)
             for message in data["messages"]:
                 block(f"  [{message['role']}]", message["content"], "sent")
+            text = flatten(data["messages"])
+            if earlier:
+                name, before = max(earlier, key=lambda call: common_prefix(call[1], text))
+                block("  [prefix]", prefix_note(name, before, text), "sent")
+            earlier.append((f"call {len(earlier) + 1} ({data['stage']})", text))
             block("  [reply]", data["reply"], "reply")
         elif event == "stage":
             if data["drop"]:
@@ -50,13 +59,27 @@ def make_printer(out=sys.stdout):
                 for line in describe(step):
                     for part in textwrap.wrap(line, WIDTH, subsequent_indent="    "):
                         print(paint("decided", part), file=out)
-        elif event == "done" and data["drop"]:
-            print(paint("drop", f"DROPPED ({data['drop']}); the runner starts another conversation"), file=out)
         elif event == "done":
-            print(paint("decided", f"ACCEPTED {data['conversation_id']}: {data['turns']} turns"), file=out)
+            earlier.clear()  # the next call opens another conversation
+            if data["drop"]:
+                print(paint("drop", f"DROPPED ({data['drop']}); the runner starts another conversation"), file=out)
+            else:
+                print(paint("decided", f"ACCEPTED {data['conversation_id']}: {data['turns']} turns"), file=out)
         out.flush()
 
     return trace
+
+
+def prefix_note(name: str, before: str, now: str) -> str:
+    """How a call's messages open as the earlier call `name`'s did, and where they first differ.
+
+    >>> prefix_note("call 2 (lm/flow_controller)", "<user>\\nTurn 1. Hi", "<user>\\nTurn 2. Hi")
+    "opens as call 2 (lm/flow_controller) for 12 of 17 characters, then: '2. Hi'"
+    """
+    shared = common_prefix(before, now)
+    if shared == len(now):
+        return f"all {len(now):,} characters as in {name}"
+    return f"opens as {name} for {shared:,} of {len(now):,} characters, then: {now[shared:shared + 60]!r}"
 
 
 def describe(step: dict) -> list[str]:

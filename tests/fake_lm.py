@@ -16,6 +16,15 @@ the status codes sent on the chat endpoints:
     FakeServer(slots=1, queue=2)                 # Ollama with OLLAMA_MAX_QUEUE=2: 503 beyond 1 + 2
     FakeServer(slots=64, props=True)             # llama-server: GET /props -> {"total_slots": 64}
     server.answered                              # Counter({200: 812, 429: 40})
+
+A prefix cache as vLLM keeps one (ENGINE-FACTS.md, "Prefix caching"), over the messages in blocks
+of 64 characters (a block is served from cache when it and every block before it were sent
+before); usage is then counted at 4 characters a token and reports the cached part, as each
+server does: OpenAI/vLLM `usage.prompt_tokens_details.cached_tokens`, llama-server
+`timings.cache_n` (cached="llama-server"), Ollama a `prompt_eval_count` of the uncached part only:
+
+    FakeServer(prefix_cache=True)                # server.cache_log: [{"messages", "schema", "chars", "cached"}]
+    FakeServer(prefix_cache=True, cached="llama-server")
 """
 
 from __future__ import annotations
@@ -32,6 +41,13 @@ COUNTER = itertools.count(1)
 CHAT_PATHS = ("/api/chat", "/v1/chat/completions")
 # Ollama's own wording (server/sched.go, ErrMaxQueue), two spaces included: clients may match on it.
 OLLAMA_BUSY = {"error": "server busy, please try again.  maximum pending requests exceeded"}
+BLOCK = 64  # characters per block of the prefix cache (vLLM's blocks are 16 tokens, ~64 characters)
+CHARS_PER_TOKEN = 4
+
+
+def prompt_text(messages: list[dict]) -> str:
+    """The prompt as a server's chat template lays it out, near enough."""
+    return "".join(f"<|{m.get('role')}|>\n{m.get('content')}\n" for m in messages)
 
 
 def canned_reply(messages: list[dict], json_schema: dict | None = None) -> str:
@@ -63,7 +79,7 @@ class FakeServer:
     def __init__(self, models=("granite4:3b",), latency: float = 0.0, slots: int | None = None,
                  reply=canned_reply, json_forms=("json_schema", "json_object"), port: int = 0,
                  rate: float | None = None, ratelimit_headers: bool = False, queue: int | None = None,
-                 props: bool = False):
+                 props: bool = False, prefix_cache: bool = False, cached: str = "openai"):
         if queue is not None and not slots:
             raise ValueError("queue=Q bounds the requests waiting for slots: give slots=S too")
         if ratelimit_headers and not rate:
@@ -82,6 +98,9 @@ class FakeServer:
         self.requests: list[tuple[str, dict]] = []  # the path without its query
         self.received: list[tuple[str, str | None]] = []  # (path with query, Authorization header)
         self.faults: list[str] = []
+        self.prefix_cache, self.cached_style = prefix_cache, cached
+        self.blocks: set = set()  # the prefix cache: a key per block, naming the block and all before it
+        self.cache_log: list[dict] = []
         self.finish = "stop"  # "length": replies say they hit the token cap
         self.lock = threading.Lock()
         self.connections: set = set()
@@ -106,6 +125,32 @@ class FakeServer:
 
     def chat_requests(self) -> list[dict]:
         return [body for path, body in self.requests if path.endswith(("/api/chat", "/chat/completions"))]
+
+    def _cache(self, messages: list[dict], schema) -> tuple[int, int]:
+        """(prompt characters, characters served from the prefix cache) of one call; caches its blocks."""
+        text, key, cached = prompt_text(messages), None, 0
+        with self.lock:
+            for start in range(0, len(text) - BLOCK + 1, BLOCK):
+                key = hash((key, text[start:start + BLOCK]))
+                if key in self.blocks and cached == start:
+                    cached += BLOCK
+                self.blocks.add(key)
+            self.cache_log.append({"messages": messages, "schema": schema, "chars": len(text), "cached": cached})
+        return len(text), cached
+
+    def _usage(self, route: str, messages: list[dict], schema, text: str) -> dict:
+        """The reply's token counts, as the server this route and `cached` stand for reports them."""
+        if not self.prefix_cache:
+            return {"prompt_eval_count": 10, "eval_count": 5} if route == "/api/chat" else \
+                {"usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+        chars, cached = self._cache(messages, schema)
+        prompt, hits, completion = chars // CHARS_PER_TOKEN, cached // CHARS_PER_TOKEN, len(text) // CHARS_PER_TOKEN + 1
+        if route == "/api/chat":  # Ollama counts the prompt tokens it evaluated, cache hits left out
+            return {"prompt_eval_count": prompt - hits, "eval_count": completion}
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        if self.cached_style == "llama-server":
+            return {"usage": usage, "timings": {"cache_n": hits, "prompt_n": prompt - hits, "predicted_n": completion}}
+        return {"usage": {**usage, "prompt_tokens_details": {"cached_tokens": hits}}}
 
     def _take_token(self) -> tuple[bool, dict]:
         """Spend one token of the rate limit if there is one: (allowed, headers for the reply)."""
@@ -250,13 +295,13 @@ class FakeServer:
                     if server.queue is not None:
                         with server.lock:
                             server.admitted -= 1
+                usage = server._usage(self.route, body["messages"], schema, text)
                 if self.route == "/api/chat":
                     self._send(200, {"model": body["model"], "message": {"role": "assistant", "content": text},
-                                     "done": True, "done_reason": server.finish, "prompt_eval_count": 10, "eval_count": 5})
+                                     "done": True, "done_reason": server.finish, **usage})
                 else:
                     self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                                  "finish_reason": server.finish}],
-                                     "usage": {"prompt_tokens": 10, "completion_tokens": 5}}, headers)
+                                                  "finish_reason": server.finish}], **usage}, headers)
 
         return Handler
 

@@ -304,3 +304,46 @@ def test_a_corrupt_line_is_never_lost_even_when_the_server_is_down(task_dir, ser
     final, formatted = outputs(task_dir)
     assert len(final) == 5 and [r["conversation_id"] for r in final] == [r["conversation_id"] for r in formatted]
     assert [r["conversation_id"] for r in final[:4]] == [json.loads(line)["conversation_id"] for line in lines[:2] + lines[3:]]
+
+
+@pytest.mark.parametrize("dialect, cached", [("openai", "openai"), ("openai", "llama-server"), ("ollama", None)])
+def test_the_run_log_summary_and_card_carry_prompt_completion_and_cached_tokens(task_dir, dialect, cached):
+    with FakeServer(prefix_cache=True, cached=cached or "openai") as fake:
+        result = run_cli("-n", 3, "--engine", dialect, "--model", "granite4:3b", "--base-url", fake.url, "--quiet", cwd=task_dir)
+        calls = fake.cache_log
+    assert result.returncode == 0, result.stderr
+    folder = task_dir / "output/public/examples/chit_chat"
+    [run] = read_jsonl(folder / "runs.jsonl")
+    served = sum(call["cached"] // 4 for call in calls)
+    if dialect == "openai":  # the server reports every prompt token and the cached ones
+        assert run["prompt_tokens"] == sum(call["chars"] // 4 for call in calls)
+        assert run["cached_tokens"] == served > run["prompt_tokens"] / 2
+    else:  # Ollama's prompt_eval_count leaves cache hits out and reports none
+        assert run["prompt_tokens"] == sum((call["chars"] - call["cached"]) // 4 for call in calls)
+        assert run["cached_tokens"] == 0
+    assert run["completion_tokens"] > 0 and run["tokens"] == run["prompt_tokens"] + run["completion_tokens"]
+    assert run["cost_usd"] is None and "cost:" not in result.stdout  # no prices: tokens only
+    assert f"{run['prompt_tokens']} prompt, {run['cached_tokens']} of them cached" in result.stdout
+    assert f"{run['tokens']:,} ({run['prompt_tokens']:,} prompt, {run['cached_tokens']:,} cached; " in \
+        (folder / "README.md").read_text()
+
+
+def test_prices_turn_tokens_into_a_cost_line(task_dir):
+    with FakeServer(prefix_cache=True) as fake:
+        result = run_cli("-n", 2, "--engine", "openai", "--model", "granite4:3b", "--base-url", fake.url, "--quiet",
+                         "--price-in", "0.4", "--price-cached", "0.1", "--price-out", "1.6", cwd=task_dir)
+    assert result.returncode == 0, result.stderr
+    folder = task_dir / "output/public/examples/chit_chat"
+    [run] = read_jsonl(folder / "runs.jsonl")
+    expected = ((run["prompt_tokens"] - run["cached_tokens"]) * 0.4 + run["cached_tokens"] * 0.1
+                + run["completion_tokens"] * 1.6) / 1e6
+    assert run["cost_usd"] == pytest.approx(expected, abs=1e-6) and run["cost_usd"] > 0
+    assert f"  cost: {run['cost_usd']:.4f} USD (" in result.stdout
+    assert "at USD per million tokens: 0.4 in, 0.1 cached, 1.6 out" in result.stdout
+    assert f"| {run['cost_usd']:.4f} |" in (folder / "README.md").read_text()
+
+
+def test_a_negative_price_is_one_error_line(task_dir):
+    result = run_cli("-n", 1, "--price-in", "-1", cwd=task_dir)
+    assert result.returncode == 2
+    assert result.stderr == "Error: argument --price-in: expected a number >= 0, got -1.0: see 'python -m chitchat_gen --help'\n"

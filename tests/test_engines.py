@@ -29,7 +29,7 @@ SCHEMA = {"type": "object", "properties": {"eligible": {"type": "array", "items"
 
 def test_ollama_request_is_non_streaming_with_options_and_format(server):
     usage = []
-    chat = make_chat(engine("ollama", server, max_tokens=77), on_usage=lambda p, c: usage.append((p, c)))
+    chat = make_chat(engine("ollama", server, max_tokens=77), on_usage=lambda p, c, k: usage.append((p, c, k)))
     reply = chat([{"role": "user", "content": "hello"}], json_schema=SCHEMA, seed=42, temperature=0.2)
     assert '"eligible"' in reply
     path, body = server.requests[-1]
@@ -37,7 +37,26 @@ def test_ollama_request_is_non_streaming_with_options_and_format(server):
     assert body["stream"] is False and body["model"] == "granite4:3b"
     assert body["options"] == {"temperature": 0.2, "num_predict": 77, "seed": 42}
     assert body["format"] == SCHEMA
-    assert usage == [(10, 5)]
+    assert usage == [(10, 5, 0)]
+
+
+@pytest.mark.parametrize("kind, cached", [("openai", "openai"), ("openai", "llama-server"), ("ollama", None)])
+def test_usage_reads_prompt_completion_and_cached_tokens_as_each_server_reports_them(kind, cached):
+    """OpenAI/vLLM: usage.prompt_tokens_details.cached_tokens; llama-server: timings.cache_n;
+    Ollama: prompt_eval_count counts only the tokens it evaluated (no cached count)."""
+    shared = [{"role": "system", "content": "You are a patient assistant. " * 20}]
+    usage = []
+    with FakeServer(prefix_cache=True, cached=cached or "openai") as fake:
+        chat = make_chat(engine(kind, fake), on_usage=lambda *counts: usage.append(counts))
+        chat(shared + [{"role": "user", "content": "First question about tea?"}])
+        chat(shared + [{"role": "user", "content": "Second question about coffee?"}])
+    first, second = fake.cache_log
+    assert first["cached"] == 0 and second["cached"] >= 512  # the fake served the shared system text from cache
+    if kind == "openai":
+        assert usage[1] == (second["chars"] // 4, usage[1][1], second["cached"] // 4) and usage[1][1] > 0
+    else:
+        assert usage[1] == ((second["chars"] - second["cached"]) // 4, usage[1][1], 0)
+    assert usage[0][2] == 0
 
 
 def test_ollama_plain_text_has_no_format(server):
@@ -162,3 +181,17 @@ def test_check_a_url_that_is_not_an_lm_server(server):
 def test_local_with_a_missing_gguf_path():
     with pytest.raises(ConfigError, match="local model file /nope.gguf not found"):
         check_engine({**DEFAULT_ENGINE, "type": "local", "model": "/nope.gguf", "base_urls": []})
+
+
+def test_a_proxy_from_the_environment_is_used_though_read_once(monkeypatch):
+    """requests' environment (proxies, CA bundle, ~/.netrc) is read once per endpoint, not per request."""
+    with FakeServer() as proxy:
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, proxy.url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        chat = make_chat(engine("ollama", "http://llm.invalid:9", retries=0))
+        for _ in range(2):
+            with pytest.raises(LMError, match="HTTP 404"):
+                chat([{"role": "user", "content": "hi"}])
+    assert [path for path, _ in proxy.received] == ["http://llm.invalid:9/api/chat"] * 2

@@ -10,7 +10,9 @@ import uuid
 
 import pytest
 
+from chitchat_gen import prompts
 from chitchat_gen.config import load_task
+from chitchat_gen.pipeline import generate
 from chitchat_gen.quality import clean
 from chitchat_gen.stages import STAGES, parse_eligibility, stage
 from fake_lm import fake_chat
@@ -233,8 +235,35 @@ def test_user_sees_persona_scenario_hint_and_history(task):
     record = STAGES["lm/user/guided"](record, ctx)
     assert record["steps"][-1]["content"] == "Do beer traps work?"
     system, prompt = ctx["calls"][0]["messages"][0]["content"], ctx["calls"][0]["messages"][1]["content"]
-    assert "Role: gardener." in system and "A gardener chats about slugs." in system
-    assert "Ask about beer traps." in prompt and "Slugs, probably." in prompt
+    assert "role-playing a human user" in system
+    assert prompt.startswith("Situation: A gardener chats about slugs.\nWho you are: Role: gardener.\n"
+                             "Conversation so far:\nUser: My lettuces are gone.\nAssistant: Slugs, probably.\n\n")
+    assert prompt.endswith("Instruction for it: Ask about beer traps.\nYour message:")
+
+
+def test_the_calls_of_a_conversation_open_with_the_same_text(task):
+    """Laid out for a prefix cache: every user-side call (flow controller, hint, user) starts with
+    the previous one's system text, situation, persona and transcript, byte for byte; the assistant's
+    calls each extend the one before; what changes per call comes after."""
+    calls = []
+
+    def chat(messages, json_schema=None, **options):
+        calls.append(messages)
+        return fake_chat(messages, json_schema)
+
+    [record] = generate(task, 1, chat=chat, seed=4)
+    user_side = [prompts.flatten(m) for m in calls if "role-playing" in m[0]["content"] and "last message" not in m[-1]["content"]]
+    assistant = [prompts.flatten(m) for m in calls if "helpful, friendly" in m[0]["content"]]
+    assert len(user_side) >= 6 and len(assistant) >= 2
+    for earlier, later in zip(user_side, user_side[1:]):
+        shared = earlier[:earlier.index("\n\nTask: ")]
+        if "(nothing yet" in shared:  # the first turn's placeholder gives way to the first exchange
+            shared = shared[:shared.index("(nothing yet")]
+        assert later.startswith(shared)
+    for earlier, later in zip(assistant, assistant[1:]):
+        assert later.startswith(earlier)
+    closing = prompts.flatten(next(m for m in calls if "This is your last message" in m[-1]["content"]))
+    assert closing.startswith(user_side[-1][:user_side[-1].index("Conversation so far:")])
 
 
 def test_user_in_the_assistant_voice_is_retried_then_dropped(task):
