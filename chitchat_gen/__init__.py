@@ -10,8 +10,9 @@
 
 `generate_on_ray(task, n, ...)` is the same on Ray workers (the 'ray' extra; see ray_executor.py).
 """
-from .config import ConfigError, load_task
-from .engines import LMError, make_chat
+from .config import load_task
+from .engines import make_chat
+from .errors import ConfigError, LMError
 from .pipeline import generate
 from .ray_executor import generate_on_ray
 from .run import run

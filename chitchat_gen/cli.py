@@ -18,8 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-from .config import ENGINE_FIELDS, TASK_FIELDS, ConfigError, closest, load_task, spec_of, value_problem
-from .engines import LMError, check_engine, make_chat
+from .config import ENGINE_FIELDS, TASK_FIELDS, closest, load_task, spec_of, value_problem
+from .engines import check_engine, make_chat
+from .errors import ConfigError, LMError
 from .export import FORMATS, export
 from .load import describe, report
 from .pipeline import generate

@@ -20,13 +20,10 @@ from pathlib import Path
 import yaml
 
 from . import prompts
+from .errors import ConfigError
 from .record import STEP_ROLES, read_jsonl
 from .redact import MASK, is_secret_name, redact_url
 from .stages import STAGES
-
-
-class ConfigError(Exception):
-    """A problem the user fixes in a file or a flag; printed as one `Error:` line."""
 
 
 REQUIRED = object()  # a field's default when the field must be given

@@ -27,12 +27,8 @@ from pathlib import Path
 import requests
 
 from . import load
-from .config import ConfigError
+from .errors import ConfigError, LMError
 from .redact import redact_url
-
-
-class LMError(Exception):
-    """An LM call that failed for good (after retries): the conversation is dropped."""
 
 
 class Unreachable(ConfigError):

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError
+from .errors import ConfigError
 from .record import messages, read_jsonl, to_line
 
 SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}

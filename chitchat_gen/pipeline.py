@@ -15,7 +15,8 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from .engines import LMError, check_engine, make_chat
+from .engines import check_engine, make_chat
+from .errors import LMError
 from .record import last_step, messages, new_record
 from .stages import STAGES, claim_opener
 from .text import normalise

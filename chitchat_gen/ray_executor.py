@@ -27,8 +27,8 @@ import socket
 import threading
 import warnings
 
-from .config import ConfigError
-from .engines import LMError, check_engine, default_concurrency, make_chat
+from .engines import check_engine, default_concurrency, make_chat
+from .errors import ConfigError, LMError
 from .pipeline import drive, fill_stats, new_memory, run_conversation
 from .stages import STAGES
 

@@ -28,8 +28,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import ConfigError, load_task
-from .engines import LMError, check_engine, default_concurrency, make_chat, make_pool
+from .config import load_task
+from .engines import check_engine, default_concurrency, make_chat, make_pool
+from .errors import ConfigError, LMError
 from .load import report
 from .pipeline import generate, new_control, new_memory, new_stats
 from .ray_executor import connect, disconnect, generate_on_ray

@@ -35,7 +35,7 @@ try:  # Windows
 except ImportError:
     msvcrt = None
 
-from .config import ConfigError
+from .errors import ConfigError
 from .record import format_record, read_jsonl, to_line
 
 FINAL = "final_data.jsonl"

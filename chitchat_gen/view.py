@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .config import ConfigError
+from .errors import ConfigError
 from .record import read_jsonl
 from .store import FINAL, LOCK, REJECTED, RUNS, lock_holder
 

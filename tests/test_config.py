@@ -5,7 +5,8 @@ import json
 import pytest
 import yaml
 
-from chitchat_gen.config import ConfigError, load_task
+from chitchat_gen.config import load_task
+from chitchat_gen.errors import ConfigError
 from chitchat_gen.prompts import render_persona
 
 

@@ -5,8 +5,9 @@ import socket
 
 import pytest
 
-from chitchat_gen.config import ENGINE_FIELDS, ConfigError
-from chitchat_gen.engines import LMError, check_engine, make_chat
+from chitchat_gen.config import ENGINE_FIELDS
+from chitchat_gen.engines import check_engine, make_chat
+from chitchat_gen.errors import ConfigError, LMError
 from fake_lm import FakeServer
 
 

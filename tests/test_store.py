@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from chitchat_gen.config import ConfigError
+from chitchat_gen.errors import ConfigError
 from chitchat_gen.record import format_record
 from chitchat_gen.store import FINAL, FORMATTED, REJECTED, append, clear, close, count_existing, open_store
 from conftest import ROOT, read_jsonl
@@ -115,7 +115,7 @@ def python(mode, code):
     """Popen running `code` in lock mode `mode`, after printing which lock function it got."""
     return subprocess.Popen([sys.executable, "-c", f"import sys\n{LOCK_MODES[mode]}\n"
                              f"sys.path.insert(0, {str(ROOT)!r})\nfrom pathlib import Path\n"
-                             "from chitchat_gen.config import ConfigError\n"
+                             "from chitchat_gen.errors import ConfigError\n"
                              "from chitchat_gen.store import _take_lock, close, open_store\n"
                              "print(_take_lock.__name__, flush=True)\n" + code],
                             stdout=subprocess.PIPE, text=True)
