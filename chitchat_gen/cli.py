@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from .config import ENGINE_FIELDS, TASK_FIELDS, closest, load_task, spec_of, value_problem
+from .config import ENGINE_OVERRIDES, TASK_OVERRIDES, closest, load_task, value_problem
 from .engines import check_engine, make_chat
 from .errors import ConfigError, LMError
 from .export import FORMATS, export
@@ -35,6 +35,9 @@ from .store import FINAL, FORMATTED, WriteError
 
 COMMANDS = ("trace", "stats", "export", "view")
 SIGNAL_EXITS = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
+# The config rows' flags a command goes without: trace runs one conversation (nothing to run
+# concurrently) and writes no file (no card to license).
+NOT_FOR = {"trace": {"--concurrency", "--license"}}
 
 
 def build_parser(command: str = "generate") -> argparse.ArgumentParser:
@@ -93,20 +96,23 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
         parser.add_argument("--grace", type=_checked({"kind": "number", "low": 0}), default=DEFAULT_GRACE,
                             metavar="SECONDS", help="on SIGTERM or Ctrl-C, how long the conversations in flight "
                             f"may take to finish and be kept (default: {DEFAULT_GRACE:g}; a second signal stops at once)")
-        license_spec = spec_of(TASK_FIELDS, "license")
-        parser.add_argument("--license", type=_checked(license_spec), metavar="ID", help=license_spec["doc"])
-    engine = parser.add_argument_group("engine (overrides the task file)")
-    for spec in ENGINE_FIELDS + [spec_of(TASK_FIELDS, "seed")]:
-        if spec["flag"] == "--concurrency" and command == "trace":
-            continue  # one conversation: nothing to run concurrently
-        if spec["flag"] == "--engine":
-            engine.add_argument("--engine", choices=spec["kind"].split("|"), help=spec["doc"])
-        elif spec["flag"]:
-            engine.add_argument(spec["flag"], type=_checked(spec), help=spec["doc"],
-                                action="append" if spec["kind"] == "urls" else "store",
-                                metavar=spec["name"].upper())
     parser.add_argument("--verbose", action="store_true", help="also print notes on ignored settings")
+    for title, specs in (("task (overrides the task file)", TASK_OVERRIDES),
+                         ("engine (overrides the task file)", ENGINE_OVERRIDES)):
+        group = parser.add_argument_group(title)
+        for key, spec in specs.items():
+            if spec["flag"] and spec["flag"] not in NOT_FOR.get(command, ()):
+                _add_flag(group, key, spec)
     return parser
+
+
+def _add_flag(group, key: str, spec: dict) -> None:
+    """The flag of one config row: its value checked as in the task file, its help the row's doc."""
+    if "|" in spec["kind"]:
+        group.add_argument(spec["flag"], dest=key, choices=spec["kind"].split("|"), help=spec["doc"])
+    else:
+        group.add_argument(spec["flag"], dest=key, type=_checked(spec), help=spec["doc"], metavar=key.upper(),
+                           action="append" if spec["kind"] == "urls" else "store")
 
 
 def _parser(command: str, description: str) -> argparse.ArgumentParser:
@@ -187,11 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "view":
             return run_view(args)
         # Load every task first, so a broken second task file stops the run before any work.
-        overrides = {"engine": args.engine, "model": args.model, "base_url": args.base_url,
-                     "concurrency": getattr(args, "concurrency", None), "seed": args.seed,
-                     "temperature": args.temperature, "max_tokens": args.max_tokens,
-                     "max_rpm": args.max_rpm, "max_tpm": args.max_tpm, "license": getattr(args, "license", None),
-                     "price_in": args.price_in, "price_cached": args.price_cached, "price_out": args.price_out}
+        overrides = {key: getattr(args, key, None) for key in (*TASK_OVERRIDES, *ENGINE_OVERRIDES)}
         tasks = [load_task(path, **overrides) for path in args.task_paths]
         for note in (note for task in tasks for note in task["notes"] if args.verbose):
             print(f"note: {note}", file=sys.stderr)

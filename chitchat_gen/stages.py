@@ -363,3 +363,8 @@ def claim_opener(openers: dict, opener: str, conversation_id: str) -> str:
     if len(openers) > OPENERS_KEPT:
         openers.pop(next(iter(openers)), None)  # the oldest: memory stays flat in N
     return owner
+
+
+# The stages registered above. A user's @stage comes later and is not one: config.py checks a
+# built-in stage's settings against its STAGE_FIELDS row and leaves a user's to the user.
+BUILT_IN = frozenset(STAGES)

@@ -5,8 +5,8 @@ import json
 import pytest
 import yaml
 
-from chitchat_gen.cli import eta
-from chitchat_gen.config import load_task
+from chitchat_gen.cli import build_parser, eta
+from chitchat_gen.config import ENGINE_OVERRIDES, TASK_OVERRIDES, load_task
 from conftest import outputs, run_cli, read_jsonl
 from fake_lm import FakeServer
 from test_engines import free_port_url
@@ -347,3 +347,19 @@ def test_a_negative_price_is_one_error_line(task_dir):
     result = run_cli("-n", 1, "--price-in", "-1", cwd=task_dir)
     assert result.returncode == 2
     assert result.stderr == "Error: argument --price-in: expected a number >= 0, got -1.0: see 'python -m chitchat_gen --help'\n"
+
+
+# A value of each kind a config row's flag takes: as typed, and as the loaded task holds it.
+FLAG_SAMPLES = {"int": ("3", 3), "number": ("0.5", 0.5), "str": ("granite4:3b", "granite4:3b"),
+                "urls": ("http://a:1", ["http://a:1"]), "ollama|openai|local": ("local", "local")}
+FLAGGED = {key: spec for key, spec in {**TASK_OVERRIDES, **ENGINE_OVERRIDES}.items() if spec["flag"]}
+
+
+@pytest.mark.parametrize("key", FLAGGED)
+def test_every_flagged_row_is_a_flag_that_reaches_the_task(task_dir, key):
+    spec = FLAGGED[key]
+    typed, loaded = FLAG_SAMPLES[spec["kind"]]
+    parsed = vars(build_parser().parse_args([spec["flag"], typed]))
+    task = load_task(task_dir / "task.yaml", **{key: parsed[key]})
+    section = task["engine"] if key in ENGINE_OVERRIDES else task
+    assert section["base_urls" if spec["kind"] == "urls" else spec["name"]] == loaded

@@ -5,9 +5,11 @@ import json
 import pytest
 import yaml
 
+from chitchat_gen import config
 from chitchat_gen.config import load_task
 from chitchat_gen.errors import ConfigError
 from chitchat_gen.prompts import render_persona
+from chitchat_gen.stages import BUILT_IN
 
 
 def write_task(task_dir, change):
@@ -37,6 +39,21 @@ def test_overrides_win_over_the_task_file(task_dir):
     assert task["engine"]["model"] == "llama3"
     assert task["engine"]["base_urls"] == ["http://a:1", "http://b:2"]
     assert task["engine"]["temperature"] == 0.1 and task["seed"] == 5
+
+
+def test_a_misspelt_override_is_refused_with_a_did_you_mean(task_dir):
+    with pytest.raises(ConfigError, match="unknown override 'concurency' \\(did you mean 'concurrency'\\?\\)"):
+        load_task(task_dir / "task.yaml", concurency=2)
+
+
+def test_only_rows_that_load_task_overrides_have_a_flag():
+    # A flag on a row of another table (a stage's, a pattern's) would be parsed and then ignored.
+    others = config.DATA_STORE_FIELDS + config.PATTERN_FIELDS + [s for fields in config.STAGE_FIELDS.values() for s in fields]
+    assert [spec["name"] for spec in others if spec["flag"] or spec["override"]] == []
+
+
+def test_every_built_in_stage_has_its_row_of_settings():
+    assert set(config.STAGE_FIELDS) == BUILT_IN
 
 
 def test_switching_engine_drops_the_task_files_model(task_dir):
