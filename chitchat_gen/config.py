@@ -546,7 +546,8 @@ def key_reference() -> str:
         for spec in fields:
             default = "required" if spec["default"] is REQUIRED else \
                 f"`{yaml.safe_dump(spec['default']).replace(chr(10) + '...', '').strip()}`"
-            flag = f" (flag `{spec['flag']}`)" if spec["flag"] else ""
+            flag = f" (flag `{spec['flag']}`)" if spec["flag"] else \
+                f" (no flag: `{spec['override']}=` of `load_task` and `run`)" if spec["override"] else ""
             lines.append(f"| `{spec['name']}` | {describe(spec)} | {default} | {spec['doc']}{flag} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

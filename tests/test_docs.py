@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from chitchat_gen import STAGES, generate, load_task, stage
+from chitchat_gen.cli import build_parser
 from chitchat_gen.config import key_reference
 from chitchat_gen.pipeline import run_conversation
 from conftest import ROOT
@@ -117,3 +118,21 @@ def test_the_readme_key_reference_is_made_from_the_config_tables():
     assert block.group(1) == key_reference(), (
         "README.md's key reference is out of date: paste the output of "
         "python -c 'from chitchat_gen.config import key_reference; print(key_reference(), end=\"\")'")
+
+
+def readme_section(title: str) -> str:
+    """The text of the README's `## title` section, up to the next `## ` heading."""
+    return re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", (ROOT / "README.md").read_text(), re.S | re.M).group(1)
+
+
+def test_the_readme_command_line_table_lists_every_flag_and_no_other():
+    rows = re.findall(r"^\| (`-.*?) \|", readme_section("Command line"), re.M)
+    listed = {flag for row in rows for flag in re.findall(r"`(--?[a-z][\w-]*)", row)}
+    flags = {option for action in build_parser()._actions for option in action.option_strings} - {"-h", "--help"}
+    assert listed == flags, "README.md's Command line table: add the flags of --help it lacks, drop those it has not"
+
+
+def test_the_readme_layout_names_every_module_with_its_job():
+    listed = re.findall(r"^  (\w+\.py) +\S", readme_section("Layout"), re.M)
+    modules = sorted(path.name for path in (ROOT / "chitchat_gen").glob("*.py"))
+    assert sorted(listed) == modules, "README.md's Layout: one line per chitchat_gen/*.py module, '  name.py   its job'"
