@@ -6,8 +6,9 @@ README's key reference is made from the same tables (`key_reference`). Every pro
 fix is a `ConfigError` naming the file, the field or line, and the fix; the CLI prints it as one
 `Error: ...` line. Nothing here talks to an LM.
 
-    task = load_task("task.yaml", engine="local", seed=7)
-    task["engine"]["type"], task["personas"][0]["role"]     # ('local', 'retired teacher')
+    >>> task = load_task("task.yaml", engine="local", seed=7)    # the shipped task
+    >>> task["engine"]["type"], task["personas"][0]["role"]
+    ('local', 'night-shift nurse in Manchester')
 """
 
 from __future__ import annotations

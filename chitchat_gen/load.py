@@ -1,6 +1,6 @@
 """Load control: which endpoint gets the next call, and when it may go. No HTTP here.
 
-engines.py asks `acquire(pool, tokens)` before each request and tells `release(pool, endpoint,
+engines.py asks `acquire(pool, tokens)` before each request and tells `release(pool, ticket,
 outcome, ...)` how it went. In between, this module keeps for every endpoint (base URL):
 
 - **a limit on calls in flight** (AIMD, as TCP does): halved when the server says "slow down"
@@ -20,10 +20,13 @@ outcome, ...)` how it went. In between, this module keeps for every endpoint (ba
 Routing: of the endpoints that may take a call now, the one with the least `(in flight + 1) x
 mean latency`: calls flow to where they finish soonest (an endpoint 4x slower gets ~4x fewer).
 
-    pool = new_pool(["http://a:8000", "http://b:8000"], concurrency=64)
-    endpoint = acquire(pool, tokens=700)          # blocks until a call may go
-    ... POST to endpoint["url"] ...
-    release(pool, endpoint, "ok", seconds=0.4, tokens=612)
+    >>> pool = new_pool(["http://a:8000", "http://b:8000"], concurrency=64)
+    >>> ticket = acquire(pool, tokens=700)     # blocks until a call may go
+    >>> ticket["url"]                          # POST there, then say how it went
+    'http://a:8000'
+    >>> release(pool, ticket, "ok", seconds=0.4, used_tokens=612)
+    >>> describe(report(pool))
+    'a:8000 1 calls 0 busy limit 64 0.40s; b:8000 0 calls 0 busy limit 64 0.00s'
 """
 
 from __future__ import annotations
