@@ -381,10 +381,13 @@ def _engine(raw: dict, overrides: dict, path) -> dict:
 
 
 def _override(section: dict, specs: dict, overrides: dict) -> None:
-    """Set the settings of `section` that `overrides` gives (not None), checked against their rows."""
+    """Set the settings of `section` that `overrides` gives (not None), checked against their rows.
+
+    A flag's value was checked when the flags were parsed, so a problem here is a Python caller's.
+    """
     for key, spec in specs.items():
         if overrides.get(key) is not None:
-            section[spec["name"]] = check_value(overrides[key], spec, spec["flag"] or f"{key} (override)")
+            section[spec["name"]] = check_value(overrides[key], spec, f"{key} (override)")
 
 
 def _stage(raw, where: str, task: dict, path, notes: list) -> dict:

@@ -41,9 +41,11 @@ def test_overrides_win_over_the_task_file(task_dir):
     assert task["engine"]["temperature"] == 0.1 and task["seed"] == 5
 
 
-def test_a_misspelt_override_is_refused_with_a_did_you_mean(task_dir):
+def test_a_misspelt_or_bad_override_names_the_keyword(task_dir):
     with pytest.raises(ConfigError, match="unknown override 'concurency' \\(did you mean 'concurrency'\\?\\)"):
         load_task(task_dir / "task.yaml", concurency=2)
+    with pytest.raises(ConfigError, match=r"^price_out \(override\): expected a number >= 0 or null, got -2$"):
+        load_task(task_dir / "task.yaml", price_out=-2)  # from Python: the keyword, not the flag
 
 
 def test_only_rows_that_load_task_overrides_have_a_flag():
