@@ -8,8 +8,8 @@ A task file may replace any of them under `prompts:` (same names, same $variable
 `render` fails loudly on a missing variable, so a typo in an override is caught on the
 first call instead of reaching the model as a literal `$scenaro`.
 
-    >>> render("USER_TURN", {}, persona="Role: cook.", scenario="A chat.", history="(none)", moves="", hint="Say hi.")[:36]
-    'Situation: A chat.\\nWho you are: Role'
+    >>> render("USER_TURN", {}, persona="Role: cook.", scenario="A chat.", history="(none)", moves="", hint="Say hi.")
+    'Conversation so far:\\n(none)\\n\\nInstruction for your next message: Say hi.\\nYour message:'
 
 A template is given every variable of `VARIABLES[name]`, so an override may use any of them, in
 any order. The defaults are laid out for the servers' prefix caches (see USER_SIDE below); an
@@ -31,52 +31,51 @@ they want to chat about.$person
 Pick a topic that is clearly different from every example above \
 (for instance: $topic_hint). Reply with the sentence only, no quotes, no label.""")
 
-# The calls on the user's side (flow controller, hint, user message) share their opening, byte
-# for byte: the same system text, then the situation, the persona and the transcript so far, which
-# only grows. What changes per call (the turn, the candidate moves, the instruction) comes last.
-# A server with a prefix cache (vLLM, SGLang, llama-server, OpenAI) then evaluates only each
-# call's new part: the transcript's latest exchange and a short task (benchmarks/tokens.py,
-# docs/performance.md). subtle: keep $history last in the shared part, and the shared part
-# free of anything per call; `common_prefix` and `trace` show where two prompts part.
+# The calls on the user's side (flow controller, hint, user message) open with the same system
+# text, byte for byte: who the user is, the situation, the rules of the role (and, when the flow
+# controller judges which moves fit, the task's moves: the same in every call of a task). Then the
+# transcript so far, which only grows; what changes per call (the turn, the candidate moves, the
+# instruction) comes last. A server with a prefix cache (vLLM, SGLang, llama-server, OpenAI) then
+# evaluates only each call's new part (benchmarks/tokens.py, docs/performance.md). subtle: the
+# persona and the scenario stay in the system text: asked with them in the request instead,
+# SmolLM2-135M passed the closing gate on 10 of 30 closing turns against 20 of 30 (benchmarks/layout.py).
 USER_SIDE = """\
-You are role-playing a human user chatting with an AI assistant: the person and the situation \
-below. Stay in character. Each request ends with one task: choosing your next move, planning \
-your next message, or writing it. Do exactly that task and reply with what it asks for only. \
-Your messages are written in the first person, as this person would type them: never answer as \
-the assistant, do not explain, do not add labels or quotes.$moves"""
-# $moves: the task's moves, when the flow controller asks which fit (else empty). They are the
-# same in every conversation of a task, so they sit in the cached system text, not in the task.
+You are role-playing a human user chatting with an AI assistant. Stay in character.
+Who you are: $persona
+Situation: $scenario
+Your messages to the assistant are written in the first person, as this person would type them. \
+Do not answer as the assistant, do not explain, do not add labels or quotes.$moves"""
+# $moves: the task's moves, when the flow controller asks which fit (else empty).
 MOVES = Template("""
 
 The moves you can make (a task names the ones open to you):
 $patterns""")
-CONTEXT = "Situation: $scenario\nWho you are: $persona\n"
 SO_FAR = "Conversation so far:\n$history\n\n"
 
 FLOW_SYSTEM = Template(USER_SIDE)
 
-FLOW_USER = Template(CONTEXT + SO_FAR + """\
+FLOW_USER = Template(SO_FAR + """\
 Task: choose your next move (turn $turn) among $names. Reply as JSON: \
 {"eligible": [the moves that would be natural next], "reasoning": "one short sentence"}""")
 
 HINT_SYSTEM = Template(USER_SIDE)
 
-HINT_USER = Template(CONTEXT + SO_FAR + """\
+HINT_USER = Template(SO_FAR + """\
 Task: write a one-sentence instruction for your next message, specific to this conversation. \
 Your move: "$pattern": $description
 General instruction: $hint""")
 
 USER_SYSTEM = Template(USER_SIDE)
 
-USER_TURN = Template(CONTEXT + SO_FAR + """\
-Task: write your next message to the assistant. Instruction for it: $hint
+USER_TURN = Template(SO_FAR + """\
+Instruction for your next message: $hint
 Your message:""")
 
 # The user's closing turn. Only the assistant's last reply is shown: a goodbye needs no more,
 # and with the whole conversation in front of it a small model writes one more ordinary turn
 # (30 closings asked both ways on SmolLM2-135M: benchmarks/closing.py, docs/quality.md section 5).
-# It shares the other user-side calls' opening up to the transcript.
-CLOSING_TURN = Template(CONTEXT + """
+# It shares the other user-side calls' system text.
+CLOSING_TURN = Template("""\
 The assistant just said: "$last"
 
 This is your last message: you are done chatting and leave now. $hint \

@@ -3,6 +3,7 @@
 import collections
 import json
 import math
+import re
 import random
 import threading
 import time
@@ -236,14 +237,14 @@ def test_user_sees_persona_scenario_hint_and_history(task):
     assert record["steps"][-1]["content"] == "Do beer traps work?"
     system, prompt = ctx["calls"][0]["messages"][0]["content"], ctx["calls"][0]["messages"][1]["content"]
     assert "role-playing a human user" in system
-    assert prompt.startswith("Situation: A gardener chats about slugs.\nWho you are: Role: gardener.\n"
-                             "Conversation so far:\nUser: My lettuces are gone.\nAssistant: Slugs, probably.\n\n")
-    assert prompt.endswith("Instruction for it: Ask about beer traps.\nYour message:")
+    assert "Who you are: Role: gardener.\nSituation: A gardener chats about slugs.\n" in system
+    assert prompt == ("Conversation so far:\nUser: My lettuces are gone.\nAssistant: Slugs, probably.\n\n"
+                      "Instruction for your next message: Ask about beer traps.\nYour message:")
 
 
 def test_the_calls_of_a_conversation_open_with_the_same_text(task):
     """Laid out for a prefix cache: every user-side call (flow controller, hint, user) starts with
-    the previous one's system text, situation, persona and transcript, byte for byte; the assistant's
+    the previous one's system text (persona and situation in it) and transcript, byte for byte; the assistant's
     calls each extend the one before; what changes per call comes after."""
     calls = []
 
@@ -256,7 +257,7 @@ def test_the_calls_of_a_conversation_open_with_the_same_text(task):
     assistant = [prompts.flatten(m) for m in calls if "helpful, friendly" in m[0]["content"]]
     assert len(user_side) >= 6 and len(assistant) >= 2
     for earlier, later in zip(user_side, user_side[1:]):
-        shared = earlier[:earlier.index("\n\nTask: ")]
+        shared = re.split(r"\n\n(?:Task|Instruction for your next message): ", earlier)[0]
         if "(nothing yet" in shared:  # the first turn's placeholder gives way to the first exchange
             shared = shared[:shared.index("(nothing yet")]
         assert later.startswith(shared)
