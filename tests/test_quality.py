@@ -240,20 +240,26 @@ def test_the_gate_table_is_one_row_per_gate_with_unique_labels():
         assert set(row["reads"]) <= set(KINDS) and callable(row["check"]) and row["needs"] in ("", "earlier", "instruction")
 
 
+# A message each gate acts on, by gate name (test_stats counts each in a dataset too).
+GATE_EXAMPLES = {
+    "next_speaker": ("Nice!\nUser: more", "user"), "speaker_label": ("User: Nice!", "user"),
+    "leaked_label": ("Hint: be nice.\nNice!", "user"), "meta_note": ("Nice! (note: be brief)", "user"),
+    "stage_direction": ("(laughs) Nice!", "user"), "repeated_paragraph": ("Nice one.\nNice one.", "user"),
+    "first_line": ("A cook bakes.\nMore.", "scenario"), "quotes": ('"Nice!"', "user"),
+    "repeated_sentence": ("Nice! Nice!", "user"), "after_goodbye": ("Bye! And what about roses?", "closing"),
+    "placeholder": ("Hi [your name].", "user"), "assistant_voice": ("How can I help you?", "user"),
+    "echo": ("Tell me about bread.", "assistant"), "parrot": ("Write your next message now please.", "user"),
+    "not_a_goodbye": ("Roses are red.", "closing"), "not_a_scenario": ("I love it!", "scenario"),
+    "copy": ("A cook bakes bread at home.", "scenario"), "near_duplicate": ("A cook bakes bread at home.", "scenario"),
+}
+PREVIOUS = "Tell me about bread."  # the user message an assistant example answers
+
+
 @pytest.mark.parametrize("name", GATE_NAMES)
 def test_every_gate_can_be_turned_off(name):
-    """A message each gate acts on, reviewed with that gate on and off."""
-    found = {"next_speaker": ("Nice!\nUser: more", "user"), "speaker_label": ("User: Nice!", "user"),
-             "leaked_label": ("Hint: be nice.\nNice!", "user"), "meta_note": ("Nice! (note: be brief)", "user"),
-             "stage_direction": ("(laughs) Nice!", "user"), "repeated_paragraph": ("Nice one.\nNice one.", "user"),
-             "first_line": ("A cook bakes.\nMore.", "scenario"), "quotes": ('"Nice!"', "user"),
-             "repeated_sentence": ("Nice! Nice!", "user"), "after_goodbye": ("Bye! And what about roses?", "closing"),
-             "placeholder": ("Hi [your name].", "user"), "assistant_voice": ("How can I help you?", "user"),
-             "echo": ("Tell me about bread.", "assistant"), "parrot": ("Write your next message now please.", "user"),
-             "not_a_goodbye": ("Roses are red.", "closing"), "not_a_scenario": ("I love it!", "scenario"),
-             "copy": ("A cook bakes bread at home.", "scenario"), "near_duplicate": ("A cook bakes bread at home.", "scenario")}
-    text, kind = found[name]
-    extra = dict(previous="Tell me about bread.", instruction="Write your next message now please.",
+    assert set(GATE_EXAMPLES) == set(GATE_NAMES)
+    text, kind = GATE_EXAMPLES[name]
+    extra = dict(previous=PREVIOUS, instruction="Write your next message now please.",
                  earlier=["A cook bakes bread at home."], near_duplicate=0.5)
     label = next(g["label"] for g in GATES if g["name"] == name)
     on, off = review(text, kind, **extra), review(text, kind, settings(gates={name: False}), **extra)

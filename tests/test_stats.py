@@ -6,6 +6,7 @@ import pytest
 
 from chitchat_gen.config import load_task
 from chitchat_gen.record import last_step
+from chitchat_gen.quality import GATES
 from chitchat_gen.stats import add_message, chi_square, dataset_stats, distinct, model_name, near_duplicates, new_tally
 from conftest import read_jsonl, run_cli
 
@@ -186,3 +187,22 @@ def test_the_model_is_recorded_by_name_not_by_the_path_of_the_default_model():
     assert model_name("local", "x.gguf", "x.gguf") == "x.gguf"
     assert model_name("openai", None, "served-model") == "served-model"  # the first model the server lists
     assert model_name("ollama", "granite4:3b", "granite4:3b") == "granite4:3b"
+
+
+def test_stats_count_every_gate_of_the_table_under_its_name(tmp_path):
+    """A gate renamed or added is counted under its new name: no list of names to keep in step."""
+    from test_quality import GATE_EXAMPLES, PREVIOUS
+    scenario = {"role": "scenario", "content": "A cook wants to talk about bread."}
+    exchanges = {"user": lambda text: [{"role": "user", "content": text}, {"role": "assistant", "content": "Sounds good."}],
+                 "assistant": lambda text: [{"role": "user", "content": PREVIOUS}, {"role": "assistant", "content": text}],
+                 "closing": lambda text: [{"role": "flow_controller", "content": "end", "terminate": True},
+                                          {"role": "user", "content": text}, {"role": "assistant", "content": "Bye!"}],
+                 "scenario": lambda text: [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]}
+    path = tmp_path / "final_data.jsonl"
+    with open(path, "w") as out:
+        for text, kind in GATE_EXAMPLES.values():
+            steps = ([{"role": "scenario", "content": text}] if kind == "scenario" else [scenario]) + exchanges[kind](text)
+            out.write(json.dumps({"conversation_id": kind, "steps": steps}) + "\n")
+    counted = dataset_stats(path)["gates"]
+    assert list(counted) == [g["name"] for g in GATES if not g["needs"]]
+    assert all(counted.values()), counted  # each example is found by its gate
