@@ -351,8 +351,8 @@ def mentioned(before: list[str], words_of_saying=MENTIONED) -> bool:
 def not_a_scenario(text: str, about: dict) -> bool:
     """Speaks as someone (I, you, we), greets or answers, asks, or announces something to follow."""
     said = words(text)
-    return bool(said) and (said[0] in about["given"]["phrases"]["not_a_scenario"] or "?" in text
-                           or text.rstrip().endswith(":"))
+    openers = {opener.lower() for opener in about["given"]["phrases"]["not_a_scenario"]}
+    return bool(said) and (said[0] in openers or "?" in text or text.rstrip().endswith(":"))
 
 
 def copy(text: str, about: dict) -> bool:
