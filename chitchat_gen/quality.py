@@ -170,7 +170,11 @@ def meta_note(text: str, about: dict) -> str:
     note = pattern("meta_notes", r"(?<!\w)(?:LIST)(?!\w)", about["given"])
     opener = pattern("meta_lines", r"^(?:LIST)", about["given"])
     kept = re.sub(r"\(([^()\n]{1,200})\)", lambda m: "" if note.search(m.group(1)) else m.group(0), text)
-    lines = [" ".join(part for part in SENTENCE_GAP.split(line) if not opener.match(part.strip())) for line in kept.splitlines()]
+    lines = []
+    for line in kept.splitlines():
+        parts = SENTENCE_GAP.split(line)
+        said = [part for part in parts if not opener.match(part.strip())]
+        lines.append(line if len(said) == len(parts) else " ".join(said))
     return text if "\n".join(lines) == text else tidy("\n".join(lines))
 
 
@@ -183,7 +187,7 @@ def stage_direction(text: str, about: dict) -> str:
         said = words(match.group(1) or match.group(2))
         before, after = text[:match.start()].rstrip(), text[match.end():].strip()
         at_edge = not before or before[-1] in ".!?:;)*" or not words(after)
-        adverb = len(said) <= 2 and len(said[0]) >= 5 and said[0].endswith("ly") if said else False
+        adverb = bool(said) and len(said) <= 2 and len(said[0]) >= 5 and said[0].endswith("ly")
         return "" if said and len(said) <= DIRECTION_WORDS and (said[0] in actions or adverb and at_edge) else match.group(0)
 
     kept = ASIDE.sub(keep, text)

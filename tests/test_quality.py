@@ -70,8 +70,8 @@ STAGE_DIRECTIONS = [
 
 
 @pytest.mark.parametrize("raw,text", STAGE_DIRECTIONS, ids=[c[0][:24] for c in STAGE_DIRECTIONS])
-@pytest.mark.parametrize("kind", ["user", "assistant", "closing"])
-def test_stage_directions_are_cleaned_when_the_rest_stands(raw, text, kind):
+@pytest.mark.parametrize("kind", ["assistant", "closing"])  # "user": with the other cleanings below
+def test_stage_directions_are_cleaned_from_every_speaker(raw, text, kind):
     assert review(raw, kind)[:2] == (text, ["stage direction"])
 
 
@@ -106,11 +106,6 @@ META_NOTES = [
 ]
 
 
-@pytest.mark.parametrize("raw,text", META_NOTES, ids=[c[0][:24] for c in META_NOTES])
-def test_meta_notes_are_cleaned(raw, text):
-    assert review(raw, "user")[:2] == (text, ["note about the chat"])
-
-
 def test_a_message_that_is_only_a_meta_note_is_a_problem():
     assert review("(the user has a great idea and wants to share it!)", "assistant")[2] == ["note about the chat"]
     assert review("Here is a continuation of the previous message.", "user")[2] == ["note about the chat"]
@@ -124,10 +119,13 @@ SPEAKER_LABELS = [
     ("Me: hi there, any plans?", "hi there, any plans?"),
 ]
 
+CLEANINGS = ([(*case, "stage direction") for case in STAGE_DIRECTIONS] + [(*case, "note about the chat") for case in META_NOTES]
+             + [(*case, "speaker label") for case in SPEAKER_LABELS])
 
-@pytest.mark.parametrize("raw,text", SPEAKER_LABELS, ids=[c[0][:24] for c in SPEAKER_LABELS])
-def test_speaker_labels_named_or_not_are_cleaned(raw, text):
-    assert review(raw, "user")[:2] == (text, ["speaker label"])
+
+@pytest.mark.parametrize("raw,text,label", CLEANINGS, ids=[c[0][:24] for c in CLEANINGS])
+def test_stage_directions_meta_notes_and_speaker_labels_are_cleaned_when_the_rest_stands(raw, text, label):
+    assert review(raw, "user")[:2] == (text, [label])
 
 
 @pytest.mark.parametrize("text", ["Update: I tried it and it worked!", "Mum said: no more cake.", "Honestly: best day ever."])
