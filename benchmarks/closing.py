@@ -30,7 +30,8 @@ from chitchat_gen import load_task, make_chat  # noqa: E402
 from chitchat_gen.engines import check_engine  # noqa: E402
 from chitchat_gen.prompts import render  # noqa: E402
 from chitchat_gen.record import messages  # noqa: E402
-from chitchat_gen.stages import CLOSING_MAX_TOKENS, transcript, user_gate  # noqa: E402
+from chitchat_gen.quality import review  # noqa: E402
+from chitchat_gen.stages import CLOSING_MAX_TOKENS, transcript  # noqa: E402
 
 OLD_NOTE = ("This is your last message: wrap up in a sentence or two, thank the assistant or say goodbye, "
             "and ask nothing new.")
@@ -83,7 +84,7 @@ def main() -> None:
             for record in records:
                 prompt, instruction, cap = closing_prompts(record, hint)[setting]
                 reply = chat(prompt, max_tokens=cap, temperature=temperature, seed=rng.randrange(2**31))
-                text, _, found = user_gate(reply, instruction, [])
+                text, _, found = review(reply, "closing", task["quality"], instruction=instruction)
                 passed += bool(text and not found)
                 why.update(found[:1] or ([] if text else ["empty"]))
                 shown.append(("ok  " if text and not found else "no  ") + text.replace("\n", " / ")[:110])

@@ -44,7 +44,8 @@ SETTINGS = {  # name: (seeds only, prompt override, temperature, near-duplicate 
 
 def run_setting(task, chat, k, seeds_only, prompt, temperature, threshold, seed):
     task = dict(task, prompts={"SCENARIO_USER": prompt} if prompt else {})
-    stage = dict(task["initialization_stages"][0], near_duplicate_threshold=threshold)
+    stage = dict(next(s for s in task["initialization_stages"] if s["name"] == "lm/scenario"),
+                 near_duplicate_threshold=threshold)
     memory = {"scenarios": collections.deque(maxlen=1000)}
     rng = random.Random(seed)
     scenarios, drops, calls = [], collections.Counter(), [0]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from . import prompts
+from . import prompts, quality
 from .errors import ConfigError
 from .record import STEP_ROLES, read_jsonl
 from .redact import MASK, is_secret_name, redact_url
@@ -62,6 +62,23 @@ TASK_FIELDS = [
     field("license", "str", None, "the dataset's license for the card's Hub metadata, a Hub license id such as "
           "cc-by-4.0, apache-2.0 or mit; null: none chosen, the card asks you to choose", flag="--license"),
     field("language", "str", "en", "the conversations' language for the card's Hub metadata, an ISO 639-1 code"),
+    field("quality", "mapping", {}, "the quality gates: turn one off, add phrases, set thresholds (keys below)"),
+]
+
+QUALITY_FIELDS = [
+    field("gates", "mapping", {}, "`name: false` turns a gate off (`true` on); names: " + ", ".join(quality.GATE_NAMES)),
+    field("phrases", "mapping", {}, "`list: [phrase, ...]` adds plain phrases to a phrase list of quality.py; lists: "
+          + ", ".join(quality.PHRASES)),
+    field("copy_share", "number", quality.THRESHOLDS["copy_share"],
+          "share of a scenario's 3-grams found in a seed or an earlier scenario that makes it a copy", above=0, high=1),
+    field("echo_share", "number", quality.THRESHOLDS["echo_share"],
+          "share of the user's 3-grams an assistant reply repeats to be an echo of the user", above=0, high=1),
+    field("parrot_words", "int", quality.THRESHOLDS["parrot_words"],
+          "words in a row copied from the instruction that make a user message a copied instruction", low=2),
+    field("closing_sentences", "int", quality.THRESHOLDS["closing_sentences"],
+          "most sentences a closing message may have and pass the closing check", low=1),
+    field("closing_words", "int", quality.THRESHOLDS["closing_words"],
+          "most words a closing message may have and pass the closing check", low=1),
 ]
 
 ENGINE_TYPES = ("ollama", "openai", "local")
@@ -118,8 +135,8 @@ STAGE_FIELDS = {
         field("generate_hint", "bool", None, "false: pass the pattern's hint as is, one call less per turn; "
               "null: as judge_eligibility")],
     "lm/user/guided": [field("max_tokens", "int", None, "cap on user messages; null: 160 or the engine's cap if lower", low=1),
-                       field("closing_cues", "list", [], "phrases that also count as thanks or goodbye on the closing turn "
-                             "(besides prompts.CLOSING_CUES)"),
+                       field("closing_cues", "list", [], "phrases that also count as thanks or goodbye on the closing turn; "
+                             "the same as `quality.phrases.closing_cues`"),
                        field("closing_attempts", "int", 6, "times the closing message is asked for before the conversation "
                              "drops (each a short call); other messages get 2", low=1)],
     "lm/assistant/naive": [field("max_tokens", "int", None, "cap on assistant replies; null: the engine's cap", low=1)],
@@ -183,6 +200,7 @@ def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
     _override(task, TASK_OVERRIDES, overrides)
     for key in ("initialization_stages", "iteration_stages", "finalization_stages"):
         task[key] = [_stage(stage, f"{key}[{i}]", task, path, notes) for i, stage in enumerate(task[key])]
+    task["quality"] = _quality(task, path, notes)
     if any(s["name"] == "lm/scenario" for s in task["initialization_stages"]) and not task["seed_scenarios"]:
         raise ConfigError(f"{path}: seed_datastore: lm/scenario learns from seed examples: "
                           "set seed_datastore.data_path to a seed_examples.jsonl file")
@@ -390,6 +408,30 @@ def _override(section: dict, specs: dict, overrides: dict) -> None:
             section[spec["name"]] = check_value(overrides[key], spec, f"{key} (override)")
 
 
+def _quality(task: dict, path, notes: list) -> dict:
+    """The `quality:` section as quality.settings, with lm/user/guided's `closing_cues` among the phrases."""
+    section = check_fields(task["quality"], QUALITY_FIELDS, f"{path}: quality.", notes)
+    for name, on in section["gates"].items():
+        if name not in quality.GATE_NAMES:
+            raise ConfigError(f"{path}: quality.gates.{name}: unknown gate{_did_you_mean(name, quality.GATE_NAMES)}; "
+                              f"known gates: {', '.join(quality.GATE_NAMES)}")
+        check_value(on, field(name, "bool", REQUIRED, "true or false"), f"{path}: quality.gates.{name}")
+    phrases = dict(section["phrases"])
+    for name, added in phrases.items():
+        if name not in quality.PHRASES:
+            raise ConfigError(f"{path}: quality.phrases.{name}: unknown phrase list{_did_you_mean(name, quality.PHRASES)}; "
+                              f"known lists: {', '.join(quality.PHRASES)}")
+        if not isinstance(added, list) or not all(isinstance(phrase, str) and phrase.strip() for phrase in added):
+            raise ConfigError(f"{path}: quality.phrases.{name}: expected a list of words or phrases, got {added!r}")
+    cues = [cue for s in task["iteration_stages"] if s["name"] == "lm/user/guided" for cue in s["closing_cues"]]
+    phrases["closing_cues"] = [*phrases.get("closing_cues", []), *cues]
+    if task["language"].split("-")[0].lower() != "en":
+        notes.append(f"{path}: language: {task['language']}: the quality gates' phrase lists are English; add phrases in "
+                     "your language under quality.phrases, or turn gates off under quality.gates (docs/quality.md)")
+    thresholds = {key: value for key, value in section.items() if key not in ("gates", "phrases")}
+    return quality.settings(section["gates"], phrases, **thresholds)
+
+
 def _stage(raw, where: str, task: dict, path, notes: list) -> dict:
     if isinstance(raw, str):
         raw = {"name": raw}
@@ -540,7 +582,7 @@ def load_seed_scenarios(path: Path) -> list[str]:
 
 def key_reference() -> str:
     """The Markdown tables of every task-file key, as the README shows them (a test compares)."""
-    sections = [("top level", TASK_FIELDS), ("engine", ENGINE_FIELDS),
+    sections = [("top level", TASK_FIELDS), ("engine", ENGINE_FIELDS), ("quality", QUALITY_FIELDS),
                 ("seed_datastore, persona_store", DATA_STORE_FIELDS)]
     sections += [(f"stage `{name}`", fields) for name, fields in STAGE_FIELDS.items() if fields]
     sections += [("each of the flow controller's `patterns`", PATTERN_FIELDS)]

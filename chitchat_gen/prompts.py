@@ -82,19 +82,6 @@ This is your last message: you are done chatting and leave now. $hint \
 Write one or two short sentences and ask nothing new.
 Your message:""")
 
-# Phrases that make a sentence a thanks or goodbye (quality.is_closing); a task adds its own
-# under lm/user/guided's `closing_cues`. Phrases, not words: "thank the assistant", "take
-# care of that" and "I'd love to see you there" are not goodbyes.
-CLOSING_CUES = (
-    "thank you", "thanks", "many thanks", "thank u", "thx", "bye", "goodbye", "good bye", "bye bye",
-    "see you soon", "see you later", "see you next", "see you then", "see you around", "see you tomorrow", "see ya",
-    "talk soon", "talk to you soon", "talk to you later", "speak soon", "catch you later",
-    "until next time", "good night", "goodnight", "farewell", "cheers", "much appreciated", "appreciate it",
-    "appreciate your help", "appreciate the help", "grateful", "good day to you", "all the best",
-    *(f"have a {good} {time}" for good in ("good", "great", "nice", "lovely", "wonderful")
-      for time in ("day", "evening", "night", "week", "weekend", "one")),
-)
-
 JUDGED = ("coherence", "persona", "naturalness", "closing")  # what lm/judge scores, 1-5 each
 
 JUDGE_SYSTEM = Template(

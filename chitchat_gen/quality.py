@@ -1,83 +1,235 @@
 r"""Quality gates: the mistakes models make in generated text, found by name, cleaned where safe.
 
 A training set inherits every mistake of the model that wrote it; a small model makes more of
-them, a large one fewer. The stages call `clean` on every reply (it removes what can go without
-changing the meaning: labels, prompt lines the model copied, a repeated paragraph or sentence,
-the other speaker's next line) and `problems` on what is left (what cannot be cleaned: the stage
-retries once, then drops the conversation with the problem's name). `stats` counts the same
-checks over a dataset, so the figures mean what the gates mean.
+them, a large one fewer. Every gate is one row of `GATES`: its name (what a task's `quality:`
+section turns off), the messages it reads, its check, whether it cleans or names a problem, and
+the label that drop reasons, `metadata.cleaned`, `stats`, the dataset card and the viewer show.
+The stages ask one question of every reply, `review`: what is wrong with this message? They get
+back the text cleaned (what can go without changing the meaning went: labels, prompt lines the
+model copied, stage directions, a repeated sentence, the other speaker's next line), what went,
+and the problems left (the stage retries, then drops the conversation with the problem's label).
+A cleaning gate that would leave nothing of the message names a problem instead. `stats` runs
+the same table over a dataset, so the figures mean what the gates mean.
 
-    >>> clean("Situation: a rainy day.\nI love rain! I love rain!")
-    ('I love rain!', ['leaked label', 'repeated sentence'])
-    >>> problems("Sure, I'd be happy to help you plan [insert city here].", "user")
+    >>> review("Situation: a rainy day.\nI love rain! (laughs) I love rain!", "user")
+    ('I love rain!', ['leaked label', 'stage direction', 'repeated sentence'], [])
+    >>> review("Sure, I'd be happy to help you plan [insert city here].", "user")[2]
     ['placeholder', "assistant's voice"]
-    >>> is_closing("Thanks a lot, talk soon!", ())
+    >>> is_closing("Thanks a lot, talk soon!")
     True
+
+The phrase lists are English; a task adds its own under `quality.phrases` (config.py).
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
-from .prompts import CLOSING_CUES
 from .text import jaccard, normalise, shingles, words
 
-# "[insert location here]", "[Your name]", "<name>", "{{topic}}": slots a template meant to be filled.
-PLACEHOLDER = re.compile(r"\[\s*(?:insert|add|enter|your|name|placeholder|topic|location|date|user)\b[^\]]*\]"
-                         r"|<\s*(?:name|your[\w ]*|user|location|date|topic|city|placeholder)\s*>|\{\{[^}]*\}\}", re.I)
-# A speaker label at the very start of a reply: the content after it is the reply.
-LABEL = re.compile(r"^\s*\**(user|assistant|scenario|message|instruction|your message|reply)\**\s*:\s*\**\s*", re.I)
-# A line that starts with a label of our prompts (or a made-up one): the model copied the prompt's shape.
-LEAKED_LABEL = re.compile(r"^\s*\**(situation|scenario|persona|instruction|hint|context|note|who you are|sender|"
-                          r"general instruction|(chat|conversation)( \w+){0,3}|(\w+ )?(your|my) (\w+ ){0,2}message|the next one( is)?|"
-                          r"(your|my) (answer|response|reply)|the user|role|instruction for your next message|this is (your|my) (last|final) message|"
-                          r"here'?s (a|an|your|my) ([\w-]+ ){0,2}(message|response|reply)|one short sentence)\**\s*:", re.I)
-NEXT_SPEAKER = re.compile(r"\n\s*\**(user|assistant|human|ai)\**\s*:", re.I)
-ASSISTANT_VOICE = re.compile(
-    r"\b(as an ai|i'?m an ai|as a (large )?language model|how (can|may) i (help|assist)( you)?|"
-    r"i'?m here to (help|assist)|(i'?ll|i'?m|to) be your (\w+ ){0,2}assistant|"
+# --- the phrase lists ------------------------------------------------------------------------
+# Each list is named data a task extends under `quality.phrases.<list>`; how a list's entries
+# match is said above it. Entries of ours may be regular expressions; a task's are plain text.
+
+# Regex fragments, matched case-insensitively after "[" or "<": slots a template meant to be
+# filled ("[insert location here]", "[Your name]", "<name>"); "{{...}}" always is one.
+PLACEHOLDERS = ("insert", "add", "enter", "your", "name", "placeholder", "topic", "location", "date", "user", "city")
+# Regex fragments: a label at the very start of a reply; the content after it is the reply. Kin
+# and titles may carry a capitalised name ("Auntie Jane:", "Dr Patel:"): a model that writes a
+# transcript names its speakers.
+SPEAKER_LABELS = ("user", "assistant", "human", "ai", "me", "scenario", "message", "instruction", "your message", "reply",
+                  "auntie", "aunt", "uncle", "grandma", "granny", "grandpa", "mom", "mum", "dad", "mr", "mrs", "ms",
+                  "miss", "dr", "doctor", "professor", "chef", "coach", "captain")
+# Regex fragments: a line that starts with one of these and a colon copies the shape of our
+# prompts (or makes one up): "Situation: ...", "Your last message: ...", "Chat to: writer123".
+LEAKED_LABELS = ("situation", "scenario", "persona", "instruction", "hint", "context", "note", "who you are", "sender",
+                 "general instruction", r"(chat|conversation)( \w+){0,3}", r"(\w+ )?(your|my) (\w+ ){0,2}message",
+                 r"the next one( is)?", r"(your|my) (answer|response|reply)", "the user", "role",
+                 "instruction for your next message", r"this is (your|my) (last|final) message",
+                 r"here'?s (a|an|your|my) ([\w-]+ ){0,2}(message|response|reply)", "one short sentence")
+# Regex fragments: words in parentheses or brackets that make them a note about the chat, not
+# part of it: "(next message to the assistant is ...)", "(reminder: don't include yourself in this chat)".
+META_NOTES = ("assistant", "chatbot", "the user", r"reminder\s*:", r"note\s*:", "instructions?", "persona", "scenario",
+              "continuation", "in character", "role-?play", r"(next|last|previous|this|my|your) message",
+              r"(this|the) (chat|conversation)")
+# Regex fragments: a sentence that starts like this is about the message: "Here is a continuation of the previous message."
+META_LINES = (r"here('s| is) (a |the |my )?(continuation|rest|next part)\b", r"(this is )?(a |the )?continuation of\b",
+              r"continuing (from )?(the|my|your) (previous|last)", r"\(?continued\)?$")
+# Plain words, and their -s, -ed and -ing forms: parentheses or asterisks that start with one
+# are a stage direction or a role-play action ("(laughs)", "(smiling knowingly)", "*leans back in chair*").
+STAGE_DIRECTIONS = ("laugh", "chuckle", "giggle", "smile", "grin", "sigh", "nod", "wink", "shrug", "pause", "gasp",
+                    "cough", "lean", "wave", "blush", "beam", "smirk", "sob", "hug", "whisper", "shout", "exclaim",
+                    "glance", "yawn", "stretch", "clap", "gesture", "snicker", "scratch", "tilt", "sip", "sniff",
+                    "frown", "blink", "mutter", "grumble", "wipe", "squeal", "cheer", "beaming", "clears", "looks")
+# Regex fragments: a user message saying these talks as the assistant.
+ASSISTANT_VOICE = (
+    r"as an ai", r"i'?m an ai", r"as a (large )?language model", r"how (can|may) i (help|assist)( you)?",
+    r"i'?m here to (help|assist)", r"(i'?ll|i'?m|to) be your (\w+ ){0,2}assistant",
     r"(i'?d|i would|i'?m|i am|i'?ll) (be )?(so |very |really |more than )?(happy|glad|delighted|pleased|thrilled|excited) "
-    r"to (help|assist)|assist you with|i'?m (a|an|your) (\w+ ){0,2}(ai|assistant|chatbot|language model)|"
-    r"let me know if (you|there'?s)|feel free to (ask|reach out)|is there anything else i can|"
-    r"happy to help|i hope (this|that) helps|(happy|glad) to be of (service|help)|at your service)\b", re.I)
-ECHO = 0.6  # share of the user's 3-grams that an assistant reply repeats to count as echoing it
-PARROT = 5  # words in a row copied from the instruction that make a message a parroted instruction
-# A closing is a sentence or two: the seed closings have at most 3 sentences and 21 words.
-CLOSING_SENTENCES, CLOSING_WORDS = 4, 60
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-# Small models write about a goodbye instead of saying it: "a note that says thank you", "just
-# say goodbye", 'a confident "Thanks"'.
-QUOTED = re.compile(r'"[^"]*"|“[^”]*”')
-MENTIONED = {"says", "saying", "said"}
+    r"to (help|assist)", r"assist you with", r"i'?m (a|an|your) (\w+ ){0,2}(ai|assistant|chatbot|language model)",
+    r"let me know if (you|there'?s)", r"feel free to (ask|reach out)", r"is there anything else i can",
+    r"happy to help", r"i hope (this|that) helps", r"(happy|glad) to be of (service|help)", r"at your service",
+    r"what can i (do|help you with)( for you)?", r"how can i be of (help|assistance|service)",
+    r"what would you like to (talk|chat) about", r"is there (anything|something) i can (do|help)",
+)
+# Plain phrases, matched word for word: a sentence saying one thanks or says goodbye
+# (is_closing). Phrases, not words: "thank the assistant", "take care of that" and "I'd love to
+# see you there" are not goodbyes, nor is "grateful" alone ("I'll always be grateful for the
+# people who inspire me").
+CLOSING_CUES = (
+    "thank you", "thanks", "many thanks", "thank u", "thx", "bye", "goodbye", "good bye", "bye bye",
+    "see you soon", "see you later", "see you next", "see you then", "see you around", "see you tomorrow", "see ya",
+    "talk soon", "talk to you soon", "talk to you later", "speak soon", "catch you later",
+    "until next time", "good night", "goodnight", "farewell", "cheers", "much appreciated", "appreciate it",
+    "appreciate your help", "appreciate the help", "good day to you", "all the best",
+    *(f"grateful for {what}" for what in ("your help", "the help", "your time", "the chat", "this chat", "the advice",
+                                          "your advice", "the tips", "your tips")),
+    *(f"have a {good} {time}" for good in ("good", "great", "nice", "lovely", "wonderful")
+      for time in ("day", "evening", "night", "week", "weekend", "one")),
+)
+# Plain words: a cue right after one of these is talked about, not said ("a note that says thank you").
+MENTIONED = ("says", "saying", "said")
+# Plain words: a scenario that opens with one of these speaks as someone (I, you, we), greets or
+# answers: "I'm so glad I could help!" is a reply, not a scenario.
+NOT_A_SCENARIO = ("i", "i'm", "i'd", "i'll", "i've", "im", "me", "my", "we", "we're", "we'll", "our", "us", "you",
+                  "you're", "your", "thanks", "thank", "sure", "hello", "hi", "hey", "yes", "no", "okay", "ok", "wow",
+                  "oh", "here", "here's", "how", "what", "let's", "glad", "great", "absolutely", "certainly")
+PHRASES = {"placeholders": PLACEHOLDERS, "speaker_labels": SPEAKER_LABELS, "leaked_labels": LEAKED_LABELS,
+           "meta_notes": META_NOTES, "meta_lines": META_LINES, "stage_directions": STAGE_DIRECTIONS,
+           "assistant_voice": ASSISTANT_VOICE, "closing_cues": CLOSING_CUES, "mentioned": MENTIONED,
+           "not_a_scenario": NOT_A_SCENARIO}
+
+# --- thresholds (a task sets them under `quality:`) ------------------------------------------
+THRESHOLDS = {
+    "copy_share": 0.6,  # share of a scenario's 3-grams found in an earlier one that makes it a copy
+    "echo_share": 0.6,  # share of the user's 3-grams that an assistant reply repeats to count as echoing it
+    "parrot_words": 5,  # words in a row copied from the instruction that make a message a parroted instruction
+    # A closing is a sentence or two: the seed closings have at most 3 sentences and 21 words.
+    "closing_sentences": 4,
+    "closing_words": 60,
+}
 
 
-def clean(text: str) -> tuple[str, list[str]]:
-    r"""`text` without what can safely go, and the names of what went.
+def settings(gates: dict | None = None, phrases: dict | None = None, **thresholds) -> dict:
+    """The gates' settings: which gates are on, each phrase list with a task's additions, thresholds.
 
-    >>> clean('User: "Nice! What next?"\nAssistant: Well...')
-    ('Nice! What next?', ['next speaker', 'label'])
+    >>> s = settings(gates={"stage_direction": False}, phrases={"closing_cues": ["a presto"]}, echo_share=0.8)
+    >>> s["gates"]["stage_direction"], s["phrases"]["closing_cues"][-1], s["echo_share"]
+    (False, 'a presto', 0.8)
     """
-    fixes = []
-    kept = NEXT_SPEAKER.split(text, maxsplit=1)[0]
-    fixes += ["next speaker"] if kept != text else []
-    unlabelled = LABEL.sub("", kept.strip()).strip()
-    fixes += ["label"] if unlabelled != kept.strip() else []
-    lines = [line for line in unlabelled.splitlines() if line.strip()]
-    content = [line for line in lines if not LEAKED_LABEL.match(line)]
-    if content and len(content) < len(lines):  # a reply made only of a leaked line stays: `problems` names it
-        fixes.append("leaked label")
-        lines = content
-    paragraphs = _unique(lines, lambda a, b: normalise(a) == normalise(b) or jaccard(shingles(a), shingles(b)) >= 0.8)
-    fixes += ["repeated paragraph"] if len(paragraphs) < len(lines) else []
-    text = "\n".join(paragraphs)
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
-    split = re.split(r"(?<=[.!?])[ \t]+", text)
+    extra = phrases or {}
+    return {"gates": {gate["name"]: (gates or {}).get(gate["name"], gate["on"]) for gate in GATES},
+            "phrases": {name: (*entries, *extra.get(name, ())) for name, entries in PHRASES.items()},
+            **THRESHOLDS, **thresholds}
+
+
+@lru_cache(maxsize=64)
+def _compiled(form: str, ours: tuple, theirs: tuple, flags: int) -> re.Pattern:
+    return re.compile(form.replace("LIST", "|".join((*ours, *map(re.escape, theirs)))), flags)
+
+
+def pattern(name: str, form: str, given: dict, flags: int = re.I) -> re.Pattern:
+    """Phrase list `name` (ours as regexes, a task's as plain text) compiled inside `form` at LIST."""
+    entries, ours = given["phrases"][name], PHRASES[name]
+    return _compiled(form, ours, entries[len(ours):], flags)
+
+
+# --- the checks: a cleaning check returns the text without what it found, a problem check a bool
+
+NEXT_SPEAKER = re.compile(r"\n\s*\**(user|assistant|human|ai)\**\s*:", re.I)
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+SENTENCE_GAP = re.compile(r"(?<=[.!?])[ \t]+")
+# Small models write about a goodbye instead of saying it: 'a confident "Thanks"'.
+QUOTED = re.compile(r'"[^"]*"|“[^”]*”')
+# A short span in parentheses, or in single asterisks (not **bold**): an aside, maybe not part of the text.
+ASIDE = re.compile(r"\(([^()\n]{1,120})\)|(?<![*\w])\*(?!\*)([^*\n]{1,120})(?<!\*)\*(?![*\w])")
+DIRECTION_WORDS = 12  # an action longer than this is more likely an aside of the text itself
+
+
+def next_speaker(text: str, about: dict) -> str:
+    return NEXT_SPEAKER.split(text, maxsplit=1)[0].strip()
+
+
+def speaker_label(text: str, about: dict) -> str:
+    # subtle: the list matches in any case, a name after it only capitalised ("Auntie Jane:", not "Mum said:").
+    label = pattern("speaker_labels", r"^\s*\**(?i:LIST)(?:\.?[ \t]+[A-Z][\w'-]*){0,2}\**\s*:\s*\**\s*",
+                    about["given"], flags=0)
+    return label.sub("", text, count=1).strip()
+
+
+def leaked_label(text: str, about: dict) -> str:
+    leaked = pattern("leaked_labels", r"^\s*\**(?:LIST)\**\s*:", about["given"])
+    lines = text.splitlines()
+    kept = [line for line in lines if not leaked.match(line)]
+    return text if len(kept) == len(lines) else "\n".join(kept)
+
+
+def meta_note(text: str, about: dict) -> str:
+    """Without notes about the chat: in parentheses, or a sentence such as "Here is a continuation ..."."""
+    note = pattern("meta_notes", r"(?<!\w)(?:LIST)(?!\w)", about["given"])
+    opener = pattern("meta_lines", r"^(?:LIST)", about["given"])
+    kept = re.sub(r"\(([^()\n]{1,200})\)", lambda m: "" if note.search(m.group(1)) else m.group(0), text)
+    lines = []
+    for line in kept.splitlines():
+        parts = SENTENCE_GAP.split(line)
+        said = [part for part in parts if not opener.match(part.strip())]
+        lines.append(line if len(said) == len(parts) else " ".join(said))
+    return text if "\n".join(lines) == text else tidy("\n".join(lines))
+
+
+def stage_direction(text: str, about: dict) -> str:
+    """Without stage directions: an aside that starts with an action word, or a lone adverb at a
+    sentence's edge ("(excitedly) Oh!"); "I saw it (twice!)" and "(see the menu)" stay."""
+    actions = inflected(about["given"]["phrases"]["stage_directions"])
+
+    def keep(match: re.Match) -> str:
+        said = words(match.group(1) or match.group(2))
+        before, after = text[:match.start()].rstrip(), text[match.end():].strip()
+        at_edge = not before or before[-1] in ".!?:;)*" or not words(after)
+        adverb = bool(said) and len(said) <= 2 and len(said[0]) >= 5 and said[0].endswith("ly")
+        return "" if said and len(said) <= DIRECTION_WORDS and (said[0] in actions or adverb and at_edge) else match.group(0)
+
+    kept = ASIDE.sub(keep, text)
+    return text if kept == text else tidy(kept)
+
+
+@lru_cache(maxsize=16)
+def inflected(bases: tuple) -> frozenset:
+    """Each word with its -s, -ed and -ing forms: "smile" -> smiles, smiled, smiling; "nod" -> nodding."""
+    forms = set()
+    for base in map(str.lower, bases):
+        stem = base[:-1] if base.endswith("e") else base
+        forms |= {base, base + "s", base + "es", base + "d", base + "ed", stem + "ing", stem + "ed",
+                  base + base[-1] + "ing", base + base[-1] + "ed"}
+    return frozenset(forms)
+
+
+def tidy(text: str) -> str:
+    """Spaces mended where something was cut out of a line; empty lines dropped."""
+    lines = (re.sub(r"\s+([,.!?;:])", r"\1", re.sub(r"[ \t]{2,}", " ", line)).strip(" \t,;") for line in text.splitlines())
+    return "\n".join(line for line in lines if line)
+
+
+def repeated_paragraph(text: str, about: dict) -> str:
+    lines = text.splitlines()
+    kept = _unique(lines, lambda a, b: normalise(a) == normalise(b) or jaccard(shingles(a), shingles(b)) >= 0.8)
+    return text if len(kept) == len(lines) else "\n".join(kept)
+
+
+def first_line(text: str, about: dict) -> str:
+    return text.split("\n")[0]
+
+
+def quotes(text: str, about: dict) -> str:
+    return text[1:-1].strip() if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" else text
+
+
+def repeated_sentence(text: str, about: dict) -> str:
+    # small models loop: "I'm so glad! I'm so glad! ..."
+    split = SENTENCE_GAP.split(text)
     once = _unique(split, lambda a, b: normalise(a) == normalise(b))
-    if len(once) < len(split):
-        fixes.append("repeated sentence")  # small models loop: "I'm so glad! I'm so glad! ..."
-        text = " ".join(once)
-    return text, fixes
+    return text if len(once) == len(split) else " ".join(once)
 
 
 def _unique(items: list[str], same) -> list[str]:
@@ -88,58 +240,85 @@ def _unique(items: list[str], same) -> list[str]:
     return kept
 
 
-def problems(text: str, role: str, previous: str = "") -> list[str]:
-    """What is wrong with a cleaned message that cleaning cannot fix, by name.
+def after_goodbye(text: str, about: dict) -> str:
+    return cut_after_goodbye(text, about["given"])
 
-    `role` is "user", "assistant" or "scenario"; `previous` the message it answers (for echoes).
+
+def placeholder(text: str, about: dict) -> bool:
+    form = r"\[\s*(?:LIST)\b[^\]]*\]|<\s*(?:LIST)\b[^>]*>|\{\{[^}]*\}\}"
+    return bool(pattern("placeholders", form, about["given"]).search(text))
+
+
+def assistant_voice(text: str, about: dict) -> bool:
+    return bool(pattern("assistant_voice", r"\b(?:LIST)\b", about["given"]).search(text))
+
+
+def echo(text: str, about: dict) -> bool:
+    return echoes(text, about["previous"], about["given"]["echo_share"])
+
+
+def echoes(reply: str, message: str, share: float = THRESHOLDS["echo_share"]) -> bool:
+    """The reply repeats the message it answers: word for word (the whole reply, or how it
+    opens), or most of its 3-grams (`share`, for a message of 6 words or more).
+
+    >>> echoes("I love hiking in the rain. Me too!", "I love hiking in the rain."), echoes("Sure.", "Short one?")
+    (True, False)
     """
-    found = []
-    if PLACEHOLDER.search(text):
-        found.append("placeholder")
-    if any(LEAKED_LABEL.match(line) for line in text.splitlines()):
-        found.append("leaked label")
-    if role == "user" and ASSISTANT_VOICE.search(text):
-        found.append("assistant's voice")
-    if role == "assistant" and echoes(text, previous):
-        found.append("echo of the user")
-    return found
-
-
-def echoes(reply: str, message: str) -> bool:
-    """The reply repeats most of the message it answers (a message of 6 words or more)."""
+    said, answer = normalise(message), normalise(reply)
+    if said and (answer == said or len(said.split()) >= 3 and answer.startswith(said + " ")):
+        return True
     grams = shingles(message)
-    return len(normalise(message).split()) >= 6 and len(grams & shingles(reply)) / len(grams) >= ECHO
+    return len(said.split()) >= 6 and len(grams & shingles(reply)) / len(grams) >= share
 
 
-def is_closing(text: str, extra_cues) -> bool:
-    """The message reads as a goodbye: it asks nothing, it is short, and one of its last two
-    sentences thanks or says goodbye (prompts.CLOSING_CUES, plus a task's own cues).
+def parrot(text: str, about: dict) -> bool:
+    return parrots(text, about["instruction"], about["given"]["parrot_words"])
+
+
+def parrots(text: str, instruction: str, run: int = THRESHOLDS["parrot_words"]) -> bool:
+    """The message copies `run` words in a row from the instruction it was given.
+
+    >>> parrots("Wrap up in a sentence or two: bye!", "This is your last message: wrap up in a sentence or two.")
+    True
+    """
+    return bool(shingles(text, run) & shingles(instruction, run)) and len(words(text)) >= run
+
+
+def not_a_goodbye(text: str, about: dict) -> bool:
+    return not is_closing(text, about["given"])
+
+
+def is_closing(text: str, given: dict | None = None) -> bool:
+    """The message passes the closing check: it asks nothing, it is short, and one of its last two
+    sentences says a thanks or goodbye phrase (CLOSING_CUES, plus a task's own).
 
     A cue anywhere is not enough: small models put "thank" inside rambling text that goes on.
 
-    >>> is_closing("Great, thanks! I'll try that tomorrow.", ())
+    >>> is_closing("Great, thanks! I'll try that tomorrow.")
     True
-    >>> is_closing("Thanks! What else can I plant in spring?", ())
+    >>> is_closing("Thanks! What else can I plant in spring?")
     False
     """
+    given = given or DEFAULTS
     found = sentences(QUOTED.sub(" ", text))  # a thanks in quotes is talked about, not said
-    return ("?" not in text and len(found) <= CLOSING_SENTENCES and len(words(text)) <= CLOSING_WORDS
-            and any(has_cue(sentence, extra_cues) for sentence in found[-2:]))
+    return ("?" not in text and len(found) <= given["closing_sentences"] and len(words(text)) <= given["closing_words"]
+            and any(has_cue(sentence, given) for sentence in found[-2:]))
 
 
-def cut_after_goodbye(text: str, extra_cues) -> str:
+def cut_after_goodbye(text: str, given: dict | None = None) -> str:
     """A closing message that ran on past its goodbye, cut after it; any other text as it is.
 
     On the closing turn what follows the goodbye is the model writing on (like the other
     speaker's next line), so it can go; a message that is already a closing is kept whole.
 
-    >>> cut_after_goodbye("Thanks, that was fun. Bye! PS: what is your favourite colour?", ())
+    >>> cut_after_goodbye("Thanks, that was fun. Bye! PS: what is your favourite colour?")
     'Thanks, that was fun. Bye!'
     """
-    if is_closing(text, extra_cues):
+    given = given or DEFAULTS
+    if is_closing(text, given):
         return text
     found = sentences(text)
-    last = max((i for i, sentence in enumerate(found) if has_cue(sentence, extra_cues)), default=None)
+    last = max((i for i, sentence in enumerate(found) if has_cue(sentence, given)), default=None)
     return text if last is None else " ".join(found[:last + 1])
 
 
@@ -147,38 +326,125 @@ def sentences(text: str) -> list[str]:
     return [part.strip() for part in SENTENCE_END.split(text) if part.strip()]
 
 
-def has_cue(sentence: str, extra_cues) -> bool:
+def has_cue(sentence: str, given: dict | None = None) -> bool:
     """A thanks or goodbye said, not talked about: not in quotes, not after "says" or "just say".
 
-    >>> has_cue("Thanks, see you!", ()), has_cue('Just say goodbye, or a quick "thanks".', ())
+    >>> has_cue("Thanks, see you!"), has_cue('Just say goodbye, or a quick "thanks".')
     (True, False)
     """
+    phrases = (given or DEFAULTS)["phrases"]
     said = normalise(QUOTED.sub(" ", sentence)).split()
-    for cue in (normalise(cue).split() for cue in (*CLOSING_CUES, *extra_cues)):
-        if any(said[i:i + len(cue)] == cue and not mentioned(said[max(0, i - 2):i]) for i in range(len(said))):
+    for cue in _cue_words(phrases["closing_cues"]):
+        if any(said[i:i + len(cue)] == cue and not mentioned(said[max(0, i - 2):i], phrases["mentioned"])
+               for i in range(len(said))):
             return True
     return False
 
 
-def mentioned(before: list[str]) -> bool:
+@lru_cache(maxsize=16)
+def _cue_words(cues: tuple) -> tuple:
+    return tuple(normalise(cue).split() for cue in cues)
+
+
+def mentioned(before: list[str], words_of_saying=MENTIONED) -> bool:
     """The two words before a cue make it talk about a goodbye: "says thanks", "just say goodbye"
     (but "I say thanks", "wanted to say thank you" say it)."""
-    return bool(before) and (before[-1] in MENTIONED or before[-1] == "say" and before[:1] not in (["i"], ["to"], ["we"]))
+    return bool(before) and (before[-1] in words_of_saying or before[-1] == "say" and before[:1] not in (["i"], ["to"], ["we"]))
 
 
-def parrots(text: str, instruction: str) -> bool:
-    """The message copies PARROT words in a row from the instruction it was given.
-
-    >>> parrots("Wrap up in a sentence or two: bye!", "This is your last message: wrap up in a sentence or two.")
-    True
-    """
-    return bool(shingles(text, PARROT) & shingles(instruction, PARROT)) and len(words(text)) >= PARROT
+def not_a_scenario(text: str, about: dict) -> bool:
+    """Speaks as someone (I, you, we), greets or answers, asks, or announces something to follow."""
+    said = words(text)
+    openers = {opener.lower() for opener in about["given"]["phrases"]["not_a_scenario"]}
+    return bool(said) and (said[0] in openers or "?" in text or text.rstrip().endswith(":"))
 
 
-def copies(text: str, earlier: list[str], share: float = 0.6) -> bool:
+def copy(text: str, about: dict) -> bool:
+    return copies(text, about["earlier"], about["given"]["copy_share"])
+
+
+def copies(text: str, earlier: list[str], share: float = THRESHOLDS["copy_share"]) -> bool:
     """`text` contains most of some earlier text's 3-grams (`share`), or is contained in it.
 
     Catches a seed copied word for word with a sentence added, which Jaccard alone lets through.
     """
     grams = shingles(text)
     return any(len(grams & other) >= share * min(len(grams), len(other)) for other in map(shingles, earlier))
+
+
+def near_duplicate(text: str, about: dict) -> bool:
+    threshold, grams = about["near_duplicate"], shingles(text)
+    return threshold is not None and any(jaccard(grams, other) >= threshold for other in map(shingles, about["earlier"]))
+
+
+# --- the gate table ----------------------------------------------------------------------------
+# The messages a gate reads: a scenario, an LM-written hint, a user message, the user's closing
+# message, an assistant reply.
+KINDS = ("scenario", "hint", "user", "closing", "assistant")
+SAID, USER = ("user", "closing", "assistant"), ("user", "closing")
+
+
+def gate(name: str, reads: tuple, check, label: str, cleans: bool = False, on: bool = True, needs: str = "") -> dict:
+    """One gate. `cleans`: `check` returns the text without what it found (a problem when nothing
+    would be left), else it returns whether the text has the problem. `needs`: what the check
+    reads besides the message, which a dataset does not keep ("earlier": the run's earlier
+    scenarios; "instruction": what the user was told), so `stats` cannot run it."""
+    return {"name": name, "reads": reads, "check": check, "label": label, "cleans": cleans, "on": on, "needs": needs}
+
+
+# In the order they run: cleaning first (each on what the one before left), then the problems.
+GATES = [
+    gate("next_speaker", KINDS, next_speaker, "the other speaker's next line", cleans=True),
+    gate("speaker_label", KINDS, speaker_label, "speaker label", cleans=True),
+    gate("leaked_label", KINDS, leaked_label, "leaked label", cleans=True),
+    gate("meta_note", KINDS, meta_note, "note about the chat", cleans=True),
+    gate("stage_direction", SAID, stage_direction, "stage direction", cleans=True),
+    gate("repeated_paragraph", KINDS, repeated_paragraph, "repeated paragraph", cleans=True),
+    gate("first_line", ("scenario",), first_line, "lines after the first", cleans=True),
+    gate("quotes", KINDS, quotes, "quotes around the message", cleans=True),
+    gate("repeated_sentence", KINDS, repeated_sentence, "repeated sentence", cleans=True),
+    gate("after_goodbye", ("closing",), after_goodbye, "text after the goodbye", cleans=True),
+    gate("placeholder", KINDS, placeholder, "placeholder"),
+    gate("assistant_voice", USER, assistant_voice, "assistant's voice"),
+    gate("echo", ("assistant",), echo, "echo of the user"),
+    gate("parrot", USER, parrot, "instruction copied", needs="instruction"),
+    gate("not_a_goodbye", ("closing",), not_a_goodbye, "fails the closing check"),
+    gate("not_a_scenario", ("scenario",), not_a_scenario, "not a scenario"),
+    gate("copy", ("scenario",), copy, "copies a seed or an earlier scenario", needs="earlier"),
+    gate("near_duplicate", ("scenario",), near_duplicate, "near-duplicate of an earlier scenario", needs="earlier"),
+]
+GATE_NAMES = [g["name"] for g in GATES]
+NAME_OF = {g["label"]: g["name"] for g in GATES}  # labels are unique (a test checks)
+DEFAULTS = settings()
+
+
+def review(text: str, kind: str, given: dict | None = None, previous: str = "", instruction: str | None = None,
+           earlier: list[str] | None = None, near_duplicate: float | None = None) -> tuple[str, list[str], list[str]]:
+    r"""What is wrong with one message: (the text cleaned, labels of what went, labels of the problems left).
+
+    `kind` is one of KINDS; `given` the task's settings (`task["quality"]`, else the defaults);
+    `previous` the message it answers (echoes); `instruction` what the user was told (parroting)
+    and `earlier` the seeds and earlier scenarios (None: the gates that need them do not run);
+    `near_duplicate` lm/scenario's threshold.
+
+    >>> review('User: "Nice! What next?"\nAssistant: Well...', "user")
+    ('Nice! What next?', ["the other speaker's next line", 'speaker label', 'quotes around the message'], [])
+    >>> review("*smiles*", "assistant")
+    ('*smiles*', [], ['stage direction'])
+    """
+    given = given or DEFAULTS
+    about = {"kind": kind, "given": given, "previous": previous, "instruction": instruction, "earlier": earlier,
+             "near_duplicate": near_duplicate}
+    text = "\n".join(line.rstrip() for line in text.strip().splitlines() if line.strip())
+    fixes, found = [], []
+    for row in GATES:
+        if kind not in row["reads"] or not given["gates"][row["name"]] or row["needs"] and about[row["needs"]] is None:
+            continue
+        if not row["cleans"]:
+            found += [row["label"]] if row["check"](text, about) else []
+        elif (cleaned := row["check"](text, about)) != text:
+            if words(cleaned):
+                text, fixes = cleaned, [*fixes, row["label"]]
+            else:  # nothing of the message would be left: it is the problem
+                found.append(row["label"])
+    return text, fixes, found

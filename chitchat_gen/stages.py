@@ -23,9 +23,9 @@ import json
 import re
 
 from . import prompts
-from .quality import clean, copies, cut_after_goodbye, is_closing, parrots, problems
+from .quality import review
 from .record import last_step, messages, new_step
-from .text import jaccard, normalise, shingles
+from .text import normalise
 
 STAGES: dict = {}
 CLOSING_MAX_TOKENS = 64  # a goodbye of a sentence or two; a long cap lets a small model ramble past it
@@ -62,7 +62,7 @@ def template(ctx: dict, name: str, **variables) -> str:
 def add_step(record: dict, ctx: dict, role: str, content: str, cleaned=(), **fields) -> dict:
     """Append a step written by the running stage in this turn; return the record.
 
-    `cleaned` names what quality.clean removed from the reply (kept in the step's metadata).
+    `cleaned` labels what quality.review removed from the reply (kept in the step's metadata).
     """
     step = new_step(role, content, ctx["stage"]["name"], ctx.get("turn"), **fields)
     if cleaned:
@@ -121,9 +121,10 @@ def transcript(record: dict) -> str:
 def scenario(record: dict, ctx: dict) -> dict | str:
     """In-context learning: show a few seed (and earlier) scenarios, ask for a different one.
 
-    If a persona step came first (a task may order sample/persona before lm/scenario), the
-    scenario is written for that person. With `near_duplicate_threshold` set, a scenario that
-    close to an earlier one (word 3-gram Jaccard) is retried once, then dropped.
+    If a persona step came first (the shipped task samples the persona first), the scenario is
+    written for that person; DiGiT's order, scenario first, writes it for anyone. The reply's
+    first line is kept; one with a problem (quality.review: a copy of an example, not a scenario,
+    with `near_duplicate_threshold` one that close to an earlier one) is retried once, then dropped.
     """
     rng, task, cfg = ctx["rng"], ctx["task"], ctx["stage"]
     earlier = list(ctx["memory"]["scenarios"])  # subtle: one C-level copy under the GIL, safe beside appends
@@ -138,29 +139,14 @@ def scenario(record: dict, ctx: dict) -> dict | str:
                                                  topic_hint=rng.choice(prompts.TOPIC_HINTS),
                                                  person=f"\nThe person: {persona['content']}" if persona else "")},
         ]
-        text, fixes = clean(clean(lm(ctx, messages))[0].split("\n")[0])  # first line, then its own quotes and label
-        problem = scenario_problem(text, pool, cfg.get("near_duplicate_threshold"))
-        if not problem:
+        text, fixes, found = review(lm(ctx, messages), "scenario", task["quality"], earlier=pool,
+                                    near_duplicate=cfg.get("near_duplicate_threshold"))
+        if text and not found:
             break
     else:
-        return problem
+        return f"scenario: {found[0]}" if text else "scenario empty"
     ctx["memory"]["scenarios"].append(text)
     return add_step(record, ctx, "scenario", text, cleaned=fixes)
-
-
-def scenario_problem(text: str, earlier: list[str], threshold: float | None) -> str | None:
-    """Why a scenario cannot be used, or None; `earlier` are the seeds and earlier scenarios."""
-    if not text:
-        return "scenario empty"
-    if found := problems(text, "scenario"):
-        return f"scenario: {found[0]}"
-    if copies(text, earlier):
-        return "scenario copies a seed or an earlier scenario"
-    if threshold is not None:
-        grams = shingles(text)
-        if any(jaccard(grams, g) >= threshold for g in map(shingles, earlier)):
-            return "scenario near-duplicate of an earlier one"
-    return None
 
 
 @stage("sample/persona")
@@ -205,10 +191,10 @@ def flow_controller(record: dict, ctx: dict) -> dict:
     chosen = ctx["rng"].choices(eligible, weights=weights if sum(weights) > 0 else None)[0]
     hint, terminate = chosen["hint"], chosen["name"] in closing
     if cfg["generate_hint"] and not terminate:  # the closing turn keeps its pattern's own hint, as written
-        written = clean(lm(ctx, user_side(record, ctx, "HINT_SYSTEM", "HINT_USER", pattern=chosen["name"],
-                                          description=chosen["description"], hint=chosen["hint"]),
-                           max_tokens=120))[0]
-        hint = written if written and not problems(written, "hint") else hint
+        written, _, found = review(lm(ctx, user_side(record, ctx, "HINT_SYSTEM", "HINT_USER", pattern=chosen["name"],
+                                                     description=chosen["description"], hint=chosen["hint"]),
+                                      max_tokens=120), "hint", task["quality"])
+        hint = written if written and not found else hint
     return add_step(record, ctx, "flow_controller", chosen["name"], terminate=terminate, hint=hint,
                     eligible_patterns=[p["name"] for p in eligible], weights={p["name"]: p["weight"] for p in eligible},
                     reasoning=reasoning)
@@ -224,7 +210,11 @@ def eligibility_schema(names: list[str]) -> dict:
 
 
 def parse_eligibility(reply: str) -> tuple[set, str]:
-    """Pattern names and reasoning from the flow controller's JSON; empty set when it does not parse."""
+    """Pattern names and reasoning from the flow controller's JSON; empty set when it does not parse.
+
+    >>> parse_eligibility('Sure: {"eligible": ["chit_chat/follow_up"], "reasoning": "it asked"}')
+    ({'chit_chat/follow_up'}, 'it asked')
+    """
     match = re.search(r"\{.*\}", reply, re.S)
     try:
         data = json.loads(match.group(0)) if match else None
@@ -242,9 +232,9 @@ def parse_eligibility(reply: str) -> tuple[set, str]:
 def user(record: dict, ctx: dict) -> dict | str:
     """The simulated user's next message, from persona, scenario, history and this turn's hint.
 
-    A message with a problem quality.clean cannot fix is asked for again once, then the
+    A message with a problem quality.review cannot clean is asked for again once, then the
     conversation drops. The closing turn is asked differently (prompts.CLOSING_TURN, a short
-    reply to the assistant's last message) and must read as a goodbye (quality.is_closing); it
+    reply to the assistant's last message) and must pass the closing check (quality.is_closing); it
     gets `closing_attempts`, since each is one short call and the conversation before it ~8.
     """
     cfg, flow = ctx["stage"], last_step(record, "flow_controller")
@@ -259,27 +249,11 @@ def user(record: dict, ctx: dict) -> dict | str:
         prompt = user_side(record, ctx, "USER_SYSTEM", "USER_TURN", hint=hint)
         instruction, attempts, cap = instruction_of(ctx, "USER_TURN", hint=""), 2, cfg["max_tokens"]
     for attempt in range(attempts):
-        text, fixes, found = user_gate(lm(ctx, prompt, max_tokens=cap, **retry(ctx, attempt)),
-                                       instruction, cfg["closing_cues"] if closing else None)
+        text, fixes, found = review(lm(ctx, prompt, max_tokens=cap, **retry(ctx, attempt)), "closing" if closing else "user",
+                                    ctx["task"]["quality"], instruction=instruction)
         if text and not found:
             return add_step(record, ctx, "user", text, cleaned=fixes)
     return f"user message: {found[0]}" if text else "user message empty"
-
-
-def user_gate(reply: str, instruction: str, closing_cues=None) -> tuple[str, list[str], list[str]]:
-    """A user reply cleaned, what cleaning removed, and the problems left; `closing_cues` (a
-    list, maybe empty) on the closing turn, None on others. benchmarks/closing.py uses it too.
-
-    >>> user_gate("Thanks, bye! And what about roses?", "Say goodbye.", [])
-    ('Thanks, bye!', ['text after the goodbye'], [])
-    """
-    text, fixes = clean(reply)
-    if closing_cues is not None and (cut := cut_after_goodbye(text, closing_cues)) != text:
-        text, fixes = cut, [*fixes, "text after the goodbye"]
-    found = problems(text, "user") + (["instruction copied"] if parrots(text, instruction) else [])
-    if closing_cues is not None and not is_closing(text, closing_cues):
-        found.append("closing turn is not a goodbye")
-    return text, fixes, found
 
 
 @stage("lm/assistant/naive")
@@ -288,8 +262,8 @@ def assistant(record: dict, ctx: dict) -> dict | str:
     prompt = [{"role": "system", "content": template(ctx, "ASSISTANT_SYSTEM", scenario=scenario_of(record, ctx))}]
     said = messages(record)
     for attempt in range(2):
-        text, fixes = clean(lm(ctx, prompt + said, max_tokens=ctx["stage"]["max_tokens"], **retry(ctx, attempt)))
-        found = problems(text, "assistant", said[-1]["content"] if said else "")
+        text, fixes, found = review(lm(ctx, prompt + said, max_tokens=ctx["stage"]["max_tokens"], **retry(ctx, attempt)),
+                                    "assistant", ctx["task"]["quality"], previous=said[-1]["content"] if said else "")
         if text and not found:
             return add_step(record, ctx, "assistant", text, cleaned=fixes)
     return f"assistant message: {found[0]}" if text else "assistant message empty"

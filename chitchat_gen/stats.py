@@ -4,7 +4,8 @@
     python -m chitchat_gen stats final_data.jsonl --task-paths task.yaml --json
 
 Reads a `final_data.jsonl` (ours or DiGiT's) line by line. The figures:
-turns histogram; closing exchanges; pattern picks vs the task's weights (chi-square);
+turns histogram; closing exchanges and how many pass the closing check; what each quality gate
+finds in the scenarios and messages (quality.GATES); pattern picks vs the task's weights (chi-square);
 exact and near-duplicate scenarios (normalised text, word 3-gram Jaccard >= 0.5);
 distinct-1/2 and mean length (words) of user and of assistant messages; persona coverage.
 
@@ -28,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from .prompts import JUDGED
-from .quality import clean, copies, is_closing, problems
+from .quality import DEFAULTS, GATES, NAME_OF, copies, is_closing, review
 from .record import messages, read_jsonl
 from .redact import redact_text
 from .store import FINAL, FORMATTED, rewrite
@@ -119,19 +120,34 @@ def chi_square_sf(x: float, df: int) -> float:
     return min(1.0, math.erfc(math.sqrt(h)) + math.exp(-h) * total)
 
 
-# What the quality gates look for, counted over the messages of accepted conversations.
-PROBLEMS = ("placeholder", "leaked label", "repeated paragraph", "assistant's voice", "echo of the user")
+def gate_finds(record: dict, given: dict) -> list[str]:
+    """The names of the gates that find something in a conversation's scenario and messages, one
+    name per message it finds something in.
 
-
-def message_problems(said: list[dict]) -> list[str]:
-    """The PROBLEMS in a conversation's messages, one name per message that has it."""
-    names = []
+    Each message is read as the stages read it: the last user message of a closing exchange as
+    a closing message, an assistant reply against the user message it answers. The gates that
+    need what a dataset does not keep (the run's earlier scenarios, the user's instructions) do
+    not run: the duplicate figures count scenario copies their own way.
+    """
+    steps, found = record.get("steps") or [], []
+    said = messages(record)
+    closing = has_closing_exchange(steps)
     for i, message in enumerate(said):
-        previous = said[i - 1]["content"] if i else ""
-        fixes = clean(message["content"])[1]
-        names += sorted(set(problems(message["content"], message["role"], previous))
-                        | {fix for fix in fixes if fix in PROBLEMS})
-    return names
+        kind = "closing" if closing and i == len(said) - 2 and message["role"] == "user" else message["role"]
+        _, fixes, problems = review(message["content"], kind, given, previous=said[i - 1]["content"] if i else "")
+        found += sorted({NAME_OF[label] for label in fixes + problems})
+    for step in steps:
+        if step.get("role") == "scenario" and isinstance(step.get("content"), str):
+            _, fixes, problems = review(step["content"], "scenario", given)
+            found += sorted({NAME_OF[label] for label in fixes + problems})
+    return found
+
+
+def has_closing_exchange(steps: list) -> bool:
+    """The last pattern picked ended the conversation, and a user message and its answer follow it."""
+    flows = [i for i, s in enumerate(steps) if s.get("role") == "flow_controller"]
+    return bool(flows) and bool(steps[flows[-1]].get("terminate")) and \
+        [s.get("role") for s in steps[flows[-1] + 1:]] == ["user", "assistant"]
 
 
 def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = True) -> dict:
@@ -141,10 +157,10 @@ def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = Tru
     distinct-n, message lengths): the dataset card, written at the end of every run, does so to
     keep a run's peak memory flat in N.
     """
-    conversations, turns, closing, goodbyes = 0, Counter(), 0, 0
+    conversations, turns, closing, passes = 0, Counter(), 0, 0
     picks, scenarios, personas, found, scores = Counter(), [], Counter(), Counter(), []
     tallies = {"user": new_tally(), "assistant": new_tally()}
-    cues = next((s["closing_cues"] for s in task["iteration_stages"] if s["name"] == "lm/user/guided"), ()) if task else ()
+    given = task["quality"] if task else DEFAULTS
     for _, _, record, _ in read_jsonl(path):
         if not isinstance(record, dict):
             continue  # a torn last line from a killed run
@@ -152,15 +168,12 @@ def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = Tru
         conversations += 1
         said = messages(record)
         users = [m["content"] for m in said if m["role"] == "user"]
-        goodbyes += bool(users) and is_closing(users[-1], cues)
-        found.update(message_problems(said))
+        passes += bool(users) and is_closing(users[-1], given)
+        found.update(gate_finds(record, given))
         if isinstance(record.get("scores"), dict) and all(isinstance(record["scores"].get(k), int) for k in JUDGED):
             scores.append(record["scores"])
         turns[sum(1 for s in steps if s.get("role") == "assistant")] += 1
-        flows = [i for i, s in enumerate(steps) if s.get("role") == "flow_controller"]
-        if flows and steps[flows[-1]].get("terminate") and \
-                [s.get("role") for s in steps[flows[-1] + 1:]] == ["user", "assistant"]:
-            closing += 1
+        closing += has_closing_exchange(steps)
         for s in steps:
             role = s.get("role")
             if role == "flow_controller":
@@ -175,8 +188,8 @@ def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = Tru
         "conversations": conversations,
         "turns": dict(sorted(turns.items())),
         "closing_exchanges": closing,
-        "goodbyes": goodbyes,
-        "problems": {name: found[name] for name in PROBLEMS},
+        "passes_closing_check": passes,
+        "gates": {g["name"]: found[g["name"]] for g in GATES if not g["needs"]},
         "patterns": dict(picks.most_common()),
         "distinct_personas": len(personas),
     }
@@ -185,7 +198,8 @@ def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = Tru
         result["duplicate_scenarios"] = len(scenarios) - len(set(map(normalise, scenarios)))
         result["near_duplicate_scenarios"] = near_duplicates(scenarios)
         if task:
-            result["scenarios_copying_a_seed"] = sum(copies(text, task["seed_scenarios"]) for text in scenarios)
+            result["scenarios_copying_a_seed"] = sum(copies(text, task["seed_scenarios"], given["copy_share"])
+                                                     for text in scenarios)
     if scores:
         result["judge"] = {"judged": len(scores),
                            "mean": {k: round(sum(s[k] for s in scores) / len(scores), 2) for k in JUDGED},
@@ -214,8 +228,7 @@ def render_table(stats: dict) -> str:
     rows = [("conversations", stats["conversations"]),
             ("turns histogram", ", ".join(f"{k}: {v}" for k, v in stats["turns"].items()) or "-"),
             ("closing exchanges", f"{stats['closing_exchanges']} of {stats['conversations']} "
-                                  f"(the last user message reads as a goodbye in {stats['goodbyes']})"),
-            ("problems", ", ".join(f"{n} {name}" for name, n in stats["problems"].items())),
+                                  f"(the last user message passes the closing check in {stats['passes_closing_check']})"),
             ("distinct personas", stats["distinct_personas"]
              if "personas_available" not in stats else f"{stats['distinct_personas']} of {stats['personas_available']}")]
     if "scenarios" in stats:
@@ -231,6 +244,9 @@ def render_table(stats: dict) -> str:
         rows.append((f"{role} messages", f"{stats[f'{role}_messages']}, mean {stats[f'{role}_mean_words']} words, "
                                          f"distinct-1 {stats[f'{role}_distinct_1']}, distinct-2 {stats[f'{role}_distinct_2']}"))
     lines = [f"{name:<26}{value}" for name, value in rows]
+    lines += ["", f"{'quality gate':<32}{'messages':>10}   finds (in scenarios and messages)"]
+    labels = {g["name"]: (g["label"], "cleans" if g["cleans"] else "problem") for g in GATES}
+    lines += [f"{name:<32}{n:>10}   {labels[name][0]} ({labels[name][1]})" for name, n in stats["gates"].items()]
     picks = stats["patterns"]
     weights = stats.get("weights", {})
     if picks:

@@ -7,6 +7,7 @@ import yaml
 
 from chitchat_gen.cli import build_parser, eta
 from chitchat_gen.config import ENGINE_OVERRIDES, TASK_OVERRIDES, load_task
+from chitchat_gen.record import last_step
 from conftest import outputs, run_cli, read_jsonl
 from fake_lm import FakeServer
 from test_engines import free_port_url
@@ -270,7 +271,7 @@ def test_shards_split_n_and_concatenate_to_n(task_dir, server):
     assert sizes == [4, 3, 3]
     ids = [r["conversation_id"] for i in (1, 2, 3) for r in read_jsonl(base / f"shard-{i}-of-3/formatted_output.jsonl")]
     assert len(set(ids)) == 10
-    personas = [[r["steps"][1]["persona_role"] for r in read_jsonl(base / f"shard-{i}-of-3/final_data.jsonl")] for i in (1, 2)]
+    personas = [[last_step(r, "persona")["persona_role"] for r in read_jsonl(base / f"shard-{i}-of-3/final_data.jsonl")] for i in (1, 2)]
     assert personas[0][:3] != personas[1][:3]  # shards draw with their own seeds
 
 

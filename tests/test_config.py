@@ -77,6 +77,25 @@ def test_digit_bookkeeping_keys_are_accepted_with_a_note(task_dir):
     assert any("created_by" in note for note in task["notes"])
 
 
+def test_a_tasks_quality_section_tunes_the_gates(task_dir):
+    def change(raw):
+        raw["quality"] = {"gates": {"stage_direction": False}, "phrases": {"closing_cues": ["a presto"]}, "echo_share": 0.8}
+        next(s for s in raw["iteration_stages"] if s["name"] == "lm/user/guided")["closing_cues"] = ["ciao"]
+    given = load_task(write_task(task_dir, change))["quality"]
+    assert given["gates"]["stage_direction"] is False and given["gates"]["echo"] is True
+    assert given["phrases"]["closing_cues"][-2:] == ("a presto", "ciao") and given["echo_share"] == 0.8
+    assert given["parrot_words"] == 5  # the default
+
+
+def test_a_task_not_in_english_gets_one_note_on_the_phrase_lists(task_dir):
+    english = load_task(task_dir / "task.yaml")
+    german = load_task(write_task(task_dir, lambda r: r.update(language="de")))
+    assert not any("phrase lists are English" in note for note in english["notes"])
+    assert [note for note in german["notes"] if "phrase lists are English" in note] == \
+        [f"{task_dir / 'task.yaml'}: language: de: the quality gates' phrase lists are English; add phrases in your "
+         "language under quality.phrases, or turn gates off under quality.gates (docs/quality.md)"]
+
+
 TASK_CASES = [
     ("missing task_name", lambda r: r.pop("task_name"), "task_name: missing"),
     ("task_name escapes", lambda r: r.update(task_name="../../etc"), "task_name"),
@@ -88,9 +107,9 @@ TASK_CASES = [
     ("unknown stage", lambda r: r["iteration_stages"].append({"name": "lm/asistant/naive"}), "unknown stage 'lm/asistant/naive' (did you mean 'lm/assistant/naive'?)"),
     ("stage without name", lambda r: r["iteration_stages"].append({"foo": 1}), "iteration_stages[3]: expected a mapping with a 'name'"),
     ("stages not a list", lambda r: r.update(iteration_stages="lm/user/guided"), "iteration_stages: expected a list"),
-    ("unknown stage key", lambda r: r["initialization_stages"][0].update(num_icl_example=3), "did you mean 'num_icl_examples'"),
-    ("negative icl", lambda r: r["initialization_stages"][0].update(num_icl_examples=-1), "num_icl_examples: expected a whole number >= 0"),
-    ("dedup threshold out of range", lambda r: r["initialization_stages"][0].update(near_duplicate_threshold=1.5), "near_duplicate_threshold: expected a number in (0, 1]"),
+    ("unknown stage key", lambda r: r["initialization_stages"][1].update(num_icl_example=3), "did you mean 'num_icl_examples'"),
+    ("negative icl", lambda r: r["initialization_stages"][1].update(num_icl_examples=-1), "num_icl_examples: expected a whole number >= 0"),
+    ("dedup threshold out of range", lambda r: r["initialization_stages"][1].update(near_duplicate_threshold=1.5), "near_duplicate_threshold: expected a number in (0, 1]"),
     ("negative weight", lambda r: flow(r)["patterns"][0].update(weight=-0.5), "patterns[0].weight: expected a number >= 0"),
     ("string weight", lambda r: flow(r)["patterns"][0].update(weight="high"), "patterns[0].weight"),
     ("all weights zero", lambda r: [p.update(weight=0) for p in flow(r)["patterns"]], "at least one non-termination pattern needs a weight > 0"),
@@ -103,8 +122,8 @@ TASK_CASES = [
     ("judge_eligibility string", lambda r: flow(r).update(judge_eligibility="no"), "judge_eligibility: expected true or false"),
     ("generate_hint string", lambda r: flow(r).update(generate_hint="yes"), "generate_hint: expected true or false"),
     ("bad env var", lambda r: r["seed_datastore"].update(data_path="${NO_SUCH_VAR_XYZ}/s.jsonl"), "${NO_SUCH_VAR_XYZ} is not set"),
-    ("missing personas file", lambda r: r["initialization_stages"][1]["persona_store"].update(data_path="nope.jsonl"), "nope.jsonl not found"),
-    ("persona store without path", lambda r: r["initialization_stages"][1].update(persona_store={"type": "default"}), "persona_store.data_path"),
+    ("missing personas file", lambda r: r["initialization_stages"][0]["persona_store"].update(data_path="nope.jsonl"), "nope.jsonl not found"),
+    ("persona store without path", lambda r: r["initialization_stages"][0].update(persona_store={"type": "default"}), "persona_store.data_path"),
     ("no seed datastore", lambda r: r.pop("seed_datastore"), "lm/scenario learns from seed examples"),
     ("unknown engine type", lambda r: r["engine"].update(type="olama"), "engine.type: expected one of ollama, openai, local, got 'olama' (did you mean 'ollama'?)"),
     ("unknown engine key", lambda r: r["engine"].update(modle="x"), "did you mean 'model'"),
@@ -118,6 +137,16 @@ TASK_CASES = [
     ("task_name not a string", lambda r: r.update(task_name=5), "task_name: expected a string, got 5"),
     ("store not a mapping", lambda r: r.update(seed_datastore="seeds.jsonl"), "seed_datastore: expected a mapping or null, got 'seeds.jsonl'"),
     ("unknown prompt", lambda r: r.update(prompts={"USER_SYSTEN": "x"}), "did you mean 'USER_SYSTEM'"),
+    ("unknown quality key", lambda r: r.update(quality={"echo_shar": 0.5}), "quality: unknown key 'echo_shar' (did you mean 'echo_share'?)"),
+    ("unknown gate", lambda r: r.update(quality={"gates": {"stage_directions": False}}),
+     "quality.gates.stage_directions: unknown gate (did you mean 'stage_direction'?); known gates: next_speaker"),
+    ("gate not a bool", lambda r: r.update(quality={"gates": {"echo": "off"}}), "quality.gates.echo: expected true or false, got 'off'"),
+    ("unknown phrase list", lambda r: r.update(quality={"phrases": {"closing_cue": ["ciao"]}}),
+     "quality.phrases.closing_cue: unknown phrase list (did you mean 'closing_cues'?); known lists: placeholders"),
+    ("phrases not a list", lambda r: r.update(quality={"phrases": {"closing_cues": "ciao"}}),
+     "quality.phrases.closing_cues: expected a list of words or phrases, got 'ciao'"),
+    ("echo share out of range", lambda r: r.update(quality={"echo_share": 1.5}), "quality.echo_share: expected a number in (0, 1]"),
+    ("quality not a mapping", lambda r: r.update(quality=["echo"]), "quality: expected a mapping, got ['echo']"),
     ("prompt variable typo", lambda r: r.update(prompts={"ASSISTANT_SYSTEM": "Hi. $scenaro"}), "prompts.ASSISTANT_SYSTEM: unknown variable $scenaro; this template knows: $scenario"),
     ("prompt stray dollar", lambda r: r.update(prompts={"ASSISTANT_SYSTEM": "Costs $ 5"}), "write $$ for a literal $"),
     ("prompt not a string", lambda r: r.update(prompts={"ASSISTANT_SYSTEM": 5}), "prompts.ASSISTANT_SYSTEM: expected a string"),

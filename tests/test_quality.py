@@ -10,7 +10,8 @@ import pytest
 
 from chitchat_gen import generate, load_task
 from chitchat_gen.pipeline import new_memory, run_conversation
-from chitchat_gen.quality import clean, copies, cut_after_goodbye, echoes, is_closing, parrots, problems
+from chitchat_gen.quality import (GATE_NAMES, GATES, KINDS, PHRASES, copies, cut_after_goodbye, echoes, is_closing,
+                                  parrots, review, settings)
 from chitchat_gen.stages import STAGES
 from chitchat_gen.stats import dataset_stats
 from conftest import ROOT, outputs, run_cli
@@ -21,6 +22,14 @@ from test_stages import make_ctx, record_with
 @pytest.fixture
 def task(task_dir):
     return load_task(task_dir / "task.yaml")
+
+
+def clean(text, kind="user"):
+    return review(text, kind)[:2]
+
+
+def problems(text, kind, previous=""):
+    return review(text, kind, previous=previous)[2]
 
 
 CLEAN_CASES = [
@@ -47,6 +56,83 @@ def test_clean_removes_what_is_safe_and_names_it(raw, text, fixes):
     assert clean(raw) == (text, fixes)
 
 
+# The misses of issue 24 (a quick start read in the viewer), then shapes of our own.
+STAGE_DIRECTIONS = [
+    ("(laughs) That's so true!", "That's so true!"),
+    ("I love that idea (smiling knowingly).", "I love that idea."),
+    ("(excitedly) Oh, I can't wait to try it!", "Oh, I can't wait to try it!"),
+    ("*smiles* Thanks for the tip.", "Thanks for the tip."),
+    ("*leans back in chair* Well, that takes me back.", "Well, that takes me back."),
+    ("Great question! (nodding) Start with the soil.", "Great question! Start with the soil."),
+    ("That made my day. *grins*", "That made my day."),
+    ("(laughs again, but this time in a different way) I'm so glad you care.", "I'm so glad you care."),
+]
+
+
+@pytest.mark.parametrize("raw,text", STAGE_DIRECTIONS, ids=[c[0][:24] for c in STAGE_DIRECTIONS])
+@pytest.mark.parametrize("kind", ["assistant", "closing"])  # "user": with the other cleanings below
+def test_stage_directions_are_cleaned_from_every_speaker(raw, text, kind):
+    assert review(raw, kind)[:2] == (text, ["stage direction"])
+
+
+@pytest.mark.parametrize("raw", ["(laughs)", "*smiles warmly*", "(excitedly) ...", "*smiles* (laughs)"])
+def test_a_message_that_is_only_stage_directions_is_a_problem(raw):
+    assert review(raw, "user")[2] == ["stage direction"]
+
+
+ORDINARY_ASIDES = [
+    ("I saw it (twice!) last year.", "user"),
+    ("Try the soup (see the menu) if you're hungry.", "assistant"),
+    ("I eat (mostly) vegetables these days.", "user"),
+    ("I'm a *huge* fan of jazz.", "user"),
+    ("**Tip:** water it in the morning.", "assistant"),
+    ("Here are three ideas (including a cheap one): walk, read, bake.", "assistant"),
+    ("I joined a club (we chat every Tuesday) last year.", "user"),
+    ("1) Soak the beans. 2) Cook them slowly.", "assistant"),
+]
+
+
+@pytest.mark.parametrize("text,kind", ORDINARY_ASIDES, ids=[c[0][:24] for c in ORDINARY_ASIDES])
+def test_ordinary_parentheses_and_asterisks_stay(text, kind):
+    assert review(text, kind) == (text, [], [])
+
+
+META_NOTES = [
+    ("Sounds lovely! (next message to the assistant is about the weather)", "Sounds lovely!"),
+    ("(reminder: don't include yourself in this chat) I tried the recipe last night.", "I tried the recipe last night."),
+    ("Here is a continuation of the previous message. The bread rose twice.", "The bread rose twice."),
+    ("This is a continuation of an ongoing conversation. I'm glad you came.", "I'm glad you came."),
+    ("(Note: keep it short) See you at the market.", "See you at the market."),
+]
+
+
+def test_a_message_that_is_only_a_meta_note_is_a_problem():
+    assert review("(the user has a great idea and wants to share it!)", "assistant")[2] == ["note about the chat"]
+    assert review("Here is a continuation of the previous message.", "user")[2] == ["note about the chat"]
+
+
+SPEAKER_LABELS = [
+    ("Auntie Jane: Oh, that sounds wonderful!", "Oh, that sounds wonderful!"),
+    ("Grandma: I made soup today.", "I made soup today."),
+    ("Dr. Patel: Rest and fluids, mostly.", "Rest and fluids, mostly."),
+    ("**User:** What should I read next?", "What should I read next?"),
+    ("Me: hi there, any plans?", "hi there, any plans?"),
+]
+
+CLEANINGS = ([(*case, "stage direction") for case in STAGE_DIRECTIONS] + [(*case, "note about the chat") for case in META_NOTES]
+             + [(*case, "speaker label") for case in SPEAKER_LABELS])
+
+
+@pytest.mark.parametrize("raw,text,label", CLEANINGS, ids=[c[0][:24] for c in CLEANINGS])
+def test_stage_directions_meta_notes_and_speaker_labels_are_cleaned_when_the_rest_stands(raw, text, label):
+    assert review(raw, "user")[:2] == (text, [label])
+
+
+@pytest.mark.parametrize("text", ["Update: I tried it and it worked!", "Mum said: no more cake.", "Honestly: best day ever."])
+def test_a_word_and_a_colon_is_not_a_speaker_label(text):
+    assert review(text, "user") == (text, [], [])
+
+
 PROBLEM_CASES = [
     ("Please visit [insert location here] tomorrow.", "user", "", ["placeholder"]),
     ("Hi <name>, how was your day?", "assistant", "", ["placeholder"]),
@@ -67,6 +153,15 @@ PROBLEM_CASES = [
     ("Hi, I'm happy to be of service! Thanks so much for the planning.", "user", "", ["assistant's voice"]),
     ("I'm thrilled to be your assistant today.", "user", "", ["assistant's voice"]),
     ("I'm so excited to try your recipe tonight!", "user", "", []),
+    # issue 24: the user in the assistant's voice, an assistant repeating the user word for word
+    ("Hi there! What can I do for you?", "user", "", ["assistant's voice"]),
+    ("So, what would you like to talk about today?", "closing", "", ["assistant's voice", "fails the closing check"]),
+    ("What can I do for you?", "assistant", "", []),  # the assistant may ask it
+    ("I love hiking in the rain.", "assistant", "I love hiking in the rain.", ["echo of the user"]),
+    ("Good morning!", "assistant", "Good morning!", ["echo of the user"]),
+    ("I love hiking in the rain. Me too, it clears the head!", "assistant", "I love hiking in the rain.",
+     ["echo of the user"]),
+    ("Hiking in the rain clears the head.", "assistant", "I love hiking in the rain.", []),
 ]
 
 
@@ -92,29 +187,92 @@ CLOSINGS = [
     ("Your choice. Just say goodbye, and we're both ready to start again next month.", False),
     ('This is an important one: "Your help makes it possible. Thank you."', False),  # the thanks is quoted
     ("Thanks. " + "I loved every part of the story about the old mill and the river. " * 5, False),  # too long
+    # issue 24: "grateful" alone is no goodbye
+    ("I'll always be grateful for the people who inspire me.", False),
+    ("I'm so grateful for your help today.", True),
 ]
 
 
 @pytest.mark.parametrize("text,closes", CLOSINGS, ids=[c[0][:24] for c in CLOSINGS])
-def test_a_closing_reads_as_a_goodbye(text, closes):
-    assert is_closing(text, ()) is closes
+def test_a_closing_passes_the_closing_check(text, closes):
+    assert is_closing(text) is closes
 
 
 def test_a_task_can_add_closing_cues():
-    assert not is_closing("Ciao, a presto!", ())
-    assert is_closing("Ciao, a presto!", ["a presto"])
+    assert not is_closing("Ciao, a presto!")
+    assert is_closing("Ciao, a presto!", settings(phrases={"closing_cues": ["a presto"]}))
 
 
 def test_a_closing_that_runs_on_is_cut_after_the_goodbye():
-    assert cut_after_goodbye("Lovely. Thanks, bye! PS: what is your favourite colour?", ()) == "Lovely. Thanks, bye!"
-    assert cut_after_goodbye("Great, thanks! I'll try it tomorrow.", ()) == "Great, thanks! I'll try it tomorrow."
-    assert cut_after_goodbye("What else can I plant?", ()) == "What else can I plant?"
+    assert cut_after_goodbye("Lovely. Thanks, bye! PS: what is your favourite colour?") == "Lovely. Thanks, bye!"
+    assert cut_after_goodbye("Great, thanks! I'll try it tomorrow.") == "Great, thanks! I'll try it tomorrow."
+    assert cut_after_goodbye("What else can I plant?") == "What else can I plant?"
 
 
 def test_a_parroted_instruction_is_caught():
     instruction = "This is your last message: wrap up in a sentence or two, and ask nothing new."
     assert parrots("OK. Wrap up in a sentence or two. Bye!", instruction)
     assert not parrots("Thanks, this was your last tip I needed. Bye!", instruction)
+
+
+NOT_SCENARIOS = ["I'm so glad I could help!", "What a dream. I'd love to be that person!", "How about this:",
+                 "My friend is a world-renowned artist.", "Would a retired teacher like astronomy?",
+                 "Thanks! A retired teacher wants to chat about birds."]
+
+
+@pytest.mark.parametrize("text", NOT_SCENARIOS)
+def test_a_reply_is_not_a_scenario(text):
+    assert review(text, "scenario", earlier=[])[2] == ["not a scenario"]
+
+
+@pytest.mark.parametrize("text", ["A retired teacher wants to chat about birdwatching.",
+                                  "Two flatmates in Leeds plan a cheap weekend trip.",
+                                  "On a rainy Sunday, a nurse wants a new soup recipe."])
+def test_a_scenario_is_a_scenario(text):
+    assert review(text, "scenario", earlier=[]) == (text, [], [])
+
+
+def test_the_gate_table_is_one_row_per_gate_with_unique_labels():
+    assert len(set(GATE_NAMES)) == len(GATES) == len({g["label"] for g in GATES})
+    for row in GATES:
+        assert set(row["reads"]) <= set(KINDS) and callable(row["check"]) and row["needs"] in ("", "earlier", "instruction")
+
+
+# A message each gate acts on, by gate name (test_stats counts each in a dataset too).
+GATE_EXAMPLES = {
+    "next_speaker": ("Nice!\nUser: more", "user"), "speaker_label": ("User: Nice!", "user"),
+    "leaked_label": ("Hint: be nice.\nNice!", "user"), "meta_note": ("Nice! (note: be brief)", "user"),
+    "stage_direction": ("(laughs) Nice!", "user"), "repeated_paragraph": ("Nice one.\nNice one.", "user"),
+    "first_line": ("A cook bakes.\nMore.", "scenario"), "quotes": ('"Nice!"', "user"),
+    "repeated_sentence": ("Nice! Nice!", "user"), "after_goodbye": ("Bye! And what about roses?", "closing"),
+    "placeholder": ("Hi [your name].", "user"), "assistant_voice": ("How can I help you?", "user"),
+    "echo": ("Tell me about bread.", "assistant"), "parrot": ("Write your next message now please.", "user"),
+    "not_a_goodbye": ("Roses are red.", "closing"), "not_a_scenario": ("I love it!", "scenario"),
+    "copy": ("A cook bakes bread at home.", "scenario"), "near_duplicate": ("A cook bakes bread at home.", "scenario"),
+}
+PREVIOUS = "Tell me about bread."  # the user message an assistant example answers
+
+
+@pytest.mark.parametrize("name", GATE_NAMES)
+def test_every_gate_can_be_turned_off(name):
+    assert set(GATE_EXAMPLES) == set(GATE_NAMES)
+    text, kind = GATE_EXAMPLES[name]
+    extra = dict(previous=PREVIOUS, instruction="Write your next message now please.",
+                 earlier=["A cook bakes bread at home."], near_duplicate=0.5)
+    label = next(g["label"] for g in GATES if g["name"] == name)
+    on, off = review(text, kind, **extra), review(text, kind, settings(gates={name: False}), **extra)
+    assert label in on[1] + on[2] and label not in off[1] + off[2]
+
+
+def test_a_task_adds_phrases_to_any_list_and_sets_thresholds():
+    given = settings(phrases={"stage_directions": ["ponders"], "assistant_voice": ["at thy service"],
+                              "speaker_labels": ["narrator"], "placeholders": ["blank"]}, echo_share=0.9)
+    assert review("(ponders) Maybe tea.", "user", given)[:2] == ("Maybe tea.", ["stage direction"])
+    assert review("I am at thy service.", "user", given)[2] == ["assistant's voice"]
+    assert review("Narrator: it rained.", "user", given)[:2] == ("it rained.", ["speaker label"])
+    assert review("Meet me at [blank].", "user", given)[2] == ["placeholder"]
+    assert set(PHRASES) == set(given["phrases"])
+    assert not echoes("Bread is easy to bake: flour, water, salt, time.", "Is bread easy to bake with flour and water?", 0.9)
 
 
 def test_a_seed_copied_with_one_sentence_added_is_a_copy():
@@ -139,7 +297,7 @@ def test_the_closing_turn_uses_the_patterns_hint_and_must_close(task):
     STAGES["lm/flow_controller"](record, ctx)
     assert record["steps"][-1]["hint"] == closing["hint"]
     ctx["stage"] = next(s for s in task["iteration_stages"] if s["name"] == "lm/user/guided")
-    assert STAGES["lm/user/guided"](record, ctx) == "user message: closing turn is not a goodbye"
+    assert STAGES["lm/user/guided"](record, ctx) == "user message: fails the closing check"
     assert len(asked) == ctx["stage"]["closing_attempts"] == 6  # short calls, so more of them than for other turns
     assert all("This is your last message" in prompt and '"Hello"' in prompt and "Hi" not in prompt for prompt in asked)
     assert all(call["max_tokens"] <= 64 for call in ctx["calls"][-6:])
@@ -160,6 +318,8 @@ def test_the_closing_is_cut_after_the_goodbye_and_parroting_is_asked_again(task)
     step = record["steps"][-1]
     assert step["content"] == "Thanks for the tips, bye!"
     assert step["metadata"]["cleaned"] == ["text after the goodbye"]
+    assert closing_turn(task, ["(waves) Thanks for everything, bye!"])["steps"][-1]["metadata"]["cleaned"] == \
+        ["stage direction"]
     assert closing_turn(task, ["OK, you are done chatting and leave now. Bye!"] * 6) == \
         "user message: instruction copied"
 
@@ -213,22 +373,26 @@ def test_an_unusable_judge_reply_keeps_the_conversation_unscored_unless_min_scor
     assert run_conversation(task, ctx) == (None, "lm/judge: judge reply unusable")
 
 
-def test_stats_count_goodbyes_problems_and_scores(task_dir, server):
+def test_stats_count_closing_checks_gate_finds_and_scores(task_dir, server):
     raw = (task_dir / "task.yaml").read_text() + "finalization_stages:\n  - name: lm/judge\n"
     (task_dir / "task.yaml").write_text(raw)
     assert run_cli("-n", 3, "--base-url", server.url, "--quiet", cwd=task_dir).returncode == 0
     out = task_dir / "output/public/examples/chit_chat"
     stats = dataset_stats(out / "final_data.jsonl", load_task(task_dir / "task.yaml"))
-    assert stats["goodbyes"] == 3 and stats["problems"]["placeholder"] == 0
+    assert stats["passes_closing_check"] == 3 and stats["gates"]["placeholder"] == 0
     assert stats["judge"]["judged"] == 3  # the fake server's judge answers
     lines = (out / "final_data.jsonl").read_text().splitlines()
     record = json.loads(lines[0])
     record["steps"][-2]["content"] = "Sure, I'd be happy to help with [insert topic]."  # a bad closing user turn
+    record["steps"][-1]["content"] = "(smiles) " + record["steps"][-1]["content"]
     (out / "final_data.jsonl").write_text("\n".join([json.dumps(record)] + lines[1:]) + "\n")
     stats = dataset_stats(out / "final_data.jsonl")
-    assert stats["goodbyes"] == 2
-    assert stats["problems"]["placeholder"] == 1 and stats["problems"]["assistant's voice"] == 1
-    assert "the last user message reads as a goodbye in" in (out / "README.md").read_text()
+    assert stats["passes_closing_check"] == 2
+    assert stats["gates"]["placeholder"] == 1 and stats["gates"]["assistant_voice"] == 1
+    assert stats["gates"]["not_a_goodbye"] == 1 and stats["gates"]["stage_direction"] == 1
+    assert "parrot" not in stats["gates"] and "copy" not in stats["gates"]  # need what a dataset does not keep
+    card = (out / "README.md").read_text()
+    assert "the last user message passes the closing check in" in card and "stage direction (cleans)" in card
 
 
 def test_a_resumed_run_does_not_repeat_an_opener_on_disk(task_dir, server):

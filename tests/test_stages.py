@@ -14,7 +14,7 @@ import pytest
 from chitchat_gen import prompts
 from chitchat_gen.config import load_task
 from chitchat_gen.pipeline import generate
-from chitchat_gen.quality import clean
+from chitchat_gen.quality import review
 from chitchat_gen.stages import STAGES, parse_eligibility, stage
 from fake_lm import fake_chat
 
@@ -56,7 +56,7 @@ def test_scenario_learns_from_seeds_and_cleans_the_reply(task):
 def test_scenario_retries_once_then_drops_a_copy_of_an_example(task):
     task["seed_scenarios"] = ["A cook talks about bread."]
     ctx = make_ctx(task, chat=lambda m, **o: "A cook talks about bread.", name="lm/scenario")
-    assert STAGES["lm/scenario"](record_with(), ctx) == "scenario copies a seed or an earlier scenario"
+    assert STAGES["lm/scenario"](record_with(), ctx) == "scenario: copies a seed or an earlier scenario"
     assert len(ctx["calls"]) == 2
     assert ctx["calls"][0]["seed"] != ctx["calls"][1]["seed"]
 
@@ -71,7 +71,7 @@ def test_scenario_examples_include_earlier_generated_ones(task):
 
 def test_near_duplicate_filter_retries_then_drops(task):
     task["seed_scenarios"] = ["Seed one about bread baking."]
-    task["initialization_stages"][0]["num_icl_examples"] = 1
+    next(s for s in task["initialization_stages"] if s["name"] == "lm/scenario")["num_icl_examples"] = 1
 
     def run(threshold):
         ctx = make_ctx(task, chat=lambda m, **o: "A keen cook wants to talk about baking sourdough bread with her kids.",
@@ -83,15 +83,31 @@ def test_near_duplicate_filter_retries_then_drops(task):
 
     assert isinstance(run(None)[0], dict)  # filter off by default: accepted
     result, calls = run(0.25)
-    assert result == "scenario near-duplicate of an earlier one" and len(calls) == 2
+    assert result == "scenario: near-duplicate of an earlier scenario" and len(calls) == 2
 
 
 def test_scenario_is_written_for_a_persona_sampled_first(task):
+    assert [s["name"] for s in task["initialization_stages"]] == ["sample/persona", "lm/scenario"]  # the shipped order
     ctx = make_ctx(task, chat=lambda m, **o: "A potter wants glaze tips.", name="lm/scenario")
     STAGES["lm/scenario"](record_with(("persona", "Role: potter in Kyoto.")), ctx)
     assert "The person: Role: potter in Kyoto." in ctx["calls"][0]["messages"][-1]["content"]
     STAGES["lm/scenario"](record_with(), ctx)
     assert "The person:" not in ctx["calls"][-1]["messages"][-1]["content"]
+
+
+def test_a_task_in_digits_order_scenario_first_still_runs(task):
+    task["initialization_stages"].reverse()  # DiGiT's chit_chat task: lm/scenario, then sample/persona
+    records = list(generate(task, 2, chat=fake_chat))
+    assert [[s["role"] for s in r["steps"][:2]] for r in records] == [["scenario", "persona"]] * 2
+
+
+def test_a_reply_that_is_not_a_scenario_is_asked_again_then_dropped(task):
+    replies = iter(["I'm so glad I could help!", "I'm so glad I could help!"])
+    ctx = make_ctx(task, chat=lambda m, **o: next(replies), name="lm/scenario")
+    assert STAGES["lm/scenario"](record_with(), ctx) == "scenario: not a scenario"
+    replies = iter(["I'm so glad I could help!", "A potter in Kyoto wants glaze tips."])
+    ctx = make_ctx(task, chat=lambda m, **o: next(replies), name="lm/scenario")
+    assert STAGES["lm/scenario"](record_with(), ctx)["steps"][-1]["content"] == "A potter in Kyoto wants glaze tips."
 
 
 def test_unique_first_user_filter(task):
@@ -314,7 +330,24 @@ def test_every_call_gets_a_distinct_seed_from_the_conversation_rng(task):
     ("Conversation so far:\nI love cats.\nYour next message:", "I love cats."),
 ])
 def test_clean(raw, expected):
-    assert clean(raw)[0] == expected
+    assert review(raw, "user")[0] == expected
+
+
+def test_stage_directions_in_both_voices_are_cleaned_and_kept_in_the_metadata(task):
+    ctx = make_ctx(task, chat=lambda m, **o: "(laughs) Mostly green tea. *sips*", name="lm/assistant/naive")
+    step = STAGES["lm/assistant/naive"](record_with(("user", "Green or black?")), ctx)["steps"][-1]
+    assert step["content"] == "Mostly green tea." and step["metadata"]["cleaned"] == ["stage direction"]
+    replies = iter(["(smiling knowingly)", "*leans back in chair* Any tips for oolong?"])
+    ctx = make_ctx(task, chat=lambda m, **o: next(replies), name="lm/user/guided")
+    step = STAGES["lm/user/guided"](record_with(("scenario", "s")), ctx)["steps"][-1]
+    assert step["content"] == "Any tips for oolong?" and len(ctx["calls"]) == 2  # nothing left the first time: asked again
+
+
+def test_a_task_can_turn_a_gate_off(task):
+    task["quality"]["gates"]["stage_direction"] = False
+    ctx = make_ctx(task, chat=lambda m, **o: "(laughs) Mostly green tea.", name="lm/assistant/naive")
+    assert STAGES["lm/assistant/naive"](record_with(("user", "Green or black?")), ctx)["steps"][-1]["content"] == \
+        "(laughs) Mostly green tea."
 
 
 def test_parse_eligibility_finds_json_inside_prose():

@@ -5,6 +5,8 @@ import json
 import pytest
 
 from chitchat_gen.config import load_task
+from chitchat_gen.record import last_step
+from chitchat_gen.quality import GATES
 from chitchat_gen.stats import add_message, chi_square, dataset_stats, distinct, model_name, near_duplicates, new_tally
 from conftest import read_jsonl, run_cli
 
@@ -116,7 +118,7 @@ def test_stats_command_table_and_json(task_dir, server):
     assert run_cli("-n", 20, "--base-url", server.url, "--quiet", cwd=task_dir).returncode == 0
     folder = task_dir / "output/public/examples/chit_chat"
     table = run_cli("stats", folder, "--task-paths", "task.yaml", cwd=task_dir)
-    assert table.returncode == 0 and "20 of 20 (the last user message reads as a goodbye in" in table.stdout
+    assert table.returncode == 0 and "20 of 20 (the last user message passes the closing check in" in table.stdout
     assert "chi-square" in table.stdout and "weight share" in table.stdout
     as_json = json.loads(run_cli("stats", folder / "final_data.jsonl", "--json", cwd=task_dir).stdout)
     assert as_json["conversations"] == 20 and sum(as_json["turns"].values()) == 20
@@ -144,7 +146,7 @@ def test_dataset_card_is_written_and_updated_on_resume(task_dir, server):
 def test_a_resumed_run_with_the_same_seed_does_not_replay_the_first(task_dir, server):
     def decisions():
         from conftest import outputs
-        return [(r["steps"][1]["persona_role"], [s["content"] for s in r["steps"] if s["role"] == "flow_controller"])
+        return [(last_step(r, "persona")["persona_role"], [s["content"] for s in r["steps"] if s["role"] == "flow_controller"])
                 for r in outputs(task_dir)[0]]
     assert run_cli("-n", 4, "--seed", 9, "--concurrency", 1, "--base-url", server.url, cwd=task_dir).returncode == 0
     assert run_cli("-n", 8, "--seed", 9, "--concurrency", 1, "--base-url", server.url, cwd=task_dir).returncode == 0
@@ -162,7 +164,7 @@ def test_every_run_records_the_seed_it_used_and_that_seed_makes_the_run_again(ta
         (logged,) = read_jsonl(out / "runs.jsonl")
         # What the seed decides: personas, the flow controller's picks, every LM call's own seed.
         # (The fake server's texts number its calls, so the texts differ from run to run.)
-        made = ([(r["steps"][1]["persona_role"], [s["content"] for s in r["steps"] if s["role"] == "flow_controller"])
+        made = ([(last_step(r, "persona")["persona_role"], [s["content"] for s in r["steps"] if s["role"] == "flow_controller"])
                  for r in read_jsonl(out / "final_data.jsonl")],
                 [body["options"]["seed"] for body in server.chat_requests()[before:]])
         return logged, (out / "README.md").read_text(), made
@@ -185,3 +187,22 @@ def test_the_model_is_recorded_by_name_not_by_the_path_of_the_default_model():
     assert model_name("local", "x.gguf", "x.gguf") == "x.gguf"
     assert model_name("openai", None, "served-model") == "served-model"  # the first model the server lists
     assert model_name("ollama", "granite4:3b", "granite4:3b") == "granite4:3b"
+
+
+def test_stats_count_every_gate_of_the_table_under_its_name(tmp_path):
+    """A gate renamed or added is counted under its new name: no list of names to keep in step."""
+    from test_quality import GATE_EXAMPLES, PREVIOUS
+    scenario = {"role": "scenario", "content": "A cook wants to talk about bread."}
+    exchanges = {"user": lambda text: [{"role": "user", "content": text}, {"role": "assistant", "content": "Sounds good."}],
+                 "assistant": lambda text: [{"role": "user", "content": PREVIOUS}, {"role": "assistant", "content": text}],
+                 "closing": lambda text: [{"role": "flow_controller", "content": "end", "terminate": True},
+                                          {"role": "user", "content": text}, {"role": "assistant", "content": "Bye!"}],
+                 "scenario": lambda text: [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]}
+    path = tmp_path / "final_data.jsonl"
+    with open(path, "w") as out:
+        for text, kind in GATE_EXAMPLES.values():
+            steps = ([{"role": "scenario", "content": text}] if kind == "scenario" else [scenario]) + exchanges[kind](text)
+            out.write(json.dumps({"conversation_id": kind, "steps": steps}) + "\n")
+    counted = dataset_stats(path)["gates"]
+    assert list(counted) == [g["name"] for g in GATES if not g["needs"]]
+    assert all(counted.values()), counted  # each example is found by its gate

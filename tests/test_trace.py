@@ -15,7 +15,7 @@ def test_trace_prints_every_stage_its_prompts_replies_and_decisions(task_dir, se
     assert "ACCEPTED " in out
     # how each prompt opens as an earlier one of the conversation did: a user-side call shares all
     # but its task with the one before, an assistant call the whole of the assistant's previous one
-    assert "opens as call 2 (lm/flow_controller) for 1," in out and ", then:\n    'write a one-sentence" in out
+    assert "opens as call 2 (lm/flow_controller) for " in out and ", then:\n    'write a one-sentence" in out
     assert all(len(line) <= 80 for line in out.splitlines())
     assert "\033[" not in out  # no colour when stdout is not a terminal
     assert not (task_dir / "output").exists()

@@ -16,9 +16,11 @@ import uuid
 import pytest
 import requests
 
+from chitchat_gen.quality import GATES
 from conftest import ROOT, run_cli
 
 TASK = "public/examples/chit_chat"
+CLEANED = next(g["label"] for g in GATES if g["name"] == "stage_direction")  # as the stage writes it
 INJECTION = ("<script>document.documentElement.classList.add('pwned')</script>"
              "<img src=x onerror=\"document.documentElement.classList.add('pwned')\">")
 
@@ -31,6 +33,7 @@ def output(task_dir, server):
     record = copy.deepcopy(json.loads(final.read_text().splitlines()[0]))
     record["conversation_id"] = uuid.uuid4().hex
     next(s for s in record["steps"] if s["role"] == "user")["content"] = INJECTION
+    next(s for s in record["steps"] if s["role"] == "assistant")["metadata"]["cleaned"] = [CLEANED]
     record["scores"] = {"coherence": 4, "persona": 3, "naturalness": 3, "closing": 5, "reason": "fine"}  # lm/judge's
     with open(final, "a") as out:
         out.write(json.dumps(record) + "\n" + '{"not a record\n')
@@ -212,6 +215,7 @@ def check_page(dom: str) -> None:
     assert "&lt;script&gt;document.documentElement.classList.add('pwned')&lt;/script&gt;&lt;img src=x" in dom
     assert not re.search(r"<html[^>]*pwned", dom), "the injected script ran"
     assert '<span class="score">coherence: 4</span>' in dom, "the judge's scores are not shown"
+    assert f'<span class="cleaned">cleaned: {CLEANED}</span>' in dom, "what the quality gates cleaned is not shown"
 
 
 @pytest.mark.browser
@@ -242,7 +246,7 @@ setTimeout(() => {
     {scrollWidth: document.documentElement.scrollWidth, width: window.innerWidth, labels, seeds});
 }, 1500);
 </script>"""
-DROP = "lm/user/guided: closing turn is not a goodbye"
+DROP = "lm/user/guided: user message: fails the closing check"
 
 
 @pytest.mark.browser
@@ -250,7 +254,7 @@ DROP = "lm/user/guided: closing turn is not a goodbye"
 def test_the_page_fits_the_window_and_shows_labels_and_seeds_in_full(output, tmp_path, width):
     runs_log = output / TASK / "runs.jsonl"
     runs = [json.loads(line) for line in runs_log.read_text().splitlines()]
-    runs[0]["dropped"] = {DROP: 7, "lm/scenario: scenario copies a seed or an earlier scenario": 3, "LM call failed": 1}
+    runs[0]["dropped"] = {DROP: 7, "lm/scenario: scenario: copies a seed or an earlier scenario": 3, "LM call failed": 1}
     runs_log.write_text("".join(json.dumps(run) + "\n" for run in runs))
     assert run_cli("view", output, "--html", tmp_path / "report.html", cwd=tmp_path).returncode == 0
     page = (tmp_path / "report.html").read_text().replace("</body>", LAYOUT_PROBE + "</body>")
