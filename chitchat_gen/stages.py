@@ -6,7 +6,7 @@ reason to drop the conversation. `ctx` is per conversation and holds:
     task    the validated task (config.load_task)     stage   this stage's entry in the task
     chat    the LM: chat(messages, json_schema=None, **options) -> str
     rng     the conversation's random.Random          turn    the turn number, from 1
-    memory  shared across the run: {"scenarios": recent generated scenarios, "first_users": ...}
+    memory  shared across the run: {"scenarios": recent scenarios (quality.CopyIndex), "first_users": ...}
     trace   optional hook(event, **data) that trace mode prints (trace.py)
 
 Adding a stage is one function and one decorator line:
@@ -23,7 +23,7 @@ import json
 import re
 
 from . import prompts
-from .quality import clean, copies, cut_after_goodbye, is_closing, parrots, problems
+from .quality import CopyIndex, clean, cut_after_goodbye, is_closing, parrots, problems
 from .record import last_step, messages, new_step
 from .text import jaccard, normalise, shingles
 
@@ -126,8 +126,9 @@ def scenario(record: dict, ctx: dict) -> dict | str:
     close to an earlier one (word 3-gram Jaccard) is retried once, then dropped.
     """
     rng, task, cfg = ctx["rng"], ctx["task"], ctx["stage"]
-    earlier = list(ctx["memory"]["scenarios"])  # subtle: one C-level copy under the GIL, safe beside appends
-    pool = task["seed_scenarios"] + earlier
+    remembered = ctx["memory"]["scenarios"]  # a quality.CopyIndex, shared by the run's threads
+    remembered.pin(task["seed_scenarios"])
+    pool = task["seed_scenarios"] + remembered.texts()
     examples = rng.sample(pool, min(cfg["num_icl_examples"], len(pool)))
     persona = last_step(record, "persona")
     for _ in range(2):  # one retry when the model repeats itself
@@ -139,22 +140,23 @@ def scenario(record: dict, ctx: dict) -> dict | str:
                                                  person=f"\nThe person: {persona['content']}" if persona else "")},
         ]
         text, fixes = clean(clean(lm(ctx, messages))[0].split("\n")[0])  # first line, then its own quotes and label
-        problem = scenario_problem(text, pool, cfg.get("near_duplicate_threshold"))
+        problem = scenario_problem(text, pool, cfg.get("near_duplicate_threshold"), remembered)
         if not problem:
             break
     else:
         return problem
-    ctx["memory"]["scenarios"].append(text)
+    remembered.add(text)
     return add_step(record, ctx, "scenario", text, cleaned=fixes)
 
 
-def scenario_problem(text: str, earlier: list[str], threshold: float | None) -> str | None:
-    """Why a scenario cannot be used, or None; `earlier` are the seeds and earlier scenarios."""
+def scenario_problem(text: str, earlier: list[str], threshold: float | None, remembered: CopyIndex) -> str | None:
+    """Why a scenario cannot be used, or None; `earlier` are the seeds and earlier scenarios, which
+    `remembered` holds for the copy check."""
     if not text:
         return "scenario empty"
     if found := problems(text, "scenario"):
         return f"scenario: {found[0]}"
-    if copies(text, earlier):
+    if remembered.copy_of(text) is not None:
         return "scenario copies a seed or an earlier scenario"
     if threshold is not None:
         grams = shingles(text)
