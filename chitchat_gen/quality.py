@@ -55,7 +55,7 @@ QUOTED = re.compile(r'"[^"]*"|“[^”]*”')
 MENTIONED = {"says", "saying", "said"}
 # A scenario copies an earlier one when either holds this share of the other's word weight (CopyIndex).
 COPY_SHARE = 0.9
-KEYS = 6  # a text's rarest words, filed by pairs: a copy that changes two of them keeps the other four's six pairs
+KEYS = 8  # a text's rarest words, filed by pairs: a copy that changes two of them keeps the other six's 15 pairs
 
 
 def clean(text: str) -> tuple[str, list[str]]:
@@ -206,10 +206,11 @@ class CopyIndex:
 
     Each text is filed under the pairs of its KEYS rarest words when it is added. A check looks
     up the pairs of the new text's words and weighs only the texts whose rare words it holds
-    all but two of (a copy changes a word or two), so its cost follows how many texts are that
-    close, not how many are held. Pinned texts (a task's seeds) stay; the others are kept up to
-    `limit`, the oldest going first. A class for its lock only: worker threads add and check at
-    once, and Ray pickles the memory to its workers (each gets a lock of its own).
+    all but two of (a copy changes a word or two): it reads the texts that share rare words
+    with it, never every text held, and no text's words are split again. Pinned texts (a task's
+    seeds) stay; the others are kept up to `limit`, the oldest going first. A class for its lock
+    only: worker threads add and check at once, and Ray pickles the memory to its workers (each
+    gets a lock of its own).
 
     >>> index = CopyIndex(limit=1000)
     >>> index.pin(["A nervous new cat owner wants to stop her kitten from shredding the living-room sofa."])
@@ -281,7 +282,7 @@ class CopyIndex:
         self.used.update(held)
         keys = sorted(held, key=lambda word: (self.used[word], word))[:KEYS]  # ties: by the word, not set order
         i, self.next_id = self.next_id, self.next_id + 1
-        self.held[i] = (text, held, pairs(keys), math.comb(max(2, len(keys) - 2), 2))
+        self.held[i] = (text, held, pairs(keys), math.comb(max(2, len(keys) - 2), 2))  # a copy keeps all but two keys
         for pair in self.held[i][2]:
             self.by_pair.setdefault(pair, set()).add(i)
         return i
