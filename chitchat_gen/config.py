@@ -70,7 +70,8 @@ QUALITY_FIELDS = [
     field("phrases", "mapping", {}, "`list: [phrase, ...]` adds plain phrases to a phrase list of quality.py; lists: "
           + ", ".join(quality.PHRASES)),
     field("copy_share", "number", quality.THRESHOLDS["copy_share"],
-          "share of a scenario's 3-grams found in a seed or an earlier scenario that makes it a copy", above=0, high=1),
+          "share of a seed's or an earlier scenario's word weight (rare words weigh more) that makes a scenario "
+          "its copy, or the reverse (docs/quality.md)", above=0, high=1),
     field("echo_share", "number", quality.THRESHOLDS["echo_share"],
           "share of the user's 3-grams an assistant reply repeats to be an echo of the user", above=0, high=1),
     field("parrot_words", "int", quality.THRESHOLDS["parrot_words"],

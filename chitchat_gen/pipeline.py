@@ -17,6 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from .engines import check_engine, make_chat
 from .errors import LMError
+from .quality import CopyIndex
 from .record import last_step, messages, new_record
 from .stages import STAGES, claim_opener
 from .text import normalise
@@ -84,16 +85,22 @@ def new_stats() -> dict:
             "cached_tokens": 0}
 
 
+# Scenarios the copy check remembers: its cost per check does not grow with them, its memory
+# does (a few kB each), and they are also the pool of earlier scenarios shown as examples.
+SCENARIOS_KEPT = 1000
+
+
 def new_memory(records=()) -> dict:
     """What the duplicate checks remember across conversations, bounded (memory stays flat in N).
 
     `records` (a resumed run's, read from disk) seed it, so no run repeats an earlier one's
-    scenario or opener: the last 1,000 scenarios and the last stages.OPENERS_KEPT first user messages.
+    scenario or opener: the last SCENARIOS_KEPT scenarios (for the copy check, quality.CopyIndex)
+    and the last stages.OPENERS_KEPT first user messages.
     """
-    memory = {"scenarios": collections.deque(maxlen=1000), "first_users": {}}
+    memory = {"scenarios": CopyIndex(limit=SCENARIOS_KEPT), "first_users": {}}
     for record in records:
         if scenario := last_step(record, "scenario"):
-            memory["scenarios"].append(scenario["content"])
+            memory["scenarios"].add(scenario["content"])
         users = [m["content"] for m in messages(record) if m["role"] == "user"]
         if users:
             claim_opener(memory["first_users"], normalise(users[0]), record["conversation_id"])

@@ -127,8 +127,9 @@ def scenario(record: dict, ctx: dict) -> dict | str:
     with `near_duplicate_threshold` one that close to an earlier one) is retried once, then dropped.
     """
     rng, task, cfg = ctx["rng"], ctx["task"], ctx["stage"]
-    earlier = list(ctx["memory"]["scenarios"])  # subtle: one C-level copy under the GIL, safe beside appends
-    pool = task["seed_scenarios"] + earlier
+    remembered = ctx["memory"]["scenarios"]  # a quality.CopyIndex, shared by the run's threads
+    remembered.pin(task["seed_scenarios"])
+    pool = task["seed_scenarios"] + remembered.texts()
     examples = rng.sample(pool, min(cfg["num_icl_examples"], len(pool)))
     persona = last_step(record, "persona")
     for _ in range(2):  # one retry when the model repeats itself
@@ -139,13 +140,13 @@ def scenario(record: dict, ctx: dict) -> dict | str:
                                                  topic_hint=rng.choice(prompts.TOPIC_HINTS),
                                                  person=f"\nThe person: {persona['content']}" if persona else "")},
         ]
-        text, fixes, found = review(lm(ctx, messages), "scenario", task["quality"], earlier=pool,
+        text, fixes, found = review(lm(ctx, messages), "scenario", task["quality"], earlier=remembered,
                                     near_duplicate=cfg.get("near_duplicate_threshold"))
         if text and not found:
             break
     else:
         return f"scenario: {found[0]}" if text else "scenario empty"
-    ctx["memory"]["scenarios"].append(text)
+    remembered.add(text)
     return add_step(record, ctx, "scenario", text, cleaned=fixes)
 
 

@@ -11,7 +11,7 @@ import yaml
 from chitchat_gen import STAGES, generate, load_task, stage
 from chitchat_gen.cli import build_parser
 from chitchat_gen.config import key_reference
-from chitchat_gen.pipeline import run_conversation
+from chitchat_gen.pipeline import new_memory, run_conversation
 from conftest import ROOT
 from fake_lm import fake_chat
 
@@ -63,7 +63,7 @@ def test_a_custom_filter_stage_drops_with_its_reason(task_dir, registry_restored
     raw["iteration_stages"].insert(2, {"name": "test/no_questions"})
     (task_dir / "task.yaml").write_text(yaml.safe_dump(raw))
     task = load_task(task_dir / "task.yaml")
-    ctx = {"task": task, "chat": fake_chat, "rng": random.Random(0), "memory": {"scenarios": []}}
+    ctx = {"task": task, "chat": fake_chat, "rng": random.Random(0), "memory": new_memory()}
     assert run_conversation(task, ctx) == (None, "test/no_questions: user asked a question")  # fake users ask
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from chitchat_gen import STAGES, LMError, generate, load_task, stage
-from chitchat_gen.pipeline import new_control, run_conversation
+from chitchat_gen.pipeline import new_control, new_memory, run_conversation
 from chitchat_gen.record import last_step
 from fake_lm import FakeServer, canned_reply, fake_chat
 
@@ -23,7 +23,7 @@ def turns(record):
 
 def test_a_conversation_has_the_stage_steps_in_order_and_a_closing_exchange(task):
     record, reason = run_conversation(task, {"task": task, "chat": fake_chat, "rng": random.Random(0),
-                                             "memory": {"scenarios": []}})
+                                             "memory": new_memory()})
     assert reason is None
     roles = [s["role"] for s in record["steps"]]
     assert roles[:2] == ["persona", "scenario"]  # the shipped task samples the persona first
@@ -39,7 +39,7 @@ def test_turn_bounds_hold_over_many_conversations(task):
     seen = set()
     for seed in range(60):
         record, _ = run_conversation(task, {"task": task, "chat": fake_chat, "rng": random.Random(seed),
-                                            "memory": {"scenarios": []}})
+                                            "memory": new_memory()})
         seen.add(turns(record))
     assert seen <= {2, 3, 4} and len(seen) == 3
 
@@ -48,7 +48,7 @@ def test_without_forced_close_a_conversation_stops_at_max_turns(task):
     task["close_at_max_turns"] = False
     task["iteration_stages"][0]["patterns"][-1]["weight"] = 0  # termination never drawn
     record, _ = run_conversation(task, {"task": task, "chat": fake_chat, "rng": random.Random(0),
-                                        "memory": {"scenarios": []}})
+                                        "memory": new_memory()})
     assert turns(record) == 4
     assert not any(s.get("terminate") for s in record["steps"])
 
@@ -57,14 +57,14 @@ def test_without_a_flow_controller_a_conversation_runs_max_turns(task):
     task["iteration_stages"] = [s for s in task["iteration_stages"] if s["name"] != "lm/flow_controller"]
     task["max_turns"], task["min_turns"] = 1, 1
     record, reason = run_conversation(task, {"task": task, "chat": fake_chat, "rng": random.Random(0),
-                                             "memory": {"scenarios": []}})
+                                             "memory": new_memory()})
     assert reason is None and turns(record) == 1
 
 
 def test_fewer_turns_than_min_turns_drops(task):
     task["iteration_stages"] = [s for s in task["iteration_stages"] if s["name"] != "lm/assistant/naive"]
     record, reason = run_conversation(task, {"task": task, "chat": fake_chat, "rng": random.Random(0),
-                                             "memory": {"scenarios": []}})
+                                             "memory": new_memory()})
     assert record is None and reason == "0 turns, outside min_turns..max_turns"
 
 
@@ -77,7 +77,7 @@ def test_an_empty_message_written_by_a_custom_stage_drops(task):
     try:
         task["iteration_stages"].append({"name": "test/blank_reply"})
         record, reason = run_conversation(task, {"task": task, "chat": fake_chat, "rng": random.Random(0),
-                                                 "memory": {"scenarios": []}})
+                                                 "memory": new_memory()})
     finally:
         del STAGES["test/blank_reply"]
     assert record is None and reason == "empty message"
@@ -87,7 +87,7 @@ def test_a_stage_drop_is_reported_with_the_stage_name(task):
     def chat(messages, json_schema=None, **options):
         return "" if "helpful, friendly AI assistant" in messages[0]["content"] else fake_chat(messages, json_schema)
     record, reason = run_conversation(task, {"task": task, "chat": chat, "rng": random.Random(0),
-                                             "memory": {"scenarios": []}})
+                                             "memory": new_memory()})
     assert record is None and reason == "lm/assistant/naive: assistant message empty"
 
 

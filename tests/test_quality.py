@@ -1,17 +1,20 @@
 """The quality gates (chitchat_gen/quality.py) on their own, then in the stages with a scripted
 chat function, the judge, and the duplicate memory a resumed run starts from."""
 
+import collections
 import json
+import pickle
 import random
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from chitchat_gen import generate, load_task
 from chitchat_gen.pipeline import new_memory, run_conversation
-from chitchat_gen.quality import (GATE_NAMES, GATES, KINDS, PHRASES, copies, cut_after_goodbye, echoes, is_closing,
-                                  parrots, review, settings)
+from chitchat_gen.quality import (GATE_NAMES, GATES, KINDS, PHRASES, CopyIndex, copies, cut_after_goodbye, echoes,
+                                  is_closing, parrots, review, settings)
 from chitchat_gen.stages import STAGES
 from chitchat_gen.stats import dataset_stats
 from conftest import ROOT, outputs, run_cli
@@ -280,6 +283,100 @@ def test_a_seed_copied_with_one_sentence_added_is_a_copy():
     assert copies(seed + " She also asks about toys.", [seed])
     assert not copies("A retired teacher wants to plan a walking holiday in the Lake District.", [seed])
     assert not echoes("Sure.", "Short one?")  # too short to call an echo
+
+
+LONG = ("A retired airline pilot who now lives on a small farm in Devon wants to chat about the unusual clouds he "
+        "photographed over the hills that morning and what caused them.")
+
+
+def held(task, *earlier, limit=1000) -> CopyIndex:
+    """The copy check's memory as the stage has it: the task's seeds pinned, then `earlier` added."""
+    index = CopyIndex(limit=limit)
+    index.pin(task["seed_scenarios"])
+    for text in earlier:
+        index.add(text)
+    return index
+
+
+def varied(k: int) -> str:
+    """The k-th of many scenarios that share a frame and nothing else."""
+    return f"A person who keeps {k} goats in Town{k % 97} wants to chat about hobby{k} and place{k * 7} with a friend."
+
+
+def test_the_same_sentence_on_another_topic_is_not_a_copy(task):
+    new, earlier = "A retired teacher wants to chat about birdwatching.", "A retired teacher wants to chat about astronomy."
+    assert held(task, earlier).copy_of(new) is None
+    assert not copies(new, [earlier])  # nothing else held to weigh its words by: still not a copy
+    assert held(task, earlier).copy_of(earlier) == earlier
+
+
+@pytest.mark.parametrize("rewrite", [
+    lambda seed: seed,
+    lambda seed: seed + " She also asks which toys keep a kitten busy.",
+    lambda seed: seed.replace("shredding", "scratching"),
+], ids=["verbatim", "a sentence added", "a word changed"])
+def test_a_seed_copied_is_a_copy(task, rewrite):
+    seed = task["seed_scenarios"][0]
+    assert seed.startswith("A nervous new cat owner wants to stop her kitten from shredding")
+    assert held(task).copy_of(rewrite(seed)) == seed
+
+
+def test_a_long_scenario_with_two_words_changed_is_a_copy(task):
+    rewrite = LONG.replace("Devon", "Cornwall").replace("unusual", "strange")
+    assert held(task, LONG).copy_of(rewrite) == LONG
+    other_person = LONG.replace("airline pilot who now lives on a small farm in Devon", "baker who just moved to Glasgow")
+    assert held(task, LONG).copy_of(other_person) is None
+
+
+def test_the_index_finds_a_copy_remembered_900_scenarios_ago_and_forgets_past_its_limit(task):
+    index = held(task, LONG, *map(varied, range(899)))
+    assert len(index) == 900 and index.texts()[0] == LONG
+    assert index.copy_of(LONG.replace("Devon", "Cornwall")) == LONG
+    assert index.copy_of(varied(5).replace("a friend", "my friend")) == varied(5)
+    assert index.copy_of(varied(5000)) is None
+    for k in range(899, 1000):
+        index.add(varied(k))  # LONG is the 1,001st most recent now: dropped
+    assert len(index) == 1000 and index.copy_of(LONG) is None
+
+
+def test_memory_rebuilt_from_records_still_catches_a_copy(task):
+    records = [record_with(("scenario", text)) for text in [LONG, *map(varied, range(50))]]
+    reply = LONG.replace("unusual", "strange")
+
+    def scenario_stage(memory):
+        ctx = make_ctx(task, chat=lambda m, **o: reply, name="lm/scenario")
+        ctx["memory"] = memory
+        return STAGES["lm/scenario"](record_with(), ctx), len(ctx["calls"])
+
+    assert scenario_stage(new_memory(records)) == ("scenario: copies a seed or an earlier scenario", 2)
+    assert isinstance(scenario_stage(new_memory())[0], dict)  # a new run's memory accepts it
+
+
+def test_the_index_pickles_for_ray_workers_and_still_finds_copies(task):
+    index = pickle.loads(pickle.dumps(held(task, LONG)))
+    assert index.copy_of(LONG.replace("Devon", "Cornwall")) == LONG
+    index.add(varied(1))  # a lock of its own
+    assert index.texts() == [LONG, varied(1)]
+
+
+def test_threads_add_and_check_at_once(task):
+    index, failed = held(task, limit=200), []
+
+    def work(start):
+        try:
+            for k in range(start, start + 300):
+                index.copy_of(varied(k))
+                index.add(varied(k))
+        except Exception as error:  # noqa: BLE001 - a thread's error is the test's failure
+            failed.append(error)
+
+    threads = [threading.Thread(target=work, args=(n * 300,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failed and len(index) == len(index.texts()) == 200
+    assert index.used == collections.Counter(word for _, words, _, _ in index.held.values() for word in words)
 
 
 def test_the_closing_turn_uses_the_patterns_hint_and_must_close(task):

@@ -13,7 +13,7 @@ import pytest
 
 from chitchat_gen import prompts
 from chitchat_gen.config import load_task
-from chitchat_gen.pipeline import generate
+from chitchat_gen.pipeline import generate, new_memory
 from chitchat_gen.quality import review
 from chitchat_gen.stages import STAGES, parse_eligibility, stage
 from fake_lm import fake_chat
@@ -33,7 +33,7 @@ def make_ctx(task, chat=fake_chat, name="lm/flow_controller", turn=1, seed=0):
         return chat(messages, json_schema=json_schema, **options)
 
     return {"task": task, "chat": recording_chat, "rng": random.Random(seed), "turn": turn,
-            "stage": stages[name], "memory": {"scenarios": []}, "calls": calls}
+            "stage": stages[name], "memory": new_memory(), "calls": calls}
 
 
 def record_with(*steps):
@@ -50,7 +50,7 @@ def test_scenario_learns_from_seeds_and_cleans_the_reply(task):
     prompt = ctx["calls"][0]["messages"][-1]["content"]
     shown = [s for s in task["seed_scenarios"] if s in prompt]
     assert len(shown) == 2  # num_icl_examples
-    assert ctx["memory"]["scenarios"] == ["A beekeeper wants to talk about swarms."]
+    assert ctx["memory"]["scenarios"].texts() == ["A beekeeper wants to talk about swarms."]
 
 
 def test_scenario_retries_once_then_drops_a_copy_of_an_example(task):
@@ -64,7 +64,7 @@ def test_scenario_retries_once_then_drops_a_copy_of_an_example(task):
 def test_scenario_examples_include_earlier_generated_ones(task):
     task["seed_scenarios"] = ["Seed one."]
     ctx = make_ctx(task, chat=lambda m, **o: "Something new.", name="lm/scenario")
-    ctx["memory"]["scenarios"].append("Earlier generated scenario.")
+    ctx["memory"]["scenarios"].add("Earlier generated scenario.")
     STAGES["lm/scenario"](record_with(), ctx)
     assert "Earlier generated scenario." in ctx["calls"][0]["messages"][-1]["content"]
 
@@ -78,7 +78,7 @@ def test_near_duplicate_filter_retries_then_drops(task):
                        name="lm/scenario")
         ctx["stage"] = dict(ctx["stage"], near_duplicate_threshold=threshold)
         # Jaccard 0.28, and less than half of either is in the other: not a copy, but near at 0.25.
-        ctx["memory"]["scenarios"].append("A keen cook wants to talk about growing tomatoes in pots on a balcony.")
+        ctx["memory"]["scenarios"].add("A keen cook wants to talk about growing tomatoes in pots on a balcony.")
         return STAGES["lm/scenario"](record_with(), ctx), ctx["calls"]
 
     assert isinstance(run(None)[0], dict)  # filter off by default: accepted
