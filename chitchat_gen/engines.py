@@ -421,7 +421,7 @@ def check_local_model(engine: dict) -> None:
     """
     if importlib.util.find_spec("llama_cpp") is None:
         raise ConfigError("the local engine needs llama-cpp-python: " + _LOCAL_INSTALL)
-    threads = os.cpu_count() or 1
+    threads = usable_cores()
     try:
         child = subprocess.run([sys.executable, "-c", _LOCAL_PROBE, engine["model"], str(engine["n_ctx"]), str(threads)],
                                capture_output=True, text=True, errors="replace", timeout=engine["timeout"])
@@ -455,13 +455,26 @@ def _local_model_path(model: str | None) -> str:
     return str(found[0])
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: a container's cpuset or `taskset` may allow fewer than
+    the machine has, and llama.cpp with more threads than cores slows to a crawl (its threads
+    wait for each other).
+
+    >>> 1 <= usable_cores() <= (os.cpu_count() or 1)
+    True
+    """
+    if hasattr(os, "sched_getaffinity"):  # Linux; macOS and Windows have no affinity query here
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def _local_chat(engine: dict, on_usage):
     try:
         from llama_cpp import Llama
     except ImportError:
         raise ConfigError("the local engine needs llama-cpp-python: " + _LOCAL_INSTALL)
     model_path = _local_model_path(engine["model"])
-    threads = os.cpu_count() or 1  # llama-cpp-python uses half the cores unless told: 1.8x slower on 2 cores
+    threads = usable_cores()  # llama-cpp-python uses half the cores unless told: 1.8x slower on 2 cores
     llm = Llama(model_path=model_path, n_ctx=engine["n_ctx"], n_threads=threads, n_threads_batch=threads,
                 verbose=False)
     # subtle: a Llama object is not thread-safe, and one more instance per worker would cost its

@@ -32,19 +32,20 @@ Pick a topic that is clearly different from every example above \
 (for instance: $topic_hint). Reply with the sentence only, no quotes, no label.""")
 
 # The calls on the user's side (flow controller, hint, user message) open with the same system
-# text, byte for byte: who the user is, the situation, the rules of the role (and, when the flow
-# controller judges which moves fit, the task's moves: the same in every call of a task). Then the
-# transcript so far, which only grows; what changes per call (the turn, the candidate moves, the
-# instruction) comes last. A server with a prefix cache (vLLM, SGLang, llama-server, OpenAI) then
-# evaluates only each call's new part (benchmarks/tokens.py, docs/performance.md). subtle: the
-# persona and the scenario stay in the system text: asked with them in the request instead,
-# SmolLM2-135M passed the closing gate on 10 of 30 closing turns against 20 of 30 (benchmarks/layout.py).
+# text, byte for byte: the rules of the role and (when the flow controller judges which moves fit)
+# the task's moves, the same in every conversation of a task; then who the user is and the
+# situation, the same in every call of a conversation. Then the transcript so far, which only
+# grows; what changes per call (the turn, the candidate moves, the instruction) comes last. A
+# server with a prefix cache (vLLM, SGLang, llama-server, OpenAI) then evaluates only each call's
+# new part (benchmarks/tokens.py, docs/performance.md). subtle: the persona and the situation stay
+# in the system text: asked with them in the request instead, SmolLM2-135M passed the closing
+# check on 10 of 30 closing turns against 20 of 30 (benchmarks/layout.py, docs/performance.md).
 USER_SIDE = """\
-You are role-playing a human user chatting with an AI assistant. Stay in character.
+You are role-playing a human user chatting with an AI assistant. Stay in character. Your messages \
+to the assistant are written in the first person, as this person would type them. Do not answer \
+as the assistant, do not explain, do not add labels or quotes.$moves
 Who you are: $persona
-Situation: $scenario
-Your messages to the assistant are written in the first person, as this person would type them. \
-Do not answer as the assistant, do not explain, do not add labels or quotes.$moves"""
+Situation: $scenario"""
 # $moves: the task's moves, when the flow controller asks which fit (else empty).
 MOVES = Template("""
 

@@ -1,13 +1,17 @@
 """The HTTP engines against a real local server (tests/fake_lm.py): bodies sent, replies read,
 start-up checks, retries."""
 
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
 from chitchat_gen.config import ENGINE_FIELDS
 from chitchat_gen.engines import check_engine, make_chat
 from chitchat_gen.errors import ConfigError, LMError
+from conftest import ROOT
 from fake_lm import FakeServer
 
 
@@ -196,3 +200,12 @@ def test_a_proxy_from_the_environment_is_used_though_read_once(monkeypatch):
             with pytest.raises(LMError, match="HTTP 404"):
                 chat([{"role": "user", "content": "hi"}])
     assert [path for path, _ in proxy.received] == ["http://llm.invalid:9/api/chat"] * 2
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_the_local_engine_uses_the_cores_it_may_run_on_not_all_the_machine_has():
+    """A process pinned to one core (taskset, a container's cpuset) gets one llama.cpp thread."""
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from chitchat_gen.engines import usable_cores; print(usable_cores())")
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert child.stdout.strip() == "1", child.stderr

@@ -253,7 +253,7 @@ def test_user_sees_persona_scenario_hint_and_history(task):
     assert record["steps"][-1]["content"] == "Do beer traps work?"
     system, prompt = ctx["calls"][0]["messages"][0]["content"], ctx["calls"][0]["messages"][1]["content"]
     assert "role-playing a human user" in system
-    assert "Who you are: Role: gardener.\nSituation: A gardener chats about slugs.\n" in system
+    assert system.endswith("Who you are: Role: gardener.\nSituation: A gardener chats about slugs.")
     assert prompt == ("Conversation so far:\nUser: My lettuces are gone.\nAssistant: Slugs, probably.\n\n"
                       "Instruction for your next message: Ask about beer traps.\nYour message:")
 
