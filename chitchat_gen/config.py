@@ -426,9 +426,6 @@ def _quality(task: dict, path, notes: list) -> dict:
             raise ConfigError(f"{path}: quality.phrases.{name}: expected a list of words or phrases, got {added!r}")
     cues = [cue for s in task["iteration_stages"] if s["name"] == "lm/user/guided" for cue in s["closing_cues"]]
     phrases["closing_cues"] = [*phrases.get("closing_cues", []), *cues]
-    if task["language"].split("-")[0].lower() != "en":
-        notes.append(f"{path}: language: {task['language']}: the quality gates' phrase lists are English; add phrases in "
-                     "your language under quality.phrases, or turn gates off under quality.gates (docs/quality.md)")
     thresholds = {key: value for key, value in section.items() if key not in ("gates", "phrases")}
     return quality.settings(section["gates"], phrases, **thresholds)
 

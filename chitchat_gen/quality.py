@@ -116,6 +116,20 @@ THRESHOLDS = {
 }
 
 
+def language_note(task: dict) -> str | None:
+    """The note a run prints when the task's language is not English, whose phrase lists these are.
+
+    >>> language_note({"path": "task.yaml", "language": "de"})[:56]
+    "task.yaml: language: de: the quality gates' phrase lists"
+    >>> language_note({"path": "task.yaml", "language": "en-GB"}) is None
+    True
+    """
+    if task["language"].split("-")[0].lower() == "en":
+        return None
+    return (f"{task['path']}: language: {task['language']}: the quality gates' phrase lists are English; add phrases in "
+            "your language under quality.phrases, or turn gates off under quality.gates (docs/quality.md)")
+
+
 def settings(gates: dict | None = None, phrases: dict | None = None, **thresholds) -> dict:
     """The gates' settings: which gates are on, each phrase list with a task's additions, thresholds.
 

@@ -35,6 +35,7 @@ from .load import report
 from .pipeline import generate, new_control, new_memory, new_stats
 from .ray_executor import connect, disconnect, generate_on_ray
 from .record import read_jsonl
+from .quality import language_note
 from .redact import redact_for
 from .stats import model_name, run_cost, write_card
 from .store import FINAL, WriteError, append, clear, close, count_existing, log_run, open_store, read_runs
@@ -79,6 +80,8 @@ def run(task: dict | str | Path, n: int, *, output_dir: str | Path = "output", r
                "notes": notes, "endpoints": []}
     if wanted == 0:
         return {**summary, "nothing_to_do": True}
+    if text := language_note(task):
+        note(text)
     # subtle: everything that can fail at start-up is checked before the output folder is touched.
     existing = 0 if restart else count_existing(folder)
     if existing >= wanted:

@@ -10,6 +10,7 @@ from chitchat_gen.config import load_task
 from chitchat_gen.errors import ConfigError
 from chitchat_gen.prompts import render_persona
 from chitchat_gen.stages import BUILT_IN
+from conftest import run_cli
 
 
 def write_task(task_dir, change):
@@ -87,12 +88,15 @@ def test_a_tasks_quality_section_tunes_the_gates(task_dir):
     assert given["parrot_words"] == 5  # the default
 
 
-def test_a_task_not_in_english_gets_one_note_on_the_phrase_lists(task_dir):
-    english = load_task(task_dir / "task.yaml")
-    german = load_task(write_task(task_dir, lambda r: r.update(language="de")))
-    assert not any("phrase lists are English" in note for note in english["notes"])
-    assert [note for note in german["notes"] if "phrase lists are English" in note] == \
-        [f"{task_dir / 'task.yaml'}: language: de: the quality gates' phrase lists are English; add phrases in your "
+def test_a_task_not_in_english_gets_one_note_on_the_phrase_lists(task_dir, server):
+    """Printed by every run (not only with --verbose): it is news about the data, not an ignored setting."""
+    english = run_cli("-n", 1, "--base-url", server.url, cwd=task_dir)
+    write_task(task_dir, lambda r: r.update(language="de"))
+    german = run_cli("-n", 1, "--base-url", server.url, "--restart", cwd=task_dir)
+    assert english.returncode == german.returncode == 0, german.stderr
+    assert "phrase lists are English" not in english.stderr
+    assert [line for line in german.stderr.splitlines() if "phrase lists are English" in line] == \
+        ["note: task.yaml: language: de: the quality gates' phrase lists are English; add phrases in your "
          "language under quality.phrases, or turn gates off under quality.gates (docs/quality.md)"]
 
 
