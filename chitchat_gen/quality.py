@@ -163,6 +163,7 @@ SENTENCE_GAP = re.compile(r"(?<=[.!?])[ \t]+")
 QUOTED = re.compile(r'"[^"]*"|“[^”]*”')
 # A short span in parentheses, or in single asterisks (not **bold**): an aside, maybe not part of the text.
 ASIDE = re.compile(r"\(([^()\n]{1,120})\)|(?<![*\w])\*(?!\*)([^*\n]{1,120})(?<!\*)\*(?![*\w])")
+CLEANING_PASSES = 3  # the cleaning gates run again while a pass changed the text, at most this often
 DIRECTION_WORDS = 12  # an action longer than this is more likely an aside of the text itself
 
 
@@ -580,6 +581,8 @@ def review(text: str, kind: str, given: dict | None = None, previous: str = "", 
     ('Nice! What next?', ["the other speaker's next line", 'speaker label', 'quotes around the message'], [])
     >>> review("*smiles*", "assistant")
     ('*smiles*', [], ['stage direction'])
+    >>> review("Your message:\nMe: Thanks, bye!", "closing")[:2]  # two labels: cleaned until none is left
+    ('Thanks, bye!', ['speaker label'])
     """
     if earlier is not None and not isinstance(earlier, CopyIndex):
         earlier = pinned(earlier)
@@ -587,15 +590,18 @@ def review(text: str, kind: str, given: dict | None = None, previous: str = "", 
     about = {"kind": kind, "given": given, "previous": previous, "instruction": instruction, "earlier": earlier,
              "near_duplicate": near_duplicate}
     text = "\n".join(line.rstrip() for line in text.strip().splitlines() if line.strip())
+    rows = [row for row in GATES if kind in row["reads"] and given["gates"][row["name"]]
+            and not (row["needs"] and about[row["needs"]] is None)]
     fixes, found = [], []
-    for row in GATES:
-        if kind not in row["reads"] or not given["gates"][row["name"]] or row["needs"] and about[row["needs"]] is None:
-            continue
-        if not row["cleans"]:
-            found += [row["label"]] if row["check"](text, about) else []
-        elif (cleaned := row["check"](text, about)) != text:
+    for _ in range(CLEANING_PASSES):  # one cut can uncover another: "Your message:" above "Me: Thanks!"
+        before = text
+        for row in (row for row in rows if row["cleans"]):
+            if (cleaned := row["check"](text, about)) == text:
+                continue
             if words(cleaned):
-                text, fixes = cleaned, [*fixes, row["label"]]
-            else:  # nothing of the message would be left: it is the problem
+                text, fixes = cleaned, fixes if row["label"] in fixes else [*fixes, row["label"]]
+            elif row["label"] not in found:  # nothing of the message would be left: it is the problem
                 found.append(row["label"])
-    return text, fixes, found
+        if text == before:
+            break
+    return text, fixes, found + [row["label"] for row in rows if not row["cleans"] and row["check"](text, about)]

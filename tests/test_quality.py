@@ -521,3 +521,11 @@ def test_the_closing_benchmark_reasks_each_closing_turn_and_counts_passes(task_d
     assert done.returncode == 0, done.stderr
     rows = [line.split()[:3] for line in done.stdout.splitlines() if line.startswith(("history", "turn"))]
     assert rows == [["history", "0.7", "3/3"], ["turn", "0.7", "3/3"]]  # the fake says "Thanks a lot for chat k, bye!"
+
+
+def test_a_cut_that_uncovers_another_label_is_cleaned_again():
+    """Seen on SmolLM2: a prompt line above a named speaker; one pass of the gates left "Me: ...",
+    which `stats` then counted in accepted data."""
+    text, fixes, found = review("Here's my next message:\nMe: Thank you for your generosity and care!", "user")
+    assert (text, found) == ("Thank you for your generosity and care!", [])
+    assert set(fixes) == {"leaked label", "speaker label"}
