@@ -54,8 +54,7 @@ SETTINGS = {  # name: (seeds only, prompt override, temperature, near-duplicate 
 
 def run_setting(task, chat, k, seeds_only, prompt, temperature, threshold, seed):
     task = dict(task, prompts={"SCENARIO_USER": prompt} if prompt else {})
-    stage = dict(next(s for s in task["initialization_stages"] if s["name"] == "lm/scenario"),
-                 near_duplicate_threshold=threshold)
+    stage = dict(scenario_stage(task), near_duplicate_threshold=threshold)
     memory = new_memory()
     rng = random.Random(seed)
     scenarios, drops, calls = [], collections.Counter(), [0]
@@ -105,9 +104,13 @@ def fake_scenario(messages, json_schema=None, seed=0, **options) -> str:
     return " ".join(["An" if trait[0] in "aeiou" else "A", trait, *rest]) + "."
 
 
+def scenario_stage(task: dict) -> dict:
+    return next(s for s in task["initialization_stages"] if s["name"] == "lm/scenario")
+
+
 def copy_drops(task, seed):
     """(drops, retries) of the copy check, the stage run SIZES[-1] times on one memory, counted at each of SIZES."""
-    stage = task["initialization_stages"][0]
+    stage = scenario_stage(task)
     memory, rng, dropped, calls, figures = new_memory(), random.Random(seed), 0, [0], {}
 
     def counted(messages, json_schema=None, **options):
@@ -117,7 +120,7 @@ def copy_drops(task, seed):
     for n in range(1, SIZES[-1] + 1):
         ctx = {"task": task, "chat": counted, "rng": random.Random(rng.randrange(2**63)), "stage": stage,
                "memory": memory}
-        dropped += STAGES["lm/scenario"]({"steps": []}, ctx) == "scenario copies a seed or an earlier scenario"
+        dropped += STAGES["lm/scenario"]({"steps": []}, ctx) == "scenario: copies a seed or an earlier scenario"
         if n in SIZES:
             figures[n] = dropped, calls[0] - n
     return figures
@@ -125,7 +128,7 @@ def copy_drops(task, seed):
 
 def cost_per_call(task, remembered, calls, seed):
     """Microseconds of client CPU per lm/scenario call (the fake's reply included) with `remembered` scenarios kept."""
-    stage, rng = task["initialization_stages"][0], random.Random(seed)
+    stage, rng = scenario_stage(task), random.Random(seed)
     memory = new_memory({"steps": [{"role": "scenario", "content": fake_scenario([], seed=rng.randrange(2**63))}]}
                         for _ in range(remembered))
     contexts = [{"task": task, "chat": fake_scenario, "rng": random.Random(rng.randrange(2**63)), "stage": stage,
