@@ -51,15 +51,17 @@ LEAKED_LABELS = ("situation", "scenario", "persona", "instruction", "hint", "con
                  "general instruction", r"(chat|conversation)( \w+){0,3}", r"(\w+ )?(your|my) (\w+ ){0,2}message",
                  r"the next one( is)?", r"(your|my) (answer|response|reply)", "the user", "role",
                  "instruction for your next message", r"this is (your|my) (last|final) message",
-                 r"here'?s (a|an|your|my) ([\w-]+ ){0,2}(message|response|reply)", "one short sentence")
+                 r"here'?s (a|an|your|my) ([\w-]+ ){0,2}(message|response|reply)", "one short sentence", "the person")
 # Regex fragments: words in parentheses or brackets that make them a note about the chat, not
 # part of it: "(next message to the assistant is ...)", "(reminder: don't include yourself in this chat)".
 META_NOTES = ("assistant", "chatbot", "the user", r"reminder\s*:", r"note\s*:", "instructions?", "persona", "scenario",
-              "continuation", "in character", "role-?play", r"(next|last|previous|this|my|your) message",
+              "continuation", "in character", "role-?play", r"(the|next|last|previous|this|my|your) message",
               r"(this|the) (chat|conversation)")
 # Regex fragments: a sentence that starts like this is about the message: "Here is a continuation of the previous message."
 META_LINES = (r"here('s| is) (a |the |my )?(continuation|rest|next part)\b", r"(this is )?(a |the )?continuation of\b",
-              r"continuing (from )?(the|my|your) (previous|last)", r"\(?continued\)?$")
+              r"continuing (from )?(the|my|your) (previous|last)", r"\(?continued\)?$",
+              r"the following is (the|a|my|your) (message|reply|response)", r"the (original|last|next|previous) message (was|is)\b",
+              r"the message is\s*:", r"please feel free to remove this")
 # Plain words, and their -s, -ed and -ing forms: parentheses or asterisks that start with one
 # are a stage direction or a role-play action ("(laughs)", "(smiling knowingly)", "*leans back in chair*").
 STAGE_DIRECTIONS = ("laugh", "chuckle", "giggle", "smile", "grin", "sigh", "nod", "wink", "shrug", "pause", "gasp",

@@ -138,7 +138,7 @@ def scenario(record: dict, ctx: dict) -> dict | str:
             {"role": "user", "content": template(ctx, "SCENARIO_USER",
                                                  examples="\n".join(f"- {e}" for e in examples),
                                                  topic_hint=rng.choice(prompts.TOPIC_HINTS),
-                                                 person=f"\nThe person: {persona['content']}" if persona else "")},
+                                                 person=person_of(persona))},
         ]
         text, fixes, found = review(lm(ctx, messages), "scenario", task["quality"], earlier=remembered,
                                     near_duplicate=cfg.get("near_duplicate_threshold"))
@@ -148,6 +148,20 @@ def scenario(record: dict, ctx: dict) -> dict | str:
         return f"scenario: {found[0]}" if text else "scenario empty"
     remembered.add(text)
     return add_step(record, ctx, "scenario", text, cleaned=fixes)
+
+
+def person_of(persona: dict | None) -> str:
+    """The scenario prompt's line on its persona, in words: given the persona's fields ("Role: ...
+    Expertise: ..."), SmolLM2 copied them as the scenario (12 of 30 read by hand, issue 24).
+
+    >>> person_of({"persona_role": "night-shift nurse in Manchester", "domain": "health and sleep routines"})
+    '\\nThe person: night-shift nurse in Manchester, interested in health and sleep routines.'
+    """
+    if not persona:
+        return ""
+    if persona.get("persona_role") and persona.get("domain"):
+        return f"\nThe person: {persona['persona_role']}, interested in {persona['domain']}."
+    return f"\nThe person: {persona['content']}"  # a persona step of another stage's making
 
 
 @stage("sample/persona")

@@ -106,7 +106,18 @@ META_NOTES = [
     ("Here is a continuation of the previous message. The bread rose twice.", "The bread rose twice."),
     ("This is a continuation of an ongoing conversation. I'm glad you came.", "I'm glad you came."),
     ("(Note: keep it short) See you at the market.", "See you at the market."),
+    # seen in a SmolLM2 run read by hand (issue 24)
+    ("The following is the message to be written:\nI love the smell of fresh bread.", "I love the smell of fresh bread."),
+    ('Great tips! The original message was: "Hey, I just wanted to talk."', "Great tips!"),
+    ("I'll try it. Please feel free to remove this text from the context.", "I'll try it."),
+    ("Sounds fun (what is the message?) and easy.", "Sounds fun and easy."),
 ]
+
+
+def test_talk_about_a_message_that_is_not_about_the_chat_stays():
+    for text in ("The message is clear: eat more greens.", "The last message you sent made me laugh.",
+                 "My friend left a message (the one about the party) on my phone."):
+        assert review(text, "user")[:2] == (text, [])
 
 
 def test_a_message_that_is_only_a_meta_note_is_a_problem():

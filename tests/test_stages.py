@@ -89,8 +89,13 @@ def test_near_duplicate_filter_retries_then_drops(task):
 def test_scenario_is_written_for_a_persona_sampled_first(task):
     assert [s["name"] for s in task["initialization_stages"]] == ["sample/persona", "lm/scenario"]  # the shipped order
     ctx = make_ctx(task, chat=lambda m, **o: "A potter wants glaze tips.", name="lm/scenario")
-    STAGES["lm/scenario"](record_with(("persona", "Role: potter in Kyoto.")), ctx)
-    assert "The person: Role: potter in Kyoto." in ctx["calls"][0]["messages"][-1]["content"]
+    record = record_with(("persona", "Role: potter in Kyoto. Domain: glazes."))
+    record["steps"][-1].update(persona_role="potter in Kyoto", domain="glazes")
+    STAGES["lm/scenario"](record, ctx)
+    assert "The person: potter in Kyoto, interested in glazes." in ctx["calls"][0]["messages"][-1]["content"]
+    assert "Role:" not in ctx["calls"][0]["messages"][-1]["content"]  # in words: fields were copied as the scenario
+    STAGES["lm/scenario"](record_with(("persona", "A potter in Kyoto.")), ctx)  # a persona step without the fields
+    assert "The person: A potter in Kyoto." in ctx["calls"][-1]["messages"][-1]["content"]
     STAGES["lm/scenario"](record_with(), ctx)
     assert "The person:" not in ctx["calls"][-1]["messages"][-1]["content"]
 
