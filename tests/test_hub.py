@@ -139,7 +139,7 @@ def test_datasets_loads_the_folder_both_ways(generated, tmp_path, monkeypatch):
     assert full["train"].num_rows == 6
     assert full["train"].column_names == FULL_COLUMNS
     roles = [step["role"] for step in full["train"][0]["steps"]]
-    assert roles[:3] == ["scenario", "persona", "flow_controller"] and roles.count("assistant") >= 2
+    assert roles[:3] == ["persona", "scenario", "flow_controller"] and roles.count("assistant") >= 2
     # The Hub's viewer serves Parquet converted from the files: the every-step config must convert too.
     full["train"].to_parquet(str(tmp_path / "full.parquet"))
 

@@ -37,7 +37,7 @@ def check_outputs(task_dir, n):
     assert [r["conversation_id"] for r in final] == [r["conversation_id"] for r in formatted]
     for record, line in zip(final, formatted):
         roles = [s["role"] for s in record["steps"]]
-        assert roles[:2] == ["scenario", "persona"]
+        assert roles[:2] == ["persona", "scenario"]  # the shipped order
         assert 2 <= roles.count("assistant") <= 4
         assert all(m["content"].strip() for m in line["messages"])
         assert [m["role"] for m in line["messages"]] == ["user", "assistant"] * roles.count("assistant")
