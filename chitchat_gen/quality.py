@@ -41,9 +41,10 @@ from .text import jaccard, normalise, shingles, words
 PLACEHOLDERS = ("insert", "add", "enter", "your", "name", "placeholder", "topic", "location", "date", "user", "city")
 # Regex fragments: a label at the very start of a reply; the content after it is the reply. Kin
 # and titles may carry a capitalised name ("Auntie Jane:", "Dr Patel:"): a model that writes a
-# transcript names its speakers.
+# transcript names its speakers. "The person:" opens a scenario that copies lm/scenario's line on
+# its persona: the rest is a scenario for that person.
 SPEAKER_LABELS = ("user", "assistant", "human", "ai", "me", "scenario", "message", "instruction", "your message", "reply",
-                  "auntie", "aunt", "uncle", "grandma", "granny", "grandpa", "mom", "mum", "dad", "mr", "mrs", "ms",
+                  "the person", "auntie", "aunt", "uncle", "grandma", "granny", "grandpa", "mom", "mum", "dad", "mr", "mrs", "ms",
                   "miss", "dr", "doctor", "professor", "chef", "coach", "captain")
 # Regex fragments: a line that starts with one of these and a colon copies the shape of our
 # prompts (or makes one up): "Situation: ...", "Your last message: ...", "Chat to: writer123".
@@ -51,7 +52,7 @@ LEAKED_LABELS = ("situation", "scenario", "persona", "instruction", "hint", "con
                  "general instruction", r"(chat|conversation)( \w+){0,3}", r"(\w+ )?(your|my) (\w+ ){0,2}message",
                  r"the next one( is)?", r"(your|my) (answer|response|reply)", "the user", "role",
                  "instruction for your next message", r"this is (your|my) (last|final) message",
-                 r"here'?s (a|an|your|my) ([\w-]+ ){0,2}(message|response|reply)", "one short sentence", "the person")
+                 r"here'?s (a|an|your|my) ([\w-]+ ){0,2}(message|response|reply)", "one short sentence")
 # Regex fragments: words in parentheses or brackets that make them a note about the chat, not
 # part of it: "(next message to the assistant is ...)", "(reminder: don't include yourself in this chat)".
 META_NOTES = ("assistant", "chatbot", "the user", r"reminder\s*:", r"note\s*:", "instructions?", "persona", "scenario",

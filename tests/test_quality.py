@@ -131,6 +131,7 @@ SPEAKER_LABELS = [
     ("Dr. Patel: Rest and fluids, mostly.", "Rest and fluids, mostly."),
     ("**User:** What should I read next?", "What should I read next?"),
     ("Me: hi there, any plans?", "hi there, any plans?"),
+    ("The person: night-shift nurse in Manchester, interested in sleep.", "night-shift nurse in Manchester, interested in sleep."),
 ]
 
 CLEANINGS = ([(*case, "stage direction") for case in STAGE_DIRECTIONS] + [(*case, "note about the chat") for case in META_NOTES]
