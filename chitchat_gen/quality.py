@@ -68,7 +68,8 @@ META_LINES = (r"here('s| is) (a |the |my )?(continuation|rest|next part)\b", r"(
 STAGE_DIRECTIONS = ("laugh", "chuckle", "giggle", "smile", "grin", "sigh", "nod", "wink", "shrug", "pause", "gasp",
                     "cough", "lean", "wave", "blush", "beam", "smirk", "sob", "hug", "whisper", "shout", "exclaim",
                     "glance", "yawn", "stretch", "clap", "gesture", "snicker", "scratch", "tilt", "sip", "sniff",
-                    "frown", "blink", "mutter", "grumble", "wipe", "squeal", "cheer", "beaming", "clears", "looks")
+                    "frown", "blink", "mutter", "grumble", "wipe", "squeal", "cheer", "beaming", "clears", "looks",
+                    "point", "notice", "gaze", "stare")
 # Regex fragments: a user message saying these talks as the assistant.
 ASSISTANT_VOICE = (
     r"as an ai", r"i'?m an ai", r"as a (large )?language model", r"how (can|may) i (help|assist)( you)?",
@@ -211,7 +212,9 @@ def stage_direction(text: str, about: dict) -> str:
         before, after = text[:match.start()].rstrip(), text[match.end():].strip()
         at_edge = not before or before[-1] in ".!?:;)*" or not words(after)
         adverb = bool(said) and len(said) <= 2 and len(said[0]) >= 5 and said[0].endswith("ly")
-        return "" if said and len(said) <= DIRECTION_WORDS and (said[0] in actions or adverb and at_edge) else match.group(0)
+        manner = len(said) >= 3 and said[0] == "with" and said[2] in actions  # "(with a smile)", "*with a wink*"
+        return "" if said and len(said) <= DIRECTION_WORDS and (said[0] in actions or manner or adverb and at_edge) \
+            else match.group(0)
 
     kept = ASIDE.sub(keep, text)
     return text if kept == text else tidy(kept)

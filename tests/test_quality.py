@@ -69,6 +69,10 @@ STAGE_DIRECTIONS = [
     ("Great question! (nodding) Start with the soil.", "Great question! Start with the soil."),
     ("That made my day. *grins*", "That made my day."),
     ("(laughs again, but this time in a different way) I'm so glad you care.", "I'm so glad you care."),
+    # seen in a SmolLM2 run read by hand (issue 24)
+    ("Look at this! (pointing at the camera) It's my garden.", "Look at this! It's my garden."),
+    ("(noticing your smile) You seem happy today.", "You seem happy today."),
+    ("Sure, I'll try it (with a smile).", "Sure, I'll try it."),
 ]
 
 
@@ -87,6 +91,7 @@ ORDINARY_ASIDES = [
     ("I saw it (twice!) last year.", "user"),
     ("Try the soup (see the menu) if you're hungry.", "assistant"),
     ("I eat (mostly) vegetables these days.", "user"),
+    ("I made soup (with a friend) yesterday.", "user"),
     ("I'm a *huge* fan of jazz.", "user"),
     ("**Tip:** water it in the morning.", "assistant"),
     ("Here are three ideas (including a cheap one): walk, read, bake.", "assistant"),
