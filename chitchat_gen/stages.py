@@ -156,12 +156,15 @@ def person_of(persona: dict | None) -> str:
 
     >>> person_of({"persona_role": "night-shift nurse in Manchester", "domain": "health and sleep routines"})
     '\\nThe person: night-shift nurse in Manchester, interested in health and sleep routines.'
+    >>> person_of({"persona_role": "birdwatcher", "domain": None, "content": "Role: birdwatcher."})
+    '\\nThe person: birdwatcher.'
     """
     if not persona:
         return ""
-    if persona.get("persona_role") and persona.get("domain"):
-        return f"\nThe person: {persona['persona_role']}, interested in {persona['domain']}."
-    return f"\nThe person: {persona['content']}"  # a persona step of another stage's making
+    if not persona.get("persona_role"):
+        return f"\nThe person: {persona['content']}"  # a persona step of another stage's making
+    interest = f", interested in {persona['domain']}" if persona.get("domain") else ""
+    return f"\nThe person: {persona['persona_role']}{interest}."
 
 
 @stage("sample/persona")
