@@ -389,18 +389,14 @@ def copy(text: str, about: dict) -> bool:
     return about["earlier"].copy_of(text, about["given"]["copy_share"]) is not None
 
 
-def copies(text: str, earlier: list[str], share: float = THRESHOLDS["copy_share"]) -> bool:
-    """`text` copies one of `earlier` (see CopyIndex); for a short list checked once, as `stats` does.
-
-    >>> copies("A retired teacher wants to chat about astronomy. She has a new telescope.",
-    ...        ["A retired teacher wants to chat about astronomy."])
-    True
-    """
-    return pinned(earlier).copy_of(text, share) is not None
-
-
 def pinned(texts) -> CopyIndex:
-    """A CopyIndex holding `texts` for good and nothing else (a list checked once)."""
+    """A CopyIndex holding `texts` for good and nothing else: a fixed list, built once, checked many times
+    (`stats` against the seeds; `review` given a list).
+
+    >>> seeds = pinned(["A retired teacher wants to chat about astronomy."])
+    >>> seeds.copy_of("A retired teacher wants to chat about astronomy. She has a new telescope.")
+    'A retired teacher wants to chat about astronomy.'
+    """
     index = CopyIndex(limit=0)
     index.pin(texts)
     return index

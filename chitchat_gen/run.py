@@ -34,8 +34,8 @@ from .errors import ConfigError, LMError
 from .load import report
 from .pipeline import generate, new_control, new_memory, new_stats
 from .ray_executor import connect, disconnect, generate_on_ray
-from .record import read_jsonl
 from .quality import language_note
+from .record import read_jsonl
 from .redact import redact_for
 from .stats import model_name, run_cost, write_card
 from .store import FINAL, WriteError, append, clear, close, count_existing, log_run, open_store, read_runs

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from .prompts import JUDGED
-from .quality import DEFAULTS, GATES, NAME_OF, copies, is_closing, review
+from .quality import DEFAULTS, GATES, NAME_OF, is_closing, pinned, review
 from .record import messages, read_jsonl
 from .redact import redact_text
 from .store import FINAL, FORMATTED, rewrite
@@ -198,7 +198,8 @@ def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = Tru
         result["duplicate_scenarios"] = len(scenarios) - len(set(map(normalise, scenarios)))
         result["near_duplicate_scenarios"] = near_duplicates(scenarios)
         if task:
-            result["scenarios_copying_a_seed"] = sum(copies(text, task["seed_scenarios"], given["copy_share"])
+            seeds = pinned(task["seed_scenarios"])  # indexed once, not once per scenario
+            result["scenarios_copying_a_seed"] = sum(seeds.copy_of(text, given["copy_share"]) is not None
                                                      for text in scenarios)
     if scores:
         result["judge"] = {"judged": len(scores),

@@ -13,8 +13,8 @@ import pytest
 
 from chitchat_gen import generate, load_task
 from chitchat_gen.pipeline import new_memory, run_conversation
-from chitchat_gen.quality import (GATE_NAMES, GATES, KINDS, PHRASES, CopyIndex, copies, cut_after_goodbye, echoes,
-                                  is_closing, parrots, review, settings)
+from chitchat_gen.quality import (GATE_NAMES, GATES, KINDS, PHRASES, CopyIndex, cut_after_goodbye, echoes,
+                                  is_closing, parrots, pinned, review, settings)
 from chitchat_gen.stages import STAGES
 from chitchat_gen.stats import dataset_stats
 from conftest import ROOT, outputs, run_cli
@@ -297,8 +297,8 @@ def test_a_task_adds_phrases_to_any_list_and_sets_thresholds():
 
 def test_a_seed_copied_with_one_sentence_added_is_a_copy():
     seed = "A nervous new cat owner wants to stop her kitten from shredding the living-room sofa."
-    assert copies(seed + " She also asks about toys.", [seed])
-    assert not copies("A retired teacher wants to plan a walking holiday in the Lake District.", [seed])
+    assert pinned([seed]).copy_of(seed + " She also asks about toys.") == seed
+    assert pinned([seed]).copy_of("A retired teacher wants to plan a walking holiday in the Lake District.") is None
     assert not echoes("Sure.", "Short one?")  # too short to call an echo
 
 
@@ -323,7 +323,7 @@ def varied(k: int) -> str:
 def test_the_same_sentence_on_another_topic_is_not_a_copy(task):
     new, earlier = "A retired teacher wants to chat about birdwatching.", "A retired teacher wants to chat about astronomy."
     assert held(task, earlier).copy_of(new) is None
-    assert not copies(new, [earlier])  # nothing else held to weigh its words by: still not a copy
+    assert pinned([earlier]).copy_of(new) is None  # nothing else held to weigh its words by: still not a copy
     assert held(task, earlier).copy_of(earlier) == earlier
 
 
