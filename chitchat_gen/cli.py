@@ -308,8 +308,10 @@ def _progress(stats: dict, pool: dict | None, wanted: int):
             last.update(accepted=accepted, elapsed=elapsed)
         rate = accepted / elapsed if elapsed else 0
         left = eta(wanted, accepted, last["elapsed"], elapsed - last["elapsed"])
+        # subtle: LM calls are the pipeline's; a server's requests (in the brackets) count each HTTP
+        # attempt, so a call retried after a 500 or sent again after a 429 is one call and several requests.
         return (f"accepted {accepted}/{wanted}  dropped {dropped}  LM calls {stats['calls']}  "
-                f"{rate * 60:.1f}/min  ETA {'?' if left is None else f'{left:.0f}s'}"
+                f"{rate * 60:.1f} accepted/min  ETA {'?' if left is None else f'{left:.0f}s'}"
                 + (f"  [{describe(report(pool))}]" if pool else ""))
 
     def loop():
@@ -358,7 +360,7 @@ def _summary(summary: dict, task: dict) -> None:
         print(f"  dropped {count}: {reason}")
     for row in summary["endpoints"]:
         answers = ", ".join(f"{n} x {status}" for status, n in sorted(row["answers"].items(), key=str))
-        print(f"  {row['url']}: {row['calls']} calls ({answers}), limit {row['limit']}"
+        print(f"  {row['url']}: {row['calls']} requests ({answers}), limit {row['limit']}"
               + (f", paced at {row['pace_rpm']}/min" if row["pace_rpm"] else "") + f", mean latency {row['latency']:.2f}s")
     folder = Path(summary["folder"])
     print(f"  {folder / FINAL}\n  {folder / FORMATTED}\n  {folder / 'README.md'} (dataset card)")

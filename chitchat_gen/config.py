@@ -96,7 +96,8 @@ ENGINE_FIELDS = [
     field("max_tokens", "int", None, "cap on every reply; null: 512 (local: 200)", low=1, flag="--max-tokens"),
     field("json_max_tokens", "int", 200, "cap on JSON replies (the flow controller's)", low=1),
     field("n_ctx", "int", 4096, "local only: the model's context window", low=256),
-    field("timeout", "number", 120, "seconds per HTTP request", above=0),
+    field("timeout", "number", 120, "seconds an LM request may take before it counts as timed out (retried; "
+          "a run whose every request times out for two of these stops)", above=0, flag="--timeout"),
     field("retries", "int", 4, "extra attempts for a transient failure (connection, timeout, 429, 5xx)", low=0),
     field("concurrency", "int", None, "conversations in flight; null: 4 per Ollama server, 32 per OpenAI-style, 1 local",
           low=1, flag="--concurrency"),

@@ -27,7 +27,7 @@ from pathlib import Path
 import requests
 
 from . import load
-from .errors import ConfigError, LMError
+from .errors import ConfigError, LMError, NoAnswer
 from .redact import redact_url
 
 
@@ -43,7 +43,8 @@ def make_pool(engine: dict) -> dict | None:
     if engine["type"] == "local":
         return None
     return load.new_pool(engine["base_urls"], concurrency=engine["concurrency"] or default_concurrency(engine),
-                         slots=engine.get("slots"), max_rpm=engine["max_rpm"], max_tpm=engine["max_tpm"])
+                         slots=engine.get("slots"), max_rpm=engine["max_rpm"], max_tpm=engine["max_tpm"],
+                         timeout=engine["timeout"])
 
 
 def make_chat(engine: dict, on_usage=None, pool: dict | None = None):
@@ -191,8 +192,9 @@ def _auth_headers(engine: dict) -> dict:
 def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple[int, int, int]]:
     """POST `body` to the endpoint load control picks; return the parsed (text, usage).
 
-    A failure (connection, timeout, 408, 5xx, a reply that is not JSON) is retried with
-    exponential backoff and full jitter, `engine.retries` times. Backpressure (429, 503, 529) is
+    A failure (connection, timeout, 408, 5xx, a reply that is not JSON or has an empty message)
+    is retried with exponential backoff and full jitter (`load.backoff`), `engine.retries` times;
+    when no server answers at all (`load.silent`), NoAnswer stops the run. Backpressure (429, 503, 529) is
     not a failure: the call waits (`Retry-After`, or a short backoff) and goes again, for at most
     `engine.max_wait` seconds of waiting in all. Anything else (404, 400, ...) fails at once.
     """
@@ -214,18 +216,23 @@ def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple
             refused = isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower()
             outcome = "timeout" if isinstance(exc, requests.Timeout) else "refused" if refused else "failed"
             load.release(pool, ticket, outcome)
-            problem = f"{type(exc).__name__} from {url}"
+            if outcome == "timeout" and (verdict := load.silent(pool)):
+                raise NoAnswer(verdict)
+            problem = f"{type(exc).__name__} from {url}" + (f" after {engine['timeout']:g} s" if outcome == "timeout" else "")
         else:
             status, text = response.status_code, response.text
             if status == 200:
                 try:
                     reply, usage = parse(response.json())
+                    # An empty message is the server's fault, not the conversation's: another try may pass.
+                    problem = None if reply.strip() else f"{url} answered 200 with an empty message"
                 except ValueError:
-                    load.release(pool, ticket, "failed", status=status)
                     problem = f"{url} answered 200 with a body that is not JSON: {text[:120]!r}"
                 except LMError:  # JSON without the reply's text: a bad reply, not retried
                     load.release(pool, ticket, "rejected", status=status)
                     raise
+                if problem:
+                    load.release(pool, ticket, "failed", status=status)
                 else:
                     load.release(pool, ticket, "ok", status=status, seconds=time.monotonic() - sent,
                                  headers=response.headers, used_tokens=usage[0] + usage[1])
@@ -250,8 +257,7 @@ def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple
         failures += 1
         if failures > engine["retries"]:
             raise LMError(problem)
-        # Full jitter keeps many threads from retrying in lockstep against a recovering server.
-        time.sleep(random.uniform(0, min(8.0, 0.5 * 2 ** (failures - 1))))
+        time.sleep(load.backoff(pool, ticket, failures))
 
 
 def _environment(session, url: str) -> dict:

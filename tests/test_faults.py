@@ -80,6 +80,23 @@ def test_a_server_gone_for_good_stops_the_run_with_one_error_and_keeps_the_outpu
     assert 0 < len(kept) < 200
 
 
+def test_a_server_that_takes_calls_and_never_answers_stops_the_run_naming_the_timeout(task_dir):
+    with FakeServer(hang=True) as server:
+        result = run_cli("-n", 5, "--timeout", 1, "--base-url", server.url, "--quiet", cwd=task_dir)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: the run stopped (") and "timed out after 1 s each" in lines[0]
+    assert "raise --timeout" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_empty_replies_are_retried_not_dropped(task_dir):
+    with FakeServer(fault_share=0.3, fault_kinds=("empty",)) as server:
+        result = run_cli("-n", 5, "--base-url", server.url, "--quiet", cwd=task_dir)
+    assert result.returncode == 0, result.stderr
+    assert server.faulted["empty"] > 0 and "message empty" not in result.stdout
+    assert len(assert_consistent(task_dir)) == 5
+
+
 def test_two_runs_on_one_folder_are_refused(task_dir):
     with FakeServer(latency=0.05) as server:
         first = start_cli("-n", 50, "--base-url", server.url, "--quiet", cwd=task_dir)
