@@ -178,6 +178,17 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # subtle: a reader gone early (| head) shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:
+        # The reader of stdout (head, less, grep -q) has what it wanted: stop quietly, as cat does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _exit_now(141)  # 128 + SIGPIPE, what a shell reports for cat in the same place
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "generate"
     parser = build_parser(command)
