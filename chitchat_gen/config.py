@@ -451,6 +451,11 @@ def _stage(raw, where: str, task: dict, path, notes: list) -> dict:
         task["personas"] = load_personas(_data_path(store["data_path"], path, f"{where}.persona_store.data_path"))
     elif name == "lm/flow_controller":
         _flow_controller(stage, f"{path}: {where}.", notes)
+        if not stage["termination_patterns"] and task["close_at_max_turns"]:
+            raise ConfigError(f"{path}: {where}.termination_patterns: none, so no conversation would get a closing "
+                              "turn although close_at_max_turns is true: name the closing pattern here (the shipped "
+                              "task's is chit_chat/termination), or set close_at_max_turns: false to let "
+                              "conversations stop after max_turns without one")
         for switch in ("judge_eligibility", "generate_hint"):
             if stage[switch] is None:  # the tiny embedded model judges and writes hints badly: skip both
                 stage[switch] = task["engine"]["type"] != "local"
