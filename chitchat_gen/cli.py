@@ -83,6 +83,9 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
                             metavar="N", help="accepted conversations wanted per task (default: 10)")
         parser.add_argument("--restart", action="store_true",
                             help="delete this task's previous outputs and start from zero (default: resume)")
+        parser.add_argument("--mix", action="store_true",
+                            help="resume into a folder whose conversations another task made (other patterns, turn "
+                                 "bounds, personas, seed examples, prompts or stages); without it that is refused")
         parser.add_argument("--output-dir", default="output", metavar="DIR",
                             help="outputs go to DIR/<task_name>/ (default: output)")
         parser.add_argument("--shard", metavar="I/K", type=_shard,
@@ -248,7 +251,7 @@ def _exit_now(code: int):
 
 def run_task(task: dict, args) -> dict:
     """One task's run (run.py), with this process's progress line, notes and summary around it."""
-    summary = run(task, args.num_outputs_to_generate, output_dir=args.output_dir, restart=args.restart,
+    summary = run(task, args.num_outputs_to_generate, output_dir=args.output_dir, restart=args.restart, mix=args.mix,
                   shard=args.shard, ray=args.ray, ray_workers=args.ray_workers, grace=args.grace,
                   command=_command(), on_note=lambda text: print(f"note: {text}", file=sys.stderr),
                   progress=None if args.quiet else _progress)
