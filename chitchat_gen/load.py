@@ -47,6 +47,7 @@ from .redact import redact_url
 BUSY_STATUS = {429, 503, 529}  # "slow down": backpressure, not failure
 OUTCOMES = ("ok", "busy", "timeout", "failed", "refused", "rejected")  # rejected: the request was refused (4xx)
 SLOW_PROBE = 20  # successes per unit of limit before probing above the level of the last "slow down"
+LONG_WAIT = 10.0  # seconds a call in flight has waited before the progress line shows it (and the timeout)
 
 
 def new_pool(urls: list[str], *, concurrency: int, slots: dict | None = None,
@@ -63,6 +64,7 @@ def _endpoint(url: str, concurrency: int, slots: int | None, max_rpm, max_tpm) -
             "in_flight": 0, "calls": 0, "answers": collections.Counter(), "seconds": 0.0, "latency": None,
             "failures": 0, "down_until": 0.0, "cooldown": 0.0, "pause_until": 0.0,
             "timeouts": 0, "answered_at": None,  # timeouts since the last answer; when it came (or the first call went)
+            "sent": {},  # id(ticket) -> when that call went, for the progress line's longest wait
             "requests": _bucket(max_rpm / 60 if max_rpm else None), "tokens": _bucket(max_tpm / 60 if max_tpm else None),
             "rate_cap": max_rpm / 60 if max_rpm else None, "adaptive": False, "rate_ceiling": None, "cut_at": 0.0,
             "stated_requests": None, "stated_tokens": None, "successes": collections.deque()}
@@ -116,7 +118,9 @@ def acquire(pool: dict, tokens: float = 0.0, timeout: float = float("inf")) -> d
                     chosen["answered_at"] = now
                 for bucket, amount in ((chosen["requests"], 1), (chosen["tokens"], tokens)):
                     bucket["level"] -= amount if bucket["rate"] else 0
-                return {"endpoint": chosen, "url": chosen["url"], "epoch": chosen["epoch"], "tokens": tokens}
+                ticket = {"endpoint": chosen, "url": chosen["url"], "epoch": chosen["epoch"], "tokens": tokens}
+                chosen["sent"][id(ticket)] = now
+                return ticket
             if now >= deadline:
                 return None
             # Wake when a pause ends or a bucket refills, or earlier when a release frees a place.
@@ -140,6 +144,7 @@ def release(pool: dict, ticket: dict, outcome: str, *, seconds: float = 0.0, sta
     with pool["lock"]:
         now = time.monotonic()
         e["in_flight"] -= 1
+        e["sent"].pop(id(ticket), None)
         e["answers"][status or outcome] += 1
         if used_tokens is not None and e["tokens"]["rate"]:
             e["tokens"]["level"] += ticket["tokens"] - used_tokens  # the estimate, corrected by the reply's usage
@@ -260,13 +265,16 @@ def parse_duration(text: str) -> float:
 
 def report(pool: dict) -> list[dict]:
     """Per endpoint: url (credentials masked: the rows are printed and logged), calls, answers by
-    status, busy (429/503/529 answers), limit, mean latency."""
+    status, busy (429/503/529 answers), limit, mean latency, down, timeouts since the last answer,
+    the timeout, and how long the oldest call in flight has waited."""
     with pool["lock"]:
+        now = time.monotonic()
         return [{"url": redact_url(e["url"]), "calls": e["calls"], "answers": dict(e["answers"]),
                  "busy": sum(n for status, n in e["answers"].items() if status in BUSY_STATUS),
                  "limit": int(e["limit"]), "pace_rpm": round(e["requests"]["rate"] * 60) if e["requests"]["rate"] else None,
                  "latency": round(e["seconds"] / max(1, e["answers"][200] + e["answers"]["ok"]), 3),
-                 "down": e["down_until"] > time.monotonic(), "timeouts": e["timeouts"], "timeout": pool["timeout"]}
+                 "down": e["down_until"] > now, "timeouts": e["timeouts"], "timeout": pool["timeout"],
+                 "waiting": round(now - min(e["sent"].values()), 1) if e["sent"] else 0.0}
                 for e in pool["endpoints"]]
 
 
@@ -278,5 +286,6 @@ def describe(rows: list[dict]) -> str:
     return "; ".join(f"{re.sub(r'^https?://', '', r['url'])} {r['calls']} requests {r['busy']} busy limit {r['limit']}"
                      + (f" pace {r['pace_rpm']}/min" if r["pace_rpm"] else "") + f" {r['latency']:.2f}s"
                      + (" DOWN" if r["down"] else "")
+                     + (f" longest wait {r['waiting']:.0f}s of {r['timeout']:g}s" if r["waiting"] >= LONG_WAIT else "")
                      + (f" NOT ANSWERING ({r['timeouts']} timed out after {r['timeout']:g}s)" if r["timeouts"] else "")
                      for r in rows)

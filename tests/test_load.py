@@ -221,3 +221,13 @@ def test_timeouts_show_on_the_progress_line_and_a_silent_fleet_is_named():
     assert "2 calls to http://a:1 timed out after 0.01 s each" in load.silent(pool)
     load.release(pool, load.acquire(pool), "busy", status=429)
     assert load.silent(pool) is None and "NOT ANSWERING" not in load.describe(load.report(pool))  # an answer
+
+
+def test_a_call_waiting_long_shows_on_the_progress_line_with_the_timeout():
+    pool = load.new_pool([A], concurrency=4, timeout=120)
+    ticket = load.acquire(pool)
+    assert "longest wait" not in load.describe(load.report(pool))
+    endpoint(pool)["sent"][id(ticket)] -= 95  # sent 95 s ago
+    assert "longest wait 95s of 120s" in load.describe(load.report(pool))
+    load.release(pool, ticket, "ok", status=200, seconds=95)
+    assert "longest wait" not in load.describe(load.report(pool))
