@@ -104,7 +104,9 @@ ENGINE_FIELDS = [
     field("n_ctx", "int", 4096, "local only: the model's context window", low=256),
     field("timeout", "number", 120, "seconds an LM request may take before it counts as timed out (retried; "
           "a run whose every request times out for two of these stops)", above=0, flag="--timeout"),
-    field("retries", "int", 4, "extra attempts for a transient failure (connection, timeout, 429, 5xx)", low=0),
+    field("retries", "int", 4, "extra attempts for a failure that may pass (connection reset, timeout, 408, 500, "
+          "502, 504, a 200 without text), twice as many while the server answers other calls; 429/503/529 "
+          "are waited out instead (max_wait)", low=0),
     field("concurrency", "int", None, "conversations in flight; null: 4 per Ollama server, 32 per OpenAI-style, 1 local",
           low=1, flag="--concurrency"),
     field("max_rpm", "number", None, "requests per minute per endpoint, paced (a rate limit you know); null: none",

@@ -194,7 +194,8 @@ def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple
     """POST `body` to the endpoint load control picks; return the parsed (text, usage).
 
     A failure (connection, timeout, 408, 5xx, a reply that is not JSON or has an empty message)
-    is retried with exponential backoff and full jitter (`load.backoff`), `engine.retries` times;
+    is retried with exponential backoff and full jitter (`load.backoff`), `engine.retries` times
+    (twice that while the endpoint answers other calls: its faults are sporadic);
     when no server answers at all (`load.silent`), NoAnswer stops the run. Backpressure (429, 503, 529) is
     not a failure: the call waits (`Retry-After`, or a short backoff) and goes again, for at most
     `engine.max_wait` seconds of waiting in all. Anything else (404, 400, ...) fails at once.
@@ -256,7 +257,9 @@ def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple
                     raise LMError(f"HTTP {status} from {url}: {text[:200]}")
                 problem = f"HTTP {status} from {url}: {text[:200]}"
         failures += 1
-        if failures > engine["retries"]:
+        # A server that answers other calls meanwhile sends sporadic faults: a call that met a few of
+        # them still gets through on more tries, where dropping it would remake its whole conversation.
+        if failures > engine["retries"] * (2 if load.answering(pool, ticket) else 1):
             raise LMError(problem)
         time.sleep(load.backoff(pool, ticket, failures))
 

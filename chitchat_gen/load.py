@@ -18,7 +18,7 @@ outcome, ...)` how it went. In between, this module keeps for every endpoint (ba
   (one server, or all out), calls go on at the endpoints' limits, so a server that fails some
   calls (a 500, a reset) keeps working at full speed between them, and a dead one fails every
   call (using up their retries) and the run stops after its bounds. A failed call is retried
-  soon while its endpoint answers other calls, later once it fails them all (`backoff`).
+  soon while its endpoint answers other calls (`answering`), later once it fails them all (`backoff`).
 - **no answer**: an endpoint whose calls time out, with no answer of any kind for two timeouts
   (`engine.timeout`), is not answering; when every endpoint is, `silent` says so and the run stops.
 
@@ -176,12 +176,18 @@ def release(pool: dict, ticket: dict, outcome: str, *, seconds: float = 0.0, sta
         pool["lock"].notify_all()
 
 
+def answering(pool: dict, ticket: dict) -> bool:
+    """Whether the call's endpoint answered another call well in the last second: then a 500 or a
+    reset is a sporadic fault, likely to pass on the next try, not a server down or restarting."""
+    with pool["lock"]:
+        successes = ticket["endpoint"]["successes"]
+        return bool(successes) and successes[-1] >= time.monotonic() - 1.0
+
+
 def backoff(pool: dict, ticket: dict, failures: int) -> float:
     """Seconds before the next attempt of a call that failed `failures` times, with full jitter
-    (threads must not retry in lockstep): short while its endpoint answers other calls (a
-    sporadic 500 or reset passes on the next try), longer once it fails them all (down, restarting)."""
-    with pool["lock"]:
-        base = 0.5 if ticket["endpoint"]["failures"] >= 3 else 0.05
+    (threads must not retry in lockstep): short while its endpoint is `answering`, else longer."""
+    base = 0.05 if answering(pool, ticket) else 0.5
     return random.uniform(0, min(8.0, base * 2 ** (failures - 1)))
 
 
