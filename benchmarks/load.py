@@ -1,7 +1,7 @@
 """Do we cope with the servers users really have? Runs the real CLI against loopback fake servers
 (tests/fake_lm.py) that push back the way real ones do, and compares the wall time with the ideal
 `useful calls / capacity`, where a server's capacity is slots / latency, capped by its rate limit.
-Run by hand from the repo root (about 5 minutes for all five on 2 cores):
+Run by hand from the repo root (about 6 minutes for all seven on 2 cores):
 
     python benchmarks/load.py                              # every scenario
     python benchmarks/load.py --scenarios uneven,ratelimited
@@ -19,6 +19,9 @@ Scenarios (the CLI's defaults unless said; --restart --quiet --seed 1 -n N, mode
   baseline     one OpenAI-style server with 64 slots, latency 0.2 s, no pushback; --engine openai
                --concurrency 128 (2 x slots, as benchmarks/throughput.py runs it), N = 1,000.
                Ideal = calls x 0.2 / 64.
+  faultfree    one OpenAI-style server with 32 slots, latency 0.2 s; --engine openai, N = 30.
+  faults       the same server failing a seeded 30 % of chat calls with a 500 or a reset connection;
+               printed with its wall time over faultfree's (run both: the target is that ratio).
 
 "calls" are the chat requests answered 200 (the work the servers did); 429/503 answers are the
 waste, reported as their share of all chat answers. The ideal counts every 200, also those spent
