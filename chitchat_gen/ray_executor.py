@@ -28,7 +28,7 @@ import threading
 import warnings
 
 from .engines import check_engine, default_concurrency, make_chat
-from .errors import ConfigError, LMError
+from .errors import ConfigError, LMError, NoAnswer
 from .install import pip_install
 from .pipeline import drive, fill_stats, new_memory, run_conversation
 from .stages import STAGES
@@ -239,6 +239,10 @@ def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None
             actor = on_actor.pop(ref)
             try:
                 record, reason, calls, prompt_tokens, completion_tokens, cached_tokens = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, NoAnswer):  # the servers went silent: one line, not the worker's traceback
+                    raise NoAnswer(str(exc.cause)) from None
+                raise
             except ray.exceptions.RayActorError as exc:
                 stats["dropped"]["Ray worker lost (run again)"] += 1
                 if actor in actors:  # its other in-flight calls fail the same way: replace it once
