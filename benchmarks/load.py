@@ -1,7 +1,7 @@
 """Do we cope with the servers users really have? Runs the real CLI against loopback fake servers
 (tests/fake_lm.py) that push back the way real ones do, and compares the wall time with the ideal
 `useful calls / capacity`, where a server's capacity is slots / latency, capped by its rate limit.
-Run by hand from the repo root (about 5 minutes for all five on 2 cores):
+Run by hand from the repo root (about 6 minutes for all seven on 2 cores):
 
     python benchmarks/load.py                              # every scenario
     python benchmarks/load.py --scenarios uneven,ratelimited
@@ -19,6 +19,9 @@ Scenarios (the CLI's defaults unless said; --restart --quiet --seed 1 -n N, mode
   baseline     one OpenAI-style server with 64 slots, latency 0.2 s, no pushback; --engine openai
                --concurrency 128 (2 x slots, as benchmarks/throughput.py runs it), N = 1,000.
                Ideal = calls x 0.2 / 64.
+  faultfree    one OpenAI-style server with 32 slots, latency 0.2 s; --engine openai, N = 30.
+  faults       the same server failing a seeded 30 % of chat calls with a 500 or a reset connection;
+               printed with its wall time over faultfree's (run both: the target is that ratio).
 
 "calls" are the chat requests answered 200 (the work the servers did); 429/503 answers are the
 waste, reported as their share of all chat answers. The ideal counts every 200, also those spent
@@ -55,6 +58,8 @@ SCENARIOS = {  # name: (N, engine, extra CLI args, FakeServer keyword arguments 
     "ratelimited-headers": (60, "openai", [], [{"latency": 0.2, "rate": 40, "ratelimit_headers": True}]),
     "smallqueue": (20, "ollama", ["--concurrency", "8"], [{"latency": 0.1, "slots": 1, "queue": 2}]),
     "baseline": (1000, "openai", ["--concurrency", "128"], [{"latency": 0.2, "slots": 64}]),
+    "faultfree": (30, "openai", [], [{"latency": 0.2, "slots": 32}]),
+    "faults": (30, "openai", [], [{"latency": 0.2, "slots": 32, "fault_share": 0.3, "fault_kinds": ("500", "reset")}]),
 }
 SUMMARY = re.compile(r": (\d+) accepted(?: \(\+\d+ from earlier runs\))?, (\d+) dropped, (\d+) LM calls")
 
@@ -127,8 +132,12 @@ def main() -> None:
         print(f"# chitchat_gen from {args.pythonpath.resolve()}; extra args: {args.extra or '(none)'}")
         print(f"{'scenario':<12}{'N':>6}{'exit':>5}{'accepted':>9}{'dropped':>8}{'requests/server':>17}"
               f"{'429 %':>7}{'503 %':>7}{'calls/acc':>10}{'wall s':>8}{'ideal s':>8}{'ratio':>7}", flush=True)
+    walls = {}
     for name in names:
         row = run_scenario(name, args.pythonpath.resolve(), shlex.split(args.extra), args.n)
+        walls[name] = row["wall_s"]
+        if name == "faults" and "faultfree" in walls:  # the target is a ratio of two runs side by side
+            row["x_faultfree"] = round(row["wall_s"] / walls["faultfree"], 2)
         if args.json:
             print(json.dumps(row), flush=True)
             continue
@@ -140,6 +149,8 @@ def main() -> None:
             print(f"{'':<12}  dropped {count}: {reason}")
         if row["error"]:
             print(f"{'':<12}  {row['error']}")
+        if "x_faultfree" in row:
+            print(f"{'':<12}  wall / faultfree's wall: {row['x_faultfree']}")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,9 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
                             metavar="N", help="accepted conversations wanted per task (default: 10)")
         parser.add_argument("--restart", action="store_true",
                             help="delete this task's previous outputs and start from zero (default: resume)")
+        parser.add_argument("--mix", action="store_true",
+                            help="resume into a folder whose conversations another task made (other patterns, turn "
+                                 "bounds, personas, seed examples, prompts or stages); without it that is refused")
         parser.add_argument("--output-dir", default="output", metavar="DIR",
                             help="outputs go to DIR/<task_name>/ (default: output)")
         parser.add_argument("--shard", metavar="I/K", type=_shard,
@@ -178,6 +181,17 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # subtle: a reader gone early (| head) shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:
+        # The reader of stdout (head, less, grep -q) has what it wanted: stop quietly, as cat does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _exit_now(141)  # 128 + SIGPIPE, what a shell reports for cat in the same place
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "generate"
     parser = build_parser(command)
@@ -237,7 +251,7 @@ def _exit_now(code: int):
 
 def run_task(task: dict, args) -> dict:
     """One task's run (run.py), with this process's progress line, notes and summary around it."""
-    summary = run(task, args.num_outputs_to_generate, output_dir=args.output_dir, restart=args.restart,
+    summary = run(task, args.num_outputs_to_generate, output_dir=args.output_dir, restart=args.restart, mix=args.mix,
                   shard=args.shard, ray=args.ray, ray_workers=args.ray_workers, grace=args.grace,
                   command=_command(), on_note=lambda text: print(f"note: {text}", file=sys.stderr),
                   progress=None if args.quiet else _progress)
@@ -308,8 +322,10 @@ def _progress(stats: dict, pool: dict | None, wanted: int):
             last.update(accepted=accepted, elapsed=elapsed)
         rate = accepted / elapsed if elapsed else 0
         left = eta(wanted, accepted, last["elapsed"], elapsed - last["elapsed"])
+        # subtle: LM calls are the pipeline's; a server's requests (in the brackets) count each HTTP
+        # attempt, so a call retried after a 500 or sent again after a 429 is one call and several requests.
         return (f"accepted {accepted}/{wanted}  dropped {dropped}  LM calls {stats['calls']}  "
-                f"{rate * 60:.1f}/min  ETA {'?' if left is None else f'{left:.0f}s'}"
+                f"{rate * 60:.1f} accepted/min  ETA {'?' if left is None else f'{left:.0f}s'}"
                 + (f"  [{describe(report(pool))}]" if pool else ""))
 
     def loop():
@@ -358,7 +374,7 @@ def _summary(summary: dict, task: dict) -> None:
         print(f"  dropped {count}: {reason}")
     for row in summary["endpoints"]:
         answers = ", ".join(f"{n} x {status}" for status, n in sorted(row["answers"].items(), key=str))
-        print(f"  {row['url']}: {row['calls']} calls ({answers}), limit {row['limit']}"
+        print(f"  {row['url']}: {row['calls']} requests ({answers}), limit {row['limit']}"
               + (f", paced at {row['pace_rpm']}/min" if row["pace_rpm"] else "") + f", mean latency {row['latency']:.2f}s")
     folder = Path(summary["folder"])
     print(f"  {folder / FINAL}\n  {folder / FORMATTED}\n  {folder / 'README.md'} (dataset card)")

@@ -14,8 +14,11 @@ fix is a `ConfigError` naming the file, the field or line, and the fix; the CLI 
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.util
 import os
 import re
+import traceback
 from pathlib import Path
 
 import yaml
@@ -54,6 +57,9 @@ TASK_FIELDS = [
     field("close_at_max_turns", "bool", True, "at max_turns the flow controller must pick a termination pattern"),
     field("seed", "int", None, "seeds persona, pattern and example sampling and each call's seed", flag="--seed"),
     field("engine", "mapping", {}, "the LM engine (keys below)"),
+    field("stage_modules", "list", [], "Python files (relative to the task file, ${VAR}s expand) or modules "
+          "(e.g. my_pkg.stages) to import before the stages are checked: the ones whose @stage lines register "
+          "this task's own stages"),
     field("initialization_stages", "list", [], "stages run once per conversation"),
     field("iteration_stages", "list", [], "stages run every turn"),
     field("finalization_stages", "list", [], "stages run once the turns are done (e.g. lm/judge)"),
@@ -96,8 +102,11 @@ ENGINE_FIELDS = [
     field("max_tokens", "int", None, "cap on every reply; null: 512 (local: 200)", low=1, flag="--max-tokens"),
     field("json_max_tokens", "int", 200, "cap on JSON replies (the flow controller's)", low=1),
     field("n_ctx", "int", 4096, "local only: the model's context window", low=256),
-    field("timeout", "number", 120, "seconds per HTTP request", above=0),
-    field("retries", "int", 4, "extra attempts for a transient failure (connection, timeout, 429, 5xx)", low=0),
+    field("timeout", "number", 120, "seconds an LM request may take before it counts as timed out (retried; "
+          "a run whose every request times out for two of these stops)", above=0, flag="--timeout"),
+    field("retries", "int", 4, "extra attempts for a failure that may pass (connection reset, timeout, 408, 500, "
+          "502, 504, a 200 without text), twice as many while the server answers other calls; 429/503/529 "
+          "are waited out instead (max_wait)", low=0),
     field("concurrency", "int", None, "conversations in flight; null: 4 per Ollama server, 32 per OpenAI-style, 1 local",
           low=1, flag="--concurrency"),
     field("max_rpm", "number", None, "requests per minute per endpoint, paced (a rate limit you know); null: none",
@@ -199,6 +208,8 @@ def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
                 seed_scenarios=load_seed_scenarios(task["seed_path"]) if "seed_path" in task else [],
                 engine=_engine(task["engine"], overrides, path))
     _override(task, TASK_OVERRIDES, overrides)
+    for i, entry in enumerate(task["stage_modules"]):
+        _import_stages(entry, f"stage_modules[{i}]", path)
     for key in ("initialization_stages", "iteration_stages", "finalization_stages"):
         task[key] = [_stage(stage, f"{key}[{i}]", task, path, notes) for i, stage in enumerate(task[key])]
     task["quality"] = _quality(task, path, notes)
@@ -438,7 +449,8 @@ def _stage(raw, where: str, task: dict, path, notes: list) -> dict:
     name = raw["name"]
     if name not in STAGES:
         raise ConfigError(f"{path}: {where}.name: unknown stage '{name}'{_did_you_mean(name, STAGES)}; "
-                          f"known stages: {', '.join(STAGES)}")
+                          f"known stages: {', '.join(STAGES)}; a stage of your own: list the Python file that "
+                          "registers it (@stage) under stage_modules in the task file")
     if name not in BUILT_IN:
         return dict(raw, where=where)  # a user's own stage: its settings are its business
     settings = {key: value for key, value in raw.items() if key != "name"}
@@ -450,6 +462,11 @@ def _stage(raw, where: str, task: dict, path, notes: list) -> dict:
         task["personas"] = load_personas(_data_path(store["data_path"], path, f"{where}.persona_store.data_path"))
     elif name == "lm/flow_controller":
         _flow_controller(stage, f"{path}: {where}.", notes)
+        if not stage["termination_patterns"] and task["close_at_max_turns"]:
+            raise ConfigError(f"{path}: {where}.termination_patterns: none, so no conversation would get a closing "
+                              "turn although close_at_max_turns is true: name the closing pattern here (the shipped "
+                              "task's is chit_chat/termination), or set close_at_max_turns: false to let "
+                              "conversations stop after max_turns without one")
         for switch in ("judge_eligibility", "generate_hint"):
             if stage[switch] is None:  # the tiny embedded model judges and writes hints badly: skip both
                 stage[switch] = task["engine"]["type"] != "local"
@@ -460,6 +477,34 @@ def _stage(raw, where: str, task: dict, path, notes: list) -> dict:
         cap = task["engine"]["max_tokens"]
         stage["max_tokens"] = min(160, cap) if name == "lm/user/guided" else cap
     return stage
+
+
+def _import_stages(entry, at: str, path) -> None:
+    """Import one of the task's stage_modules: a .py file (found as data paths are) or a module name.
+
+    subtle: the file is run without a place in sys.modules, so cloudpickle ships its stages to Ray
+    workers by value (they cannot import a file that only the driver has).
+    """
+    if not isinstance(entry, str) or not entry.strip():
+        raise ConfigError(f"{path}: {at}: expected a .py file or a module name, got {entry!r}")
+    try:
+        if entry.endswith(".py"):
+            file = _data_path(entry, path, at)
+            spec = importlib.util.spec_from_file_location(f"chitchat_gen_task_stages_{file.stem}", file)
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        else:
+            importlib.import_module(entry)
+    except ConfigError:
+        raise
+    except ModuleNotFoundError as exc:
+        if exc.name != entry.split(".")[0] and not entry.startswith(f"{exc.name}."):
+            raise ConfigError(f"{path}: {at}: {entry} imports {exc.name}, which is not installed: pip install it")
+        raise ConfigError(f"{path}: {at}: no module {entry} on the Python path: give the .py file's path instead "
+                          "(relative to the task file), or install the module")
+    except Exception as exc:  # the user's code: where it failed, in one line
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        raise ConfigError(f"{path}: {at}: importing {entry} failed at {Path(frame.filename).name} line {frame.lineno} "
+                          f"({type(exc).__name__}: {exc}): fix it there")
 
 
 def _flow_controller(stage: dict, prefix: str, notes: list) -> None:

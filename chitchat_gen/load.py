@@ -14,8 +14,13 @@ outcome, ...)` how it went. In between, this module keeps for every endpoint (ba
   `Retry-After` pauses the endpoint that sent it.
 - **health**: three failures in a row (connection refused, 5xx, timeouts) take an endpoint out of
   rotation for 1 s, then 2, 4 ... 30 s; after that one call probes it, and a success brings it
-  back. While every endpoint is out, calls go to the one due back first, so they fail (and use up
-  their retries) as they would against one dead server, and the run stops after its bounds.
+  back. That is routing around a sick server, so it needs a healthy one to route to: with none
+  (one server, or all out), calls go on at the endpoints' limits, so a server that fails some
+  calls (a 500, a reset) keeps working at full speed between them, and a dead one fails every
+  call (using up their retries) and the run stops after its bounds. A failed call is retried
+  soon while its endpoint answers other calls (`answering`), later once it fails them all (`backoff`).
+- **no answer**: an endpoint whose calls time out, with no answer of any kind for two timeouts
+  (`engine.timeout`), is not answering; when every endpoint is, `silent` says so and the run stops.
 
 Routing: of the endpoints that may take a call now, the one with the least `(in flight + 1) x
 mean latency`: calls flow to where they finish soonest (an endpoint 4x slower gets ~4x fewer).
@@ -26,12 +31,13 @@ mean latency`: calls flow to where they finish soonest (an endpoint 4x slower ge
     'http://a:8000'
     >>> release(pool, ticket, "ok", seconds=0.4, used_tokens=612)
     >>> describe(report(pool))
-    'a:8000 1 calls 0 busy limit 64 0.40s; b:8000 0 calls 0 busy limit 64 0.00s'
+    'a:8000 1 requests 0 busy limit 64 0.40s; b:8000 0 requests 0 busy limit 64 0.00s'
 """
 
 from __future__ import annotations
 
 import collections
+import random
 import re
 import threading
 import time
@@ -41,12 +47,14 @@ from .redact import redact_url
 BUSY_STATUS = {429, 503, 529}  # "slow down": backpressure, not failure
 OUTCOMES = ("ok", "busy", "timeout", "failed", "refused", "rejected")  # rejected: the request was refused (4xx)
 SLOW_PROBE = 20  # successes per unit of limit before probing above the level of the last "slow down"
+LONG_WAIT = 10.0  # seconds a call in flight has waited before the progress line shows it (and the timeout)
 
 
 def new_pool(urls: list[str], *, concurrency: int, slots: dict | None = None,
-             max_rpm: float | None = None, max_tpm: float | None = None) -> dict:
-    """Endpoints for `urls`; `slots` maps a URL to the parallel slots its server reported."""
-    return {"lock": threading.Condition(),
+             max_rpm: float | None = None, max_tpm: float | None = None, timeout: float = 120.0) -> dict:
+    """Endpoints for `urls`; `slots` maps a URL to the parallel slots its server reported;
+    `timeout` is the seconds a request may take (engine.timeout), for `silent`."""
+    return {"lock": threading.Condition(), "timeout": timeout,
             "endpoints": [_endpoint(url, concurrency, (slots or {}).get(url), max_rpm, max_tpm) for url in urls]}
 
 
@@ -55,6 +63,8 @@ def _endpoint(url: str, concurrency: int, slots: int | None, max_rpm, max_tpm) -
     return {"url": url, "limit": float(start), "max_limit": concurrency, "ceiling": None, "epoch": 0,
             "in_flight": 0, "calls": 0, "answers": collections.Counter(), "seconds": 0.0, "latency": None,
             "failures": 0, "down_until": 0.0, "cooldown": 0.0, "pause_until": 0.0,
+            "timeouts": 0, "answered_at": None,  # timeouts since the last answer; when it came (or the first call went)
+            "sent": {},  # id(ticket) -> when that call went, for the progress line's longest wait
             "requests": _bucket(max_rpm / 60 if max_rpm else None), "tokens": _bucket(max_tpm / 60 if max_tpm else None),
             "rate_cap": max_rpm / 60 if max_rpm else None, "adaptive": False, "rate_ceiling": None, "cut_at": 0.0,
             "stated_requests": None, "stated_tokens": None, "successes": collections.deque()}
@@ -93,7 +103,9 @@ def acquire(pool: dict, tokens: float = 0.0, timeout: float = float("inf")) -> d
             # subtle: with every endpoint out, calls go on (to the one due back first) and fail there,
             # so a dead fleet stops the run through the retries instead of hanging it.
             candidates = up or [min(pool["endpoints"], key=lambda e: e["down_until"])]
-            waits = [_wait(e, tokens, now) for e in candidates]
+            # One probe at a time only while a healthy endpoint carries the other calls.
+            probing = any(not e["cooldown"] for e in up)
+            waits = [_wait(e, tokens, now, probing) for e in candidates]
             ready = [e for e, wait in zip(candidates, waits) if wait <= 0]
             if ready:
                 known = [e["latency"] for e in pool["endpoints"] if e["latency"] is not None]
@@ -102,21 +114,25 @@ def acquire(pool: dict, tokens: float = 0.0, timeout: float = float("inf")) -> d
                 chosen = min(ready, key=lambda e: ((e["in_flight"] + 1) * (e["latency"] or typical), e["calls"]))
                 chosen["in_flight"] += 1
                 chosen["calls"] += 1
+                if chosen["answered_at"] is None:
+                    chosen["answered_at"] = now
                 for bucket, amount in ((chosen["requests"], 1), (chosen["tokens"], tokens)):
                     bucket["level"] -= amount if bucket["rate"] else 0
-                return {"endpoint": chosen, "url": chosen["url"], "epoch": chosen["epoch"], "tokens": tokens}
+                ticket = {"endpoint": chosen, "url": chosen["url"], "epoch": chosen["epoch"], "tokens": tokens}
+                chosen["sent"][id(ticket)] = now
+                return ticket
             if now >= deadline:
                 return None
             # Wake when a pause ends or a bucket refills, or earlier when a release frees a place.
             pool["lock"].wait(timeout=min(min(waits), 1.0, deadline - now))
 
 
-def _wait(e: dict, tokens: float, now: float) -> float:
+def _wait(e: dict, tokens: float, now: float, probing: bool = True) -> float:
     """Seconds before endpoint `e` may take a call (inf: when a call in flight there ends)."""
     _refill(e["requests"], now)
     _refill(e["tokens"], now)
     # An endpoint back from being out takes one call (the probe) until a call there succeeds.
-    full = e["in_flight"] >= (1 if e["cooldown"] else max(1, int(e["limit"])))
+    full = e["in_flight"] >= (1 if e["cooldown"] and probing else max(1, int(e["limit"])))
     return max(e["pause_until"] - now, _ready_in(e["requests"], 1.0), _ready_in(e["tokens"], tokens),
                float("inf") if full else 0.0)
 
@@ -128,10 +144,15 @@ def release(pool: dict, ticket: dict, outcome: str, *, seconds: float = 0.0, sta
     with pool["lock"]:
         now = time.monotonic()
         e["in_flight"] -= 1
+        e["sent"].pop(id(ticket), None)
         e["answers"][status or outcome] += 1
         if used_tokens is not None and e["tokens"]["rate"]:
             e["tokens"]["level"] += ticket["tokens"] - used_tokens  # the estimate, corrected by the reply's usage
         _read_rate_headers(e, headers or {}, now)
+        if status is not None:  # any answer, even an error, shows the server is there
+            e["timeouts"], e["answered_at"] = 0, now
+        elif outcome == "timeout":
+            e["timeouts"] += 1
         if outcome == "ok":
             e["failures"], e["cooldown"] = 0, 0.0
             e["seconds"] += seconds
@@ -153,6 +174,35 @@ def release(pool: dict, ticket: dict, outcome: str, *, seconds: float = 0.0, sta
                 e["cooldown"] = min(30.0, max(1.0, 2 * e["cooldown"]))
                 e["down_until"] = now + e["cooldown"]
         pool["lock"].notify_all()
+
+
+def answering(pool: dict, ticket: dict) -> bool:
+    """Whether the call's endpoint answered another call well in the last second: then a 500 or a
+    reset is a sporadic fault, likely to pass on the next try, not a server down or restarting."""
+    with pool["lock"]:
+        successes = ticket["endpoint"]["successes"]
+        return bool(successes) and successes[-1] >= time.monotonic() - 1.0
+
+
+def backoff(pool: dict, ticket: dict, failures: int) -> float:
+    """Seconds before the next attempt of a call that failed `failures` times, with full jitter
+    (threads must not retry in lockstep): short while its endpoint is `answering`, else longer."""
+    base = 0.05 if answering(pool, ticket) else 0.5
+    return random.uniform(0, min(8.0, base * 2 ** (failures - 1)))
+
+
+def silent(pool: dict) -> str | None:
+    """What to say when no endpoint answers: each timing out, with no answer for two timeouts; else None."""
+    with pool["lock"]:
+        now, limit = time.monotonic(), pool["timeout"]
+        if not all(e["timeouts"] >= 2 and now - e["answered_at"] >= 2 * limit for e in pool["endpoints"]):
+            return None
+        timeouts = sum(e["timeouts"] for e in pool["endpoints"])
+        quiet = min(now - e["answered_at"] for e in pool["endpoints"])
+        urls = ", ".join(redact_url(e["url"]) for e in pool["endpoints"])
+    return (f"{timeouts} calls to {urls} timed out after {limit:g} s each, and nothing answered for {quiet:.0f} s: "
+            f"the server takes calls but does not answer them; if it is only slow, raise --timeout "
+            f"(engine.timeout, now {limit:g} s)")
 
 
 def _grow(e: dict) -> None:
@@ -221,18 +271,27 @@ def parse_duration(text: str) -> float:
 
 def report(pool: dict) -> list[dict]:
     """Per endpoint: url (credentials masked: the rows are printed and logged), calls, answers by
-    status, busy (429/503/529 answers), limit, mean latency."""
+    status, busy (429/503/529 answers), limit, mean latency, down, timeouts since the last answer,
+    the timeout, and how long the oldest call in flight has waited."""
     with pool["lock"]:
+        now = time.monotonic()
         return [{"url": redact_url(e["url"]), "calls": e["calls"], "answers": dict(e["answers"]),
                  "busy": sum(n for status, n in e["answers"].items() if status in BUSY_STATUS),
                  "limit": int(e["limit"]), "pace_rpm": round(e["requests"]["rate"] * 60) if e["requests"]["rate"] else None,
                  "latency": round(e["seconds"] / max(1, e["answers"][200] + e["answers"]["ok"]), 3),
-                 "down": e["down_until"] > time.monotonic()}
+                 "down": e["down_until"] > now, "timeouts": e["timeouts"], "timeout": pool["timeout"],
+                 "waiting": round(now - min(e["sent"].values()), 1) if e["sent"] else 0.0}
                 for e in pool["endpoints"]]
 
 
 def describe(rows: list[dict]) -> str:
-    """`report` rows in one line: "a:8000 612 calls 3 busy limit 12 0.41s; b:8000 ..."."""
-    return "; ".join(f"{re.sub(r'^https?://', '', r['url'])} {r['calls']} calls {r['busy']} busy limit {r['limit']}"
+    """`report` rows in one line: "a:8000 612 requests 3 busy limit 12 0.41s; b:8000 ...".
+
+    A server's requests are HTTP attempts: a call retried or sent again after a 429 is several.
+    """
+    return "; ".join(f"{re.sub(r'^https?://', '', r['url'])} {r['calls']} requests {r['busy']} busy limit {r['limit']}"
                      + (f" pace {r['pace_rpm']}/min" if r["pace_rpm"] else "") + f" {r['latency']:.2f}s"
-                     + (" DOWN" if r["down"] else "") for r in rows)
+                     + (" DOWN" if r["down"] else "")
+                     + (f" longest wait {r['waiting']:.0f}s of {r['timeout']:g}s" if r["waiting"] >= LONG_WAIT else "")
+                     + (f" NOT ANSWERING ({r['timeouts']} timed out after {r['timeout']:g}s)" if r["timeouts"] else "")
+                     for r in rows)

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from .engines import check_engine, make_chat
-from .errors import LMError
+from .errors import LMError, NoAnswer
 from .quality import CopyIndex
 from .record import last_step, messages, new_record
 from .stages import STAGES, claim_opener
@@ -39,6 +39,8 @@ def run_conversation(task: dict, ctx: dict) -> tuple[dict | None, str | None]:
         ctx["turn"] = None
         # The finalization stages (the judge) see only conversations that could be kept.
         reason = reason or unacceptable(task, record) or run_stages(task["finalization_stages"], record, ctx)
+    except NoAnswer:
+        raise  # no other conversation would fare better: the driver ends the run
     except LMError as exc:
         reason = f"LM call failed: {exc}"
     if ctx.get("trace"):

@@ -28,7 +28,8 @@ import threading
 import warnings
 
 from .engines import check_engine, default_concurrency, make_chat
-from .errors import ConfigError, LMError
+from .errors import ConfigError, LMError, NoAnswer
+from .install import pip_install
 from .pipeline import drive, fill_stats, new_memory, run_conversation
 from .stages import STAGES
 
@@ -53,8 +54,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise ConfigError("--ray needs the ray package, which is not installed: "
-                          "pip install 'chitchat_gen[ray]' (or pip install ray)")
+        raise ConfigError(f"--ray needs the ray package, which is not installed: {pip_install('ray')}")
     return ray
 
 
@@ -87,7 +87,7 @@ def connect(address: str = "local") -> bool:
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         cause = _cause(exc)
         if "ray[client]" in cause:
-            fix = "pip install 'chitchat_gen[ray]' (it includes ray[client])"
+            fix = f"{pip_install('ray')} (it includes ray[client])"
         elif "handshake within" in cause:
             fix = ("check that it is the head's GCS port (HOST:6379, from a node of the cluster) or Ray Client's "
                    "(ray://HOST:10001), and that the cluster's nodes are reachable from here")
@@ -239,6 +239,10 @@ def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None
             actor = on_actor.pop(ref)
             try:
                 record, reason, calls, prompt_tokens, completion_tokens, cached_tokens = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, NoAnswer):  # the servers went silent: one line, not the worker's traceback
+                    raise NoAnswer(str(exc.cause)) from None
+                raise
             except ray.exceptions.RayActorError as exc:
                 stats["dropped"]["Ray worker lost (run again)"] += 1
                 if actor in actors:  # its other in-flight calls fail the same way: replace it once

@@ -73,7 +73,8 @@ def read_jsonl(path: Path):
     """Yield (line number, text, value, problem) for each non-blank line of a JSONL file.
 
     `value` is the parsed JSON; `problem` is None, or why the line is not JSON ("not UTF-8
-    text", "not valid JSON (...)"), and then `value` is None. Streams: memory holds one line.
+    text", "not valid JSON (Invalid control character at column 17)"), and then `value` is None.
+    Streams: memory holds one line.
     """
     with open(path, "rb") as lines:
         for number, raw in enumerate(lines, 1):
@@ -86,4 +87,5 @@ def read_jsonl(path: Path):
             except UnicodeDecodeError:
                 yield number, text, None, "not UTF-8 text"
             except json.JSONDecodeError as exc:
-                yield number, text, None, f"not valid JSON ({exc.msg})"
+                # subtle: some of json's messages end in "at", waiting for the position.
+                yield number, text, None, f"not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})"

@@ -21,6 +21,8 @@ saying how the run ended, then the dataset card:
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 import random
 import signal
 import threading
@@ -44,14 +46,15 @@ DEFAULT_GRACE = 10.0  # seconds the conversations in flight get to finish after 
 
 
 def run(task: dict | str | Path, n: int, *, output_dir: str | Path = "output", restart: bool = False,
-        shard: tuple[int, int] | None = None, ray: str | None = None, ray_workers: int | None = None,
-        grace: float = DEFAULT_GRACE, chat=None, command: str | None = None, on_note=None, progress=None,
-        **overrides) -> dict:
+        mix: bool = False, shard: tuple[int, int] | None = None, ray: str | None = None,
+        ray_workers: int | None = None, grace: float = DEFAULT_GRACE, chat=None, command: str | None = None,
+        on_note=None, progress=None, **overrides) -> dict:
     """Make the folder `output_dir/<task_name>/` hold `n` conversations; return the run's summary.
 
     `task` is a task file's path or a task from `load_task`; `overrides` are the CLI's long
     options with underscores (`engine`, `model`, `base_url`, `seed`, `concurrency`, ...), for a
-    path only (give a loaded task's to `load_task`). `ray` is an address ("local", "auto",
+    path only (give a loaded task's to `load_task`). A folder whose conversations another task
+    made (`makings` differ) is refused unless `mix`. `ray` is an address ("local", "auto",
     "ray://HOST:10001") to run on Ray workers. `shard=(i, k)` makes this machine's share of `n`.
     `chat` is your own LM function (as for `generate`) instead of the task's engine.
     `on_note(text)` hears what the run noticed (repairs, a server down); `progress(stats, pool,
@@ -86,9 +89,17 @@ def run(task: dict | str | Path, n: int, *, output_dir: str | Path = "output", r
     existing = 0 if restart else count_existing(folder)
     if existing >= wanted:
         return {**summary, **_tidy(folder, task, note), "nothing_to_do": True}
+    earlier = _last_made(folder) if existing else None
+    if earlier and not mix:
+        _same_makings(folder, existing, earlier, task)
     # Your own chat function stands for the engine: nothing to check, and the run log names it.
     engine = check_engine(task["engine"]) if chat is None else {
         **task["engine"], "type": "function", "model": getattr(chat, "__name__", "chat")}
+    if earlier:
+        model = _model(engine, task, chat)
+        if (earlier["engine"], earlier["model"]) != (engine["type"], model):
+            note(f"{folder}'s conversations so far were made with {earlier['engine']} {earlier['model']}, this run's "
+                 f"with {engine['type']} {model}: the dataset holds both (runs.jsonl and the card name each run's)")
     for problem in engine.get("unreachable", ()):
         note(f"{problem.split(': start it')[0]}: the other servers carry the run; it is tried again as it goes")
     if ray:
@@ -159,7 +170,7 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
         dropped = collections.Counter()  # reasons that differed only in a secret add up
         for reason, count in stats["dropped"].items():
             dropped[redact_for(reason, [task])] += count
-        model = engine["model"] if own_chat else model_name(engine["type"], task["engine"]["model"], engine["model"])
+        model = _model(engine, task, own_chat)
         summary.update(existing=existing, accepted=written, dropped=dict(dropped), calls=stats["calls"],
                        prompt_tokens=stats["prompt_tokens"], completion_tokens=stats["completion_tokens"],
                        cached_tokens=stats["cached_tokens"], cost_usd=run_cost(stats, engine),
@@ -167,6 +178,44 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
                        stopped=ended and redact_for(ended, [task]), endpoints=report(pool) if pool else [])
         _close(store, task, summary, command, note)
     return summary
+
+
+def _model(engine: dict, task: dict, chat) -> str | None:
+    return engine["model"] if chat else model_name(engine["type"], task["engine"]["model"], engine["model"])
+
+
+# What makes a conversation, part by part: a resume whose task differs in one of them would mix
+# two datasets in one folder. Another engine or model is allowed (and said), so the settings that
+# follow the engine by default are left out: reply caps, judge_eligibility and generate_hint.
+MAKING_STAGE_KEYS_LEFT_OUT = {"where", "persona_store", "patterns", "termination_patterns", "judge_eligibility",
+                              "generate_hint", "max_tokens"}
+
+
+def makings(task: dict) -> dict:
+    """Each part of what makes the task's conversations, as a short hash (runs.jsonl keeps them)."""
+    stages = [(key, [{k: v for k, v in s.items() if k not in MAKING_STAGE_KEYS_LEFT_OUT} for s in task[key]])
+              for key in ("initialization_stages", "iteration_stages", "finalization_stages")]
+    flows = [(s["patterns"], s["termination_patterns"]) for s in task["iteration_stages"]
+             if s["name"] == "lm/flow_controller"]
+    parts = {"patterns": flows, "turn bounds": [task["min_turns"], task["max_turns"], task["close_at_max_turns"]],
+             "personas": task["personas"], "seed examples": task["seed_scenarios"], "prompts": task["prompts"],
+             "stages": stages}
+    return {part: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            for part, value in parts.items()}
+
+
+def _last_made(folder: Path) -> dict | None:
+    """The latest runs.jsonl entry that says what made its conversations (older versions did not)."""
+    return next((entry for entry in reversed(read_runs(folder)) if isinstance(entry.get("makings"), dict)), None)
+
+
+def _same_makings(folder: Path, existing: int, earlier: dict, task: dict) -> None:
+    """ConfigError when the folder's conversations were made by a task that differs from `task`."""
+    differ = [part for part, digest in makings(task).items() if earlier["makings"].get(part) != digest]
+    if differ:
+        raise ConfigError(f"{folder} holds {existing} conversations made with other {', '.join(differ)} than "
+                          f"{task['path']} gives: a resume would mix two datasets: start again with --restart, "
+                          "write elsewhere with --output-dir, or add to them anyway with --mix")
 
 
 def _silent(text: str) -> None:
@@ -186,7 +235,7 @@ def _close(store: dict, task: dict, summary: dict, command: str, note) -> None:
              "tokens": summary["prompt_tokens"] + summary["completion_tokens"],
              **{key: summary[key] for key in ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd")},
              "seconds": summary["seconds"],
-             "stopped": summary["stopped"], "endpoints": summary["endpoints"]}
+             "stopped": summary["stopped"], "endpoints": summary["endpoints"], "makings": makings(task)}
     try:
         try:
             runs = log_run(store, entry)

@@ -5,8 +5,12 @@
         ...  # point the engine at server.url; server.requests holds (path, body) pairs
     server.received                              # [("/v1/models?api_key=k", "Basic YWxp..."), ...]
 
-Faults are queued per call: server.faults.extend(["500", "reset", "429", "garbage", "hang"]);
-"echo" answers 400 with the request's Authorization header in the body, as careless gateways do.
+Faults are queued per call: server.faults.extend(["500", "reset", "429", "garbage", "hang", "empty"]);
+"echo" answers 400 with the request's Authorization header in the body, as careless gateways do;
+"empty" answers 200 with an empty message. Or drawn at random, or for every call:
+
+    FakeServer(fault_share=0.3, fault_kinds=("500", "reset"))   # 30 % of chat calls fail, seeded
+    FakeServer(hang=True)                        # accepts every chat call and never answers it
 
 Backpressure as real servers apply it (hosted APIs: 429 with Retry-After and x-ratelimit-* headers;
 Ollama: 503 when its queue is full; llama-server: a queue beyond its slots); server.answered counts
@@ -32,6 +36,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import random
 import socket
 import threading
 import time
@@ -79,7 +84,8 @@ class FakeServer:
     def __init__(self, models=("granite4:3b",), latency: float = 0.0, slots: int | None = None,
                  reply=canned_reply, json_forms=("json_schema", "json_object"), port: int = 0,
                  rate: float | None = None, ratelimit_headers: bool = False, queue: int | None = None,
-                 props: bool = False, prefix_cache: bool = False, cached: str = "openai"):
+                 props: bool = False, prefix_cache: bool = False, cached: str = "openai",
+                 fault_share: float = 0.0, fault_kinds=("500", "reset"), fault_seed: int = 1, hang: bool = False):
         if queue is not None and not slots:
             raise ValueError("queue=Q bounds the requests waiting for slots: give slots=S too")
         if ratelimit_headers and not rate:
@@ -98,6 +104,9 @@ class FakeServer:
         self.requests: list[tuple[str, dict]] = []  # the path without its query
         self.received: list[tuple[str, str | None]] = []  # (path with query, Authorization header)
         self.faults: list[str] = []
+        self.faulted: collections.Counter = collections.Counter()  # fault kind -> chat calls it met
+        self.fault_share, self.fault_kinds, self.fault_rng = fault_share, list(fault_kinds), random.Random(fault_seed)
+        self.hang, self.closed = hang, threading.Event()  # hang: chat calls wait for the server's end
         self.prefix_cache, self.cached_style = prefix_cache, cached
         self.blocks: set = set()  # the prefix cache: a key per block, naming the block and all before it
         self.cache_log: list[dict] = []
@@ -115,6 +124,7 @@ class FakeServer:
         return self
 
     def __exit__(self, *exc):
+        self.closed.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         for connection in list(self.connections):  # a dead server also drops its kept-alive connections
@@ -226,6 +236,13 @@ class FakeServer:
                 self._receive(body)
                 with server.lock:
                     fault = server.faults.pop(0) if server.faults else None
+                    if fault is None and server.fault_share and self.route in CHAT_PATHS \
+                            and server.fault_rng.random() < server.fault_share:
+                        fault = server.fault_rng.choice(server.fault_kinds)
+                    if server.hang and self.route in CHAT_PATHS:
+                        fault = "hang"
+                    if fault:
+                        server.faulted[fault] += 1
                 if fault in ("reset", "hang", "truncated"):
                     self.close_connection = True  # this connection ends with the fault
                 if fault == "reset":
@@ -241,7 +258,7 @@ class FakeServer:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if fault == "hang":
-                    time.sleep(3)
+                    server.closed.wait(None if server.hang else 3)
                     return
                 if fault in ("500", "503", "429"):
                     self._send(int(fault), {"error": f"fake {fault}"}, {"Retry-After": "0"} if fault == "429" else None)
@@ -295,6 +312,8 @@ class FakeServer:
                     if server.queue is not None:
                         with server.lock:
                             server.admitted -= 1
+                if fault == "empty":
+                    text = ""
                 usage = server._usage(self.route, body["messages"], schema, text)
                 if self.route == "/api/chat":
                     self._send(200, {"model": body["model"], "message": {"role": "assistant", "content": text},

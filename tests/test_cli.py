@@ -364,3 +364,50 @@ def test_every_flagged_row_is_a_flag_that_reaches_the_task(task_dir, key):
     task = load_task(task_dir / "task.yaml", **{key: parsed[key]})
     section = task["engine"] if key in ENGINE_OVERRIDES else task
     assert section["base_urls" if spec["kind"] == "urls" else spec["name"]] == loaded
+
+
+MY_STAGES = '''from chitchat_gen import stage
+
+
+@stage("filter/min_user_words")
+def min_user_words(record, ctx):
+    record["checked_by"] = "filter/min_user_words"
+    return record
+'''
+
+
+def add_my_stage(task_dir, modules):
+    text = (task_dir / "task.yaml").read_text().replace("  - name: lm/assistant/naive",
+                                                        "  - name: filter/min_user_words\n  - name: lm/assistant/naive")
+    (task_dir / "task.yaml").write_text(f"stage_modules: {modules}\n" + text)
+
+
+def test_a_tasks_own_stage_runs_from_the_cli_when_the_task_names_its_file(task_dir, server):
+    (task_dir / "stages").mkdir()
+    (task_dir / "stages" / "my_stages.py").write_text(MY_STAGES)
+    add_my_stage(task_dir, "[stages/my_stages.py]")
+    # Run from another folder: the file is found relative to the task file, not to the working directory.
+    (task_dir / "elsewhere").mkdir()
+    result = run_cli("--task-paths", task_dir / "task.yaml", "-n", 2, "--base-url", server.url, "--quiet",
+                     cwd=task_dir / "elsewhere")
+    assert result.returncode == 0, result.stderr
+    final, _ = outputs(task_dir / "elsewhere")
+    assert [r["checked_by"] for r in final] == ["filter/min_user_words"] * 2
+
+
+@pytest.mark.parametrize("modules, body, message", [
+    ("[]", None, "unknown stage 'filter/min_user_words'"),
+    ("[nowhere.py]", None, "stage_modules[0]: file "),
+    ("[no_such_module_xyz]", None, "no module no_such_module_xyz on the Python path"),
+    ("[my_stages.py]", "x = 1\nundefined_name\n", "importing my_stages.py failed at my_stages.py line 2 (NameError"),
+])
+def test_a_stage_file_that_is_missing_or_broken_is_one_error_line(task_dir, modules, body, message):
+    if body:
+        (task_dir / "my_stages.py").write_text(body)
+    add_my_stage(task_dir, modules)
+    result = run_cli("-n", 1, cwd=task_dir)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert message in lines[0]
+    if modules == "[]":
+        assert "list the Python file that registers it (@stage) under stage_modules" in lines[0]

@@ -64,6 +64,11 @@ def test_switching_engine_drops_the_task_files_model(task_dir):
     assert engine["model"] is None and engine["base_urls"] == ["http://localhost:8000"]
 
 
+def test_no_termination_pattern_loads_when_conversations_may_stop_without_closing(task_dir):
+    path = write_task(task_dir, lambda r: (flow(r).update(termination_patterns=[]), r.update(close_at_max_turns=False)))
+    assert flow(load_task(path))["termination_patterns"] == []
+
+
 def test_env_vars_expand_in_data_paths(task_dir, monkeypatch):
     monkeypatch.setenv("MY_DATA", str(task_dir))
     task = load_task(write_task(task_dir, lambda r: r["seed_datastore"].update(data_path="${MY_DATA}/seed_examples.jsonl")))
@@ -123,6 +128,7 @@ TASK_CASES = [
     ("pattern unknown key", lambda r: flow(r)["patterns"][1].update(wieght=1), "did you mean 'weight'"),
     ("no patterns", lambda r: flow(r).update(patterns=[]), "patterns: expected a non-empty list"),
     ("unknown termination", lambda r: flow(r).update(termination_patterns=["chit_chat/terminate"]), "'chit_chat/terminate' is not one of the patterns"),
+    ("no termination pattern", lambda r: flow(r).update(termination_patterns=[]), "termination_patterns: none, so no conversation would get a closing turn although close_at_max_turns is true: name the closing pattern here"),
     ("judge_eligibility string", lambda r: flow(r).update(judge_eligibility="no"), "judge_eligibility: expected true or false"),
     ("generate_hint string", lambda r: flow(r).update(generate_hint="yes"), "generate_hint: expected true or false"),
     ("bad env var", lambda r: r["seed_datastore"].update(data_path="${NO_SUCH_VAR_XYZ}/s.jsonl"), "${NO_SUCH_VAR_XYZ} is not set"),

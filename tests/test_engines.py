@@ -10,7 +10,7 @@ import pytest
 
 from chitchat_gen.config import ENGINE_FIELDS
 from chitchat_gen.engines import check_engine, make_chat
-from chitchat_gen.errors import ConfigError, LMError
+from chitchat_gen.errors import ConfigError, LMError, NoAnswer
 from conftest import ROOT
 from fake_lm import FakeServer
 
@@ -113,7 +113,7 @@ def test_calls_spread_over_several_servers():
         assert len(one.chat_requests()) >= 1 and len(two.chat_requests()) >= 1  # each gets measured
 
 
-@pytest.mark.parametrize("fault", ["500", "503", "429", "reset", "garbage", "truncated"])
+@pytest.mark.parametrize("fault", ["500", "503", "429", "reset", "garbage", "truncated", "empty"])
 def test_transient_faults_are_retried(server, fault):
     server.faults.extend([fault, fault])
     reply = make_chat(engine("ollama", server))([{"role": "user", "content": "hi"}])
@@ -125,6 +125,19 @@ def test_a_timeout_is_retried(server):
     server.faults.append("hang")
     reply = make_chat(engine("ollama", server, timeout=0.5))([{"role": "user", "content": "hi"}])
     assert reply and len(server.chat_requests()) == 2
+
+
+def test_a_server_that_never_answers_stops_the_run_naming_the_timeout():
+    with FakeServer(hang=True) as hanging:
+        with pytest.raises(NoAnswer, match=r"timed out after 0\.3 s each.*raise --timeout"):
+            make_chat(engine("ollama", hanging, timeout=0.3, retries=4))([{"role": "user", "content": "hi"}])
+        assert len(hanging.chat_requests()) == 2  # two timeouts, two timeouts' time with no answer: enough
+
+
+def test_an_empty_message_that_stays_empty_fails_the_call_as_the_servers_fault(server):
+    server.faults.extend(["empty"] * 3)
+    with pytest.raises(LMError, match="answered 200 with an empty message"):
+        make_chat(engine("openai", server))([{"role": "user", "content": "hi"}])
 
 
 def test_retries_are_bounded(server):

@@ -167,3 +167,40 @@ def test_the_library_run_does_what_the_cli_does(task_dir, monkeypatch):
     assert done["nothing_to_do"] and done["existing"] == 5 and done["accepted"] == 0
     with pytest.raises(ConfigError, match="with a loaded task, give overrides to load_task"):
         run(load_task("task.yaml"), 5, chat=fake_chat, seed=2)
+
+
+def folder_bytes(folder):
+    return {path.name: path.read_bytes() for path in (folder / OUT).iterdir() if path.is_file() and path.name != ".lock"}
+
+
+@pytest.mark.parametrize("change, parts", [
+    (lambda text: text.replace("weight: 0.35", "weight: 0.5"), "patterns"),
+    (lambda text: text.replace("max_turns: 4", "max_turns: 5"), "turn bounds"),
+    (lambda text: text.replace("personas.jsonl", "other_personas.jsonl"), "personas"),
+    (lambda text: text + "prompts:\n  ASSISTANT_SYSTEM: \"You help. Scenario: $scenario\"\n", "prompts"),
+])
+def test_a_resume_from_another_task_is_refused_unless_asked_to_mix(task_dir, server, change, parts):
+    assert run_cli("-n", 2, "--base-url", server.url, "--quiet", cwd=task_dir).returncode == 0
+    (task_dir / "other_personas.jsonl").write_text('{"role": "retired sailor"}\n')
+    task = task_dir / "task.yaml"
+    task.write_text(change(task.read_text()))
+    before = folder_bytes(task_dir)
+    refused = run_cli("-n", 4, "--base-url", server.url, "--quiet", cwd=task_dir)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 1 and len(lines) == 1, refused.stderr
+    assert lines[0].startswith(f"Error: {OUT} holds 2 conversations made with other {parts} than ") and "--mix" in lines[0]
+    assert folder_bytes(task_dir) == before  # refused before anything was touched
+    mixed = run_cli("-n", 4, "--base-url", server.url, "--quiet", "--mix", cwd=task_dir)
+    assert mixed.returncode == 0, mixed.stderr
+    assert assert_in_step(task_dir) == 4
+    again = run_cli("-n", 5, "--base-url", server.url, "--quiet", cwd=task_dir)  # the latest run's task now
+    assert again.returncode == 0 and assert_in_step(task_dir) == 5, again.stderr
+
+
+def test_a_resume_with_another_engine_or_model_is_said_and_allowed(task_dir, server):
+    assert run_cli("-n", 2, "--base-url", server.url, "--quiet", cwd=task_dir).returncode == 0
+    result = run_cli("-n", 3, "--engine", "openai", "--model", "granite4:3b", "--base-url", server.url, "--quiet",
+                     cwd=task_dir)
+    assert result.returncode == 0, result.stderr
+    assert "conversations so far were made with ollama granite4:3b, this run's with openai granite4:3b" in result.stderr
+    assert assert_in_step(task_dir) == 3

@@ -189,3 +189,46 @@ def test_client_side_limits_are_flags_and_task_keys(task_dir, flag):
     assert run_cli(flag, 0, cwd=task_dir).returncode == 2
     key = flag[2:].replace("-", "_")
     assert load_task(task_dir / "task.yaml", **{key: 600})["engine"][key] == 600
+
+
+def test_a_lone_endpoint_that_fails_some_calls_keeps_its_full_limit():
+    # Taking an endpoint out routes around it; with nobody to route to, one probe at a time only stalls.
+    pool = load.new_pool([A], concurrency=8)
+    for _ in range(3):
+        load.release(pool, load.acquire(pool), "failed", status=500)
+    assert endpoint(pool)["cooldown"]
+    assert all(load.acquire(pool, timeout=0) is not None for _ in range(8))
+
+
+def test_a_failed_call_is_retried_soon_while_its_endpoint_answers_others():
+    pool = load.new_pool([A], concurrency=8)
+    ticket = load.acquire(pool)
+    load.release(pool, ticket, "failed", status=500)
+    assert not load.answering(pool, ticket)
+    assert max(load.backoff(pool, ticket, 1) for _ in range(50)) > 0.05  # nothing answered: wait longer
+    load.release(pool, load.acquire(pool), "ok", status=200, seconds=0.1)
+    assert load.answering(pool, ticket)
+    assert all(load.backoff(pool, ticket, 1) <= 0.05 for _ in range(50))  # a sporadic fault
+
+
+def test_timeouts_show_on_the_progress_line_and_a_silent_fleet_is_named():
+    pool = load.new_pool([A], concurrency=4, timeout=0.01)
+    ticket = load.acquire(pool)
+    load.release(pool, ticket, "timeout")
+    assert "NOT ANSWERING (1 timed out after 0.01s)" in load.describe(load.report(pool))
+    assert load.silent(pool) is None  # one timeout may be bad luck
+    load.time.sleep(0.03)
+    load.release(pool, load.acquire(pool), "timeout")
+    assert "2 calls to http://a:1 timed out after 0.01 s each" in load.silent(pool)
+    load.release(pool, load.acquire(pool), "busy", status=429)
+    assert load.silent(pool) is None and "NOT ANSWERING" not in load.describe(load.report(pool))  # an answer
+
+
+def test_a_call_waiting_long_shows_on_the_progress_line_with_the_timeout():
+    pool = load.new_pool([A], concurrency=4, timeout=120)
+    ticket = load.acquire(pool)
+    assert "longest wait" not in load.describe(load.report(pool))
+    endpoint(pool)["sent"][id(ticket)] -= 95  # sent 95 s ago
+    assert "longest wait 95s of 120s" in load.describe(load.report(pool))
+    load.release(pool, ticket, "ok", status=200, seconds=95)
+    assert "longest wait" not in load.describe(load.report(pool))

@@ -148,7 +148,7 @@ def test_without_the_ray_package_the_flag_says_how_to_install_it(task_dir):
                                 cwd=task_dir, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 1
     assert result.stderr == ("Error: --ray needs the ray package, which is not installed: "
-                             "pip install 'chitchat_gen[ray]' (or pip install ray)\n")
+                             f'pip install -e "{ROOT}[ray]"\n')  # a checkout, run from elsewhere
     assert not (task_dir / "output").exists()
 
 

@@ -68,6 +68,16 @@ def test_a_torn_last_line_is_dropped(tmp_path):
     assert store["notes"] == [f"{FINAL}: moved 1 bad line to {REJECTED} (line 4: torn last line (a run was killed while writing it))"]
 
 
+def test_a_line_that_is_not_json_says_where_it_breaks_in_whole_words(tmp_path):
+    write(tmp_path, 1)
+    with open(tmp_path / FINAL, "a") as out:
+        out.write('{"conversation_id": "x\ty"}\n')  # a raw tab inside a string: json refuses it
+    store = open_store(tmp_path)
+    close(store)
+    assert store["notes"] == [f"{FINAL}: moved 1 bad line to {REJECTED} "
+                              "(line 2: not valid JSON (Invalid control character at column 23))"]
+
+
 def test_a_missing_formatted_line_is_rebuilt_from_its_record(tmp_path):
     write(tmp_path, 3)
     lines = (tmp_path / FORMATTED).read_text().splitlines(keepends=True)

@@ -46,15 +46,15 @@ def test_trace_shows_a_drop_and_goes_on(task_dir):
 
     def reply(messages, schema):
         if "helpful, friendly AI assistant" in messages[0]["content"] and replies["n"] < 2:
-            replies["n"] += 1  # empty twice: the stage asks again once, then drops
-            return ""
+            replies["n"] += 1  # an echo twice: the stage asks again once, then drops (an empty reply is retried)
+            return messages[-1]["content"]
         return canned_reply(messages, schema)
 
     with FakeServer(reply=reply) as fake:
         result = run_cli("trace", "--base-url", fake.url, cwd=task_dir)
     assert result.returncode == 0, result.stderr
-    assert "lm/assistant/naive drops the conversation: assistant message empty" in result.stdout
-    assert "DROPPED (lm/assistant/naive: assistant message empty)" in result.stdout
+    assert "lm/assistant/naive drops the conversation: assistant message: echo of the user" in result.stdout
+    assert "DROPPED (lm/assistant/naive: assistant message: echo of the user)" in result.stdout
     assert "ACCEPTED " in result.stdout
 
 

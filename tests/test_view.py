@@ -242,19 +242,22 @@ setTimeout(() => {
     full: text.querySelector("title").textContent, left: text.getBBox().x,
     shown: [...text.querySelectorAll("tspan")].map(line => line.textContent).join(" ")}));
   const seeds = [...document.querySelectorAll("#runs td[data-label=seed]")].map(cell => cell.textContent);
+  const runs = document.querySelector("#runs"), table = runs.querySelector("table");
   document.documentElement.dataset.layout = JSON.stringify(
-    {scrollWidth: document.documentElement.scrollWidth, width: window.innerWidth, labels, seeds});
+    {scrollWidth: document.documentElement.scrollWidth, width: window.innerWidth, labels, seeds,
+     runsOverflow: table.getBoundingClientRect().right - runs.getBoundingClientRect().right});
 }, 1500);
 </script>"""
 DROP = "lm/user/guided: user message: fails the closing check"
 
 
 @pytest.mark.browser
-@pytest.mark.parametrize("width", [600, 1400])
+@pytest.mark.parametrize("width", [600, 1200, 1400])
 def test_the_page_fits_the_window_and_shows_labels_and_seeds_in_full(output, tmp_path, width):
     runs_log = output / TASK / "runs.jsonl"
     runs = [json.loads(line) for line in runs_log.read_text().splitlines()]
     runs[0]["dropped"] = {DROP: 7, "lm/scenario: scenario: copies a seed or an earlier scenario": 3, "LM call failed": 1}
+    runs[0]["model"] = "/home/someone/models/granite-3.1-8b-instruct-Q4_K_M.gguf"  # --model PATH names it in full
     runs_log.write_text("".join(json.dumps(run) + "\n" for run in runs))
     assert run_cli("view", output, "--html", tmp_path / "report.html", cwd=tmp_path).returncode == 0
     page = (tmp_path / "report.html").read_text().replace("</body>", LAYOUT_PROBE + "</body>")
@@ -262,6 +265,7 @@ def test_the_page_fits_the_window_and_shows_labels_and_seeds_in_full(output, tmp
     dom = chromium("--dump-dom", f"--window-size={width},900", (tmp_path / "probed.html").as_uri())
     layout = json.loads(html.unescape(re.search(r'<html[^>]* data-layout="([^"]*)"', dom).group(1)))
     assert layout["width"] == width and layout["scrollWidth"] <= width  # nothing runs off to the side
+    assert layout["runsOverflow"] <= 0  # the runs table, a long model path in it, inside its box
     drops = [label for label in layout["labels"] if label["full"] in runs[0]["dropped"]]
     assert len(drops) == 3 and any(label["full"] == DROP for label in drops)
     for label in layout["labels"]:
