@@ -177,6 +177,30 @@ def close(store: dict) -> None:
         store["unlock"]()
 
 
+def tail_offset(path: Path, count: int) -> int:
+    r"""The byte where the last `count` lines of a file start (0 when it has no more), read from its end.
+
+    >>> import tempfile; path = Path(tempfile.mkdtemp()) / "f"; _ = path.write_text("a\nbb\nc\n")
+    >>> tail_offset(path, 2), tail_offset(path, 5)
+    (2, 0)
+    """
+    with open(path, "rb") as data:
+        position, wanted = data.seek(0, os.SEEK_END), count + 1  # the newline that ends the line before them
+        while position > 0:
+            step = min(1 << 20, position)
+            position -= step
+            data.seek(position)
+            chunk = data.read(step)
+            if chunk.count(b"\n") < wanted:
+                wanted -= chunk.count(b"\n")
+                continue
+            end = len(chunk)
+            for _ in range(wanted):
+                end = chunk.rfind(b"\n", 0, end)
+            return position + end + 1
+    return 0
+
+
 # --- the checkpoint: what the last close left, so a run reads only what came after ----------
 # .checkpoint.json holds each file's `mark` and the records and lines of final_data.jsonl as the
 # last close left them (in step); .ids holds the 8-byte hash of each record's conversation_id, in
