@@ -322,10 +322,10 @@ def repair(folder: Path) -> dict:
     if plan["torn"]:
         number, start, text = plan["torn"]
         _reject(folder, FINAL, [(number, TORN, text)])
-        os.truncate(final, start)
+        _cut(final, start, plan["saved"]["final"])
         notes.append(_note(FINAL, {number: TORN}))
     if plan["twins_from"] is not None:  # formatted lines missing at the end: rebuilt from their records
-        os.truncate(folder / FORMATTED, plan["formatted_cut"])
+        _cut(folder / FORMATTED, plan["formatted_cut"], plan["saved"]["formatted"])
         with _open(folder / FORMATTED) as out:
             out.writelines(to_line(format_record(value)) for _, _, text, value, _ in
                            read_lines(final, plan["twins_from"]) if text.strip())
@@ -333,6 +333,14 @@ def repair(folder: Path) -> dict:
             os.fsync(out.fileno())
     return {"existing": plan["records"], "notes": notes, "lines": plan["lines"], "new_ids": plan["new_ids"],
             "ids_saved": True}
+
+
+def _cut(path: Path, size: int, saved: dict) -> None:
+    """Truncate `path` to `size`; cut back to its mark's bytes, it gets the mark's time back, so the
+    checkpoint and the card's totals still know it."""
+    os.truncate(path, size)
+    if size == saved["size"]:
+        os.utime(path, ns=(path.stat().st_atime_ns, saved["mtime_ns"]))
 
 
 def _tail_plan(folder: Path) -> dict | None:
@@ -376,7 +384,7 @@ def _tail_plan(folder: Path) -> dict | None:
     if not seen.isdisjoint(hashes):
         return None  # an id seen before the checkpoint: full_repair says which line it repeats
     return {"records": saved["records"] + len(new_ids), "lines": lines, "new_ids": new_ids, "torn": torn,
-            "twins_from": twins_from, "formatted_cut": formatted_cut}
+            "twins_from": twins_from, "formatted_cut": formatted_cut, "saved": saved}
 
 
 def full_repair(folder: Path) -> dict:
