@@ -405,7 +405,7 @@ def full_repair(folder: Path) -> dict:
     formatted_ids, formatted_bad, _ = scan(formatted) if formatted.exists() else ([], {}, 0)
     if formatted_ids != ids or formatted_bad:
         kept, orphans = set(ids), []
-        for number, text, value, _ in read_jsonl(formatted):
+        for number, text, value, _ in read_jsonl(formatted) if formatted.exists() else ():
             if not text.endswith("\n"):
                 continue  # torn: its record (if whole) rebuilds it
             if number in formatted_bad:
