@@ -8,6 +8,12 @@ turns histogram; closing exchanges and how many pass the closing check; what eac
 finds in the scenarios and messages (quality.GATES); pattern picks vs the task's weights (chi-square);
 exact and near-duplicate scenarios (normalised text, word 3-gram Jaccard >= 0.5);
 distinct-1/2 and mean length (words) of user and of assistant messages; persona coverage.
+Memory stays flat in N: near-duplicates and distinct-n come from a seeded sample of SAMPLE
+conversations, exact duplicates from a 64-bit hash of each scenario.
+
+The card's figures are running totals in `.figures.json`, saved with a mark of final_data.jsonl
+(store.mark) and a key naming the code and settings that counted them: a run's close counts only
+the lines after the mark; a file the mark no longer describes, or another key, is counted afresh.
 
 The dataset card starts with the Hugging Face Hub's metadata block, so the folder is a Hub
 dataset as it stands: pushed, `load_dataset("<user>/<name>")` gives formatted_output.jsonl (the

@@ -4,13 +4,19 @@
     output/<task_name>/formatted_output.jsonl  {"conversation_id", "messages"}, same ids, same order
     output/<task_name>/rejected.jsonl          lines that repair took out, with line number and reason
     output/<task_name>/runs.jsonl              one line per run (read by the dataset card)
+    output/<task_name>/.checkpoint.json, .ids  both files as the last close left them (see below)
 
 Each accepted record is appended and flushed to final_data.jsonl first, then to
 formatted_output.jsonl, so a killed run loses only conversations in flight. `open_store`
 repairs what a kill (or a hand edit) can leave behind, with final_data.jsonl as the source of
 truth: a line that is not a whole record (a torn last line, broken JSON) or repeats an id is
 moved to rejected.jsonl, never silently deleted; formatted lines are rebuilt from the records.
-It holds a lock on `.lock` so two runs cannot interleave their lines in one folder: flock on
+Repair costs what came after the last close, not the folder: every close leaves a checkpoint
+(each file's inode, size, time and a hash of its last MB; the records; a hash of every id), and
+a run reads only the lines after it, the ones a killed run left. Whatever else it finds (no
+checkpoint, a file replaced, shortened or edited where the checkpoint sees it, a bad line before
+the end, an id seen before) is a full check of both files, as is any folder whose checkpoint
+is deleted by hand. It holds a lock on `.lock` so two runs cannot interleave their lines in one folder: flock on
 Linux and macOS, msvcrt.locking on Windows, and elsewhere a pid file taken over once its run is dead.
 
     store = open_store(Path("output/demo"))
