@@ -203,7 +203,7 @@ def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = Tru
     are taken from there when they still describe the file, and counted for the lines after.
     `text_figures=False` leaves out the scenario and message figures. Of those, exact duplicates,
     seed copies and message lengths count every conversation (duplicates by a 64-bit hash of the
-    normalised scenario: ~70 bytes a distinct scenario); near-duplicates and distinct-n are
+    normalised scenario: ~80 bytes a distinct scenario); near-duplicates and distinct-n are
     computed on a uniform sample of SAMPLE conversations (seeded: the same file, the same figures;
     all of them when N is at most SAMPLE), and `sample` says how many.
     """
