@@ -1,6 +1,6 @@
 """Does a big folder cost only the new work? Builds output folders of N conversations by
 replication and times, on each, what a user does with it: the real CLI and viewer, each in a
-fresh interpreter, with its own peak RSS (VmHWM). Run by hand:
+fresh interpreter, with its own peak RSS (VmHWM) and CPU time. Run by hand:
 
     python benchmarks/scale.py                                # N = 10,000 and 100,000
     python benchmarks/scale.py --sizes 1000000                # the 1M folder: ~5 GB, deleted after
@@ -53,10 +53,10 @@ TASK_FOLDER = "public/examples/chit_chat"
 # Runs the CLI and prints its own peak RSS at exit. subtle: not ru_maxrss, which on Linux also
 # counts the parent's memory at the fork; VmHWM is the high-water mark of this program alone.
 RUNNER = """
-import atexit, runpy, sys
+import atexit, os, runpy, sys
 def peak():
-    status = open("/proc/self/status").read()
-    print("PEAK_RSS_KB", status.split("VmHWM:")[1].split()[0], file=sys.stderr)
+    status, used = open("/proc/self/status").read(), os.times()
+    print("PEAK_RSS_KB", status.split("VmHWM:")[1].split()[0], "CPU_S", used.user + used.system, file=sys.stderr)
 atexit.register(peak)
 sys.argv = ["chitchat_gen"] + sys.argv[1:]
 runpy.run_module("chitchat_gen", run_name="__main__")
@@ -111,18 +111,22 @@ def build(workdir: Path, n: int) -> Path:
     return folder
 
 
-def timed(command: list[str], cwd: Path, env: dict) -> tuple[float, float, subprocess.CompletedProcess]:
-    """(seconds, peak RSS in MB, the result) of one CLI command (its arguments) in its own process."""
+def timed(command: list[str], cwd: Path, env: dict) -> tuple[float, float, float]:
+    """(seconds, peak RSS in MB, CPU seconds) of one CLI command (its arguments) in its own process."""
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-c", RUNNER] + command, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - start
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} exited {result.returncode}: {result.stderr[-2000:]}")
-    return seconds, peak_mb(result.stderr), result
+    return seconds, peak_mb(result.stderr), cpu_seconds(result.stderr)
 
 
 def peak_mb(stderr: str) -> float:
     return int(stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) / 1024
+
+
+def cpu_seconds(stderr: str) -> float:
+    return float(stderr.rsplit("CPU_S", 1)[1].split()[0])
 
 
 def viewer_rows(workdir: Path, env: dict) -> dict:
@@ -133,17 +137,17 @@ def viewer_rows(workdir: Path, env: dict) -> dict:
     rows = {}
     for name, path in [("view /api/tasks", "api/tasks"), ("view /api/stats", f"api/stats?task={TASK_FOLDER}"),
                        ("view search", f"api/conversations?task={TASK_FOLDER}&q=telescope")]:
-        start = time.monotonic()
+        start, cpu = time.monotonic(), cpu_of(process.pid)
         with urllib.request.urlopen(url + path, timeout=3600) as answer:
             answer.read()
-        rows[name] = (time.monotonic() - start, None)
-    rows["view /api/tasks"] = (rows["view /api/tasks"][0], high_water(process.pid))
+        rows[name] = (time.monotonic() - start, None, cpu_of(process.pid) - cpu)
+    rows["view /api/tasks"] = (rows["view /api/tasks"][0], high_water(process.pid), rows["view /api/tasks"][2])
     process.terminate()  # subtle: not SIGINT, which a benchmark started in the background ignores, and so its children
     process.wait()
     return rows
 
 
-def sigterm_row(workdir: Path, env: dict, n: int) -> tuple[float, float]:
+def sigterm_row(workdir: Path, env: dict, n: int) -> tuple[float, float, None]:
     """Seconds from a SIGTERM (sent once the run writes) to the run's exit, with --grace 5; peak RSS."""
     final = workdir / "output" / TASK_FOLDER / "final_data.jsonl"
     size = final.stat().st_size
@@ -160,7 +164,13 @@ def sigterm_row(workdir: Path, env: dict, n: int) -> tuple[float, float]:
         while process.poll() is None:  # subtle: the CLI leaves by os._exit, so no atexit report
             peak = max(peak, high_water(process.pid))
             time.sleep(0.05)
-    return time.monotonic() - start, peak
+    return time.monotonic() - start, peak, None
+
+
+def cpu_of(pid: int) -> float:
+    """A live process's CPU seconds so far (user + system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def high_water(pid: int) -> float:
@@ -188,22 +198,23 @@ def measure(n: int, workdir: Path, pythonpath: Path) -> dict:
     cli = []
     start = time.monotonic()
     folder = build(workdir, n)
-    rows = {"build": (time.monotonic() - start, None), "size (MB)": (folder.joinpath("final_data.jsonl").stat().st_size / 1e6, None)}
-    rows["first run (no checkpoint)"] = timed(cli + ["-n", str(n), "--quiet"], workdir, env)[:2]
-    rows["nothing to do"] = timed(cli + ["-n", str(n), "--quiet"], workdir, env)[:2]
+    rows = {"build": (time.monotonic() - start, None, None),
+            "size (MB)": (folder.joinpath("final_data.jsonl").stat().st_size / 1e6, None, None)}
+    rows["first run (no checkpoint)"] = timed(cli + ["-n", str(n), "--quiet"], workdir, env)
+    rows["nothing to do"] = timed(cli + ["-n", str(n), "--quiet"], workdir, env)
     with open(folder / "final_data.jsonl", "a", encoding="utf-8") as out:
         out.write('{"task_name": "public/examples/chit_chat", "is_seed": false, "conver')
-    rows["torn tail"] = timed(cli + ["-n", str(n), "--quiet"], workdir, env)[:2]
+    rows["torn tail"] = timed(cli + ["-n", str(n), "--quiet"], workdir, env)
     with FakeServer(models=["granite4:3b"]) as server:
-        rows["resume + 10"] = timed(cli + ["-n", str(n + 10), "--quiet", "--base-url", server.url], workdir, env)[:2]
-    rows["stats"] = timed(cli + ["stats", str(folder), "--task-paths", "task.yaml"], workdir, env)[:2]
+        rows["resume + 10"] = timed(cli + ["-n", str(n + 10), "--quiet", "--base-url", server.url], workdir, env)
+    rows["stats"] = timed(cli + ["stats", str(folder), "--task-paths", "task.yaml"], workdir, env)
     rows.update(viewer_rows(workdir, env))
     rows["export"] = timed(cli + ["export", str(folder), "--format", "openai", "-o", str(workdir / "export.jsonl")],
-                           workdir, env)[:2]
+                           workdir, env)
     (workdir / "export.jsonl").unlink()
     rows["SIGTERM to exit"] = sigterm_row(workdir, env, n)
     count, same = in_step(folder)
-    rows["files in step"] = (f"{count:,} records, {'same ids, same order' if same else 'NOT IN STEP'}", None)
+    rows["files in step"] = (f"{count:,} records, {'same ids, same order' if same else 'NOT IN STEP'}", None, None)
     return rows
 
 
@@ -225,13 +236,13 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir / "output", ignore_errors=True)  # the 1M folder is ~5 GB
     names = list(next(iter(results.values())))
-    print("\n| row | " + " | ".join(f"N = {n:,}: s | MB" for n in results) + " |")
-    print("| --- |" + " --- | --- |" * len(results))
+    print("\n| row | " + " | ".join(f"N = {n:,}: s | MB | CPU s" for n in results) + " |")
+    print("| --- |" + " --- | --- | --- |" * len(results))
     for name in names:
         cells = []
         for n in results:
-            value, rss = results[n][name]
-            cells += [f"{value:.1f}" if isinstance(value, float) else str(value), "-" if rss is None else f"{rss:.0f}"]
+            cells += ["-" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
+                      for value in results[n][name]]
         print(f"| {name} | " + " | ".join(cells) + " |")
     print(f"\n(uptime at the end: {os.getloadavg()})")
 

@@ -408,8 +408,8 @@ def full_repair(folder: Path) -> dict:
         rewrite(final, (text for number, text, _, _ in read_jsonl(final) if number not in bad))
         notes.append(_note(FINAL, bad))
         lines = len(ids)
-    formatted_ids, formatted_bad, _ = scan(formatted) if formatted.exists() else ([], {}, 0)
-    if formatted_ids != ids or formatted_bad:
+    if not _in_step(formatted, ids):
+        formatted_bad = scan(formatted)[1] if formatted.exists() else {}
         kept, orphans = set(ids), []
         for number, text, value, _ in read_jsonl(formatted) if formatted.exists() else ():
             if not text.endswith("\n"):
@@ -424,6 +424,21 @@ def full_repair(folder: Path) -> dict:
         rewrite(formatted, (to_line(format_record(value)) for number, _, value, _ in read_jsonl(final)))
     return {"existing": len(ids), "notes": notes, "lines": lines, "new_ids": array("Q", map(id_hash, ids)),
             "ids_saved": False}
+
+
+def _in_step(formatted: Path, ids: list[str]) -> bool:
+    """formatted_output.jsonl holds whole lines of exactly `ids`, in order (streams: memory holds one line)."""
+    if not formatted.exists():
+        return not ids
+    count = 0
+    for _, _, text, value, _ in read_lines(formatted):
+        if not text.strip():
+            continue
+        if not text.endswith("\n") or not isinstance(value, dict) or count == len(ids) \
+                or value.get("conversation_id") != ids[count]:
+            return False
+        count += 1
+    return count == len(ids)
 
 
 def _note(name: str, bad: dict[int, str]) -> str:
