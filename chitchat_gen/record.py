@@ -69,23 +69,44 @@ def to_line(value) -> str:
     return json.dumps(value, ensure_ascii=False) + "\n"
 
 
-def read_jsonl(path: Path):
+def read_jsonl(path: Path, offset: int = 0):
     """Yield (line number, text, value, problem) for each non-blank line of a JSONL file.
 
     `value` is the parsed JSON; `problem` is None, or why the line is not JSON ("not UTF-8
     text", "not valid JSON (Invalid control character at column 17)"), and then `value` is None.
-    Streams: memory holds one line.
+    Streams: memory holds one line. `offset` starts at that byte (a line's start); line numbers then count from there.
+    """
+    for number, _, text, value, problem in read_lines(path, offset):
+        if text.strip():
+            yield number, text, value, problem
+
+
+def read_lines(path: Path, offset: int = 0, number: int = 0):
+    """Yield (line number, byte offset, text, value, problem) for every line from `offset`, blank
+    ones too; `number` is the count of lines before `offset`.
     """
     with open(path, "rb") as lines:
-        for number, raw in enumerate(lines, 1):
-            text = raw.decode("utf-8", errors="replace")
-            if not text.strip():
-                continue
-            try:
-                raw.decode("utf-8")
-                yield number, text, json.loads(text), None
-            except UnicodeDecodeError:
-                yield number, text, None, "not UTF-8 text"
-            except json.JSONDecodeError as exc:
-                # subtle: some of json's messages end in "at", waiting for the position.
-                yield number, text, None, f"not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})"
+        lines.seek(offset)
+        for raw in lines:
+            number += 1
+            yield number, offset, *parse_line(raw)
+            offset += len(raw)
+
+
+def parse_line(raw: bytes) -> tuple[str, object, str | None]:
+    """(text, value, problem) of one line's bytes, as read_jsonl gives them; a blank line's value is None.
+
+    >>> parse_line(b'{"a": 1}\\n')[1:], parse_line(b'{"a" 1}\\n')[2]
+    (({'a': 1}, None), "not valid JSON (Expecting ':' delimiter at column 6)")
+    """
+    text = raw.decode("utf-8", errors="replace")
+    if not text.strip():
+        return text, None, None
+    try:
+        raw.decode("utf-8")
+        return text, json.loads(text), None
+    except UnicodeDecodeError:
+        return text, None, "not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        # subtle: some of json's messages end in "at", waiting for the position.
+        return text, None, f"not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})"

@@ -34,13 +34,14 @@ from .config import load_task
 from .engines import check_engine, default_concurrency, make_chat, make_pool
 from .errors import ConfigError, LMError
 from .load import report
-from .pipeline import generate, new_control, new_memory, new_stats
+from .pipeline import SCENARIOS_KEPT, generate, new_control, new_memory, new_stats
 from .ray_executor import connect, disconnect, generate_on_ray
 from .quality import language_note
 from .record import read_jsonl
 from .redact import redact_for
 from .stats import model_name, run_cost, write_card
-from .store import FINAL, WriteError, append, clear, close, count_existing, log_run, open_store, read_runs
+from .stages import OPENERS_KEPT
+from .store import FINAL, WriteError, append, clear, close, count_existing, log_run, open_store, read_runs, tail_offset
 
 DEFAULT_GRACE = 10.0  # seconds the conversations in flight get to finish after a stop signal
 
@@ -140,8 +141,10 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
         try:
             # subtle: a resumed run with the same seed must not replay the first run's personas and patterns.
             derived = f"{seed}/{part}/{existing}"
-            # The duplicate checks also know what earlier runs wrote (bounded: the latest on disk).
-            memory = new_memory(value for _, _, value, _ in read_jsonl(folder / FINAL)) if existing else None
+            # The duplicate checks also know what earlier runs wrote (bounded: the latest on disk,
+            # read from the file's end).
+            latest = tail_offset(folder / FINAL, max(SCENARIOS_KEPT, OPENERS_KEPT)) if existing else 0
+            memory = new_memory(value for _, _, value, _ in read_jsonl(folder / FINAL, latest)) if existing else None
             concurrency = engine["concurrency"] or (default_concurrency(engine) if not own_chat else 1)
             records = (generate_on_ray(task, wanted - existing, chat=own_chat, engine=None if own_chat else engine,
                                        workers=ray_workers, seed=derived,

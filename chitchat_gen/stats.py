@@ -8,6 +8,12 @@ turns histogram; closing exchanges and how many pass the closing check; what eac
 finds in the scenarios and messages (quality.GATES); pattern picks vs the task's weights (chi-square);
 exact and near-duplicate scenarios (normalised text, word 3-gram Jaccard >= 0.5);
 distinct-1/2 and mean length (words) of user and of assistant messages; persona coverage.
+Memory stays flat in N: near-duplicates and distinct-n come from a seeded sample of SAMPLE
+conversations, exact duplicates from a 64-bit hash of each scenario.
+
+The card's figures are running totals in `.figures.json`, saved with a mark of final_data.jsonl
+(store.mark) and a key naming the code and settings that counted them: a run's close counts only
+the lines after the mark; a file the mark no longer describes, or another key, is counted afresh.
 
 The dataset card starts with the Hugging Face Hub's metadata block, so the folder is a Hub
 dataset as it stands: pushed, `load_dataset("<user>/<name>")` gives formatted_output.jsonl (the
@@ -21,20 +27,27 @@ see `load_lines`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import random
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import yaml
 
+from . import quality
+from . import text as text_module
 from .prompts import JUDGED
 from .quality import DEFAULTS, GATES, NAME_OF, is_closing, pinned, review
-from .record import messages, read_jsonl
+from .record import messages, read_lines
 from .redact import redact_text
-from .store import FINAL, FORMATTED, rewrite
+from .store import FINAL, FORMATTED, grown_from, mark, rewrite
 from .text import jaccard, normalise, shingles, words
 
+FIGURES = ".figures.json"
+SAMPLE = 10_000  # conversations whose scenarios and messages give the near-duplicate and distinct-n figures
 NEAR_DUPLICATE = 0.5  # word 3-gram Jaccard at or above which two scenarios count as near-duplicates
 # The Hub's size_categories buckets, by their upper bound; runs.jsonl and rejected.jsonl are in no config.
 SIZE_CATEGORIES = [(10 ** 3, "n<1K"), (10 ** 4, "1K<n<10K"), (10 ** 5, "10K<n<100K"), (10 ** 6, "100K<n<1M"),
@@ -150,78 +163,196 @@ def has_closing_exchange(steps: list) -> bool:
         [s.get("role") for s in steps[flows[-1] + 1:]] == ["user", "assistant"]
 
 
+def new_totals() -> dict:
+    """The figures of a dataset that a record adds to (`add_record`) and that stay small whatever N is."""
+    return {"conversations": 0, "turns": Counter(), "closing_exchanges": 0, "passes_closing_check": 0,
+            "gates": Counter(), "patterns": Counter(), "personas": Counter(), "judged": 0,
+            "judge_sums": Counter(), "judge_overall": Counter()}
+
+
+def add_record(totals: dict, record: dict, given: dict) -> None:
+    """Add one conversation to `totals`, the quality gates read with the settings `given`.
+
+    >>> totals = new_totals(); add_record(totals, {"steps": [{"role": "user", "content": "Bye!"}]}, DEFAULTS)
+    >>> totals["conversations"], totals["passes_closing_check"], dict(totals["turns"])
+    (1, 1, {0: 1})
+    """
+    steps = record.get("steps") or []
+    users = [m["content"] for m in messages(record) if m["role"] == "user"]
+    totals["conversations"] += 1
+    totals["passes_closing_check"] += bool(users) and is_closing(users[-1], given)
+    totals["gates"].update(gate_finds(record, given))
+    scores = record.get("scores")
+    if isinstance(scores, dict) and all(isinstance(scores.get(k), int) for k in JUDGED):
+        totals["judged"] += 1
+        totals["judge_sums"].update({k: scores[k] for k in JUDGED})
+        totals["judge_overall"][round(sum(scores[k] for k in JUDGED) / len(JUDGED))] += 1
+    totals["turns"][sum(1 for s in steps if s.get("role") == "assistant")] += 1
+    totals["closing_exchanges"] += has_closing_exchange(steps)
+    for s in steps:
+        if s.get("role") == "flow_controller":
+            totals["patterns"][s.get("content")] += 1
+        elif s.get("role") == "persona":
+            totals["personas"][s.get("persona_role") or s.get("content")] += 1
+
+
 def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = True) -> dict:
     """Figures of a final_data.jsonl; `task` (config.load_task) adds weights and persona totals.
 
-    `text_figures=False` skips the figures whose memory grows with N (duplicate scenarios,
-    distinct-n, message lengths): the dataset card, written at the end of every run, does so to
-    keep a run's peak memory flat in N.
+    Memory stays flat in N. The figures the dataset card keeps beside the data (`saved_totals`)
+    are taken from there when they still describe the file, and counted for the lines after.
+    `text_figures=False` leaves out the scenario and message figures. Of those, exact duplicates,
+    seed copies and message lengths count every conversation (duplicates by a 64-bit hash of the
+    normalised scenario: ~80 bytes a distinct scenario); near-duplicates and distinct-n are
+    computed on a uniform sample of SAMPLE conversations (seeded: the same file, the same figures;
+    all of them when N is at most SAMPLE), and `sample` says how many.
     """
-    conversations, turns, closing, passes = 0, Counter(), 0, 0
-    picks, scenarios, personas, found, scores = Counter(), [], Counter(), Counter(), []
-    tallies = {"user": new_tally(), "assistant": new_tally()}
     given = task["quality"] if task else DEFAULTS
-    for _, _, record, _ in read_jsonl(path):
+    totals, counted_to = saved_totals(path.parent, given, path) if path.name == FINAL else (new_totals(), 0)
+    text = new_text_figures(task, given) if text_figures else None
+    for _, start, _, record, _ in read_lines(path):
         if not isinstance(record, dict):
-            continue  # a torn last line from a killed run
-        steps = record.get("steps") or []
-        conversations += 1
-        said = messages(record)
-        users = [m["content"] for m in said if m["role"] == "user"]
-        passes += bool(users) and is_closing(users[-1], given)
-        found.update(gate_finds(record, given))
-        if isinstance(record.get("scores"), dict) and all(isinstance(record["scores"].get(k), int) for k in JUDGED):
-            scores.append(record["scores"])
-        turns[sum(1 for s in steps if s.get("role") == "assistant")] += 1
-        closing += has_closing_exchange(steps)
-        for s in steps:
-            role = s.get("role")
-            if role == "flow_controller":
-                picks[s.get("content")] += 1
-            elif role == "scenario" and text_figures:
-                scenarios.append(s.get("content") or "")
-            elif role == "persona":
-                personas[s.get("persona_role") or s.get("content")] += 1
-            elif role in tallies and text_figures:
-                add_message(tallies[role], s.get("content") or "")
+            continue  # a blank line, or a torn last line from a killed run
+        if start >= counted_to:
+            add_record(totals, record, given)
+        if text:
+            add_text(text, record)
+    result = figures(totals, task)
+    if text:
+        result.update(text_results(text))
+    return result
+
+
+def figures(totals: dict, task: dict | None) -> dict:
+    """The figures of `totals`, with the task's weights (chi-square) and persona count when given."""
     result = {
-        "conversations": conversations,
-        "turns": dict(sorted(turns.items())),
-        "closing_exchanges": closing,
-        "passes_closing_check": passes,
-        "gates": {g["name"]: found[g["name"]] for g in GATES if not g["needs"]},
-        "patterns": dict(picks.most_common()),
-        "distinct_personas": len(personas),
+        "conversations": totals["conversations"],
+        "turns": dict(sorted(totals["turns"].items())),
+        "closing_exchanges": totals["closing_exchanges"],
+        "passes_closing_check": totals["passes_closing_check"],
+        "gates": {g["name"]: totals["gates"][g["name"]] for g in GATES if not g["needs"]},
+        "patterns": dict(totals["patterns"].most_common()),
+        "distinct_personas": len(totals["personas"]),
     }
-    if text_figures:
-        result["scenarios"] = len(scenarios)
-        result["duplicate_scenarios"] = len(scenarios) - len(set(map(normalise, scenarios)))
-        result["near_duplicate_scenarios"] = near_duplicates(scenarios)
-        if task:
-            seeds = pinned(task["seed_scenarios"])  # indexed once, not once per scenario
-            result["scenarios_copying_a_seed"] = sum(seeds.copy_of(text, given["copy_share"]) is not None
-                                                     for text in scenarios)
-    if scores:
-        result["judge"] = {"judged": len(scores),
-                           "mean": {k: round(sum(s[k] for s in scores) / len(scores), 2) for k in JUDGED},
-                           "overall": dict(sorted(Counter(round(sum(s[k] for k in JUDGED) / len(JUDGED))
-                                                          for s in scores).items()))}
-    for role, tally in tallies.items() if text_figures else ():
-        result[f"{role}_messages"] = tally["messages"]
-        result[f"{role}_mean_words"] = round(tally["words"] / tally["messages"], 1) if tally["messages"] else 0.0
-        result[f"{role}_distinct_1"] = round(distinct(tally, 1), 3)
-        result[f"{role}_distinct_2"] = round(distinct(tally, 2), 3)
+    if judged := totals["judged"]:
+        result["judge"] = {"judged": judged, "mean": {k: round(totals["judge_sums"][k] / judged, 2) for k in JUDGED},
+                           "overall": dict(sorted(totals["judge_overall"].items()))}
     if task:
         result["personas_available"] = len(task["personas"])
         flow = next((s for s in task["iteration_stages"] if s["name"] == "lm/flow_controller"), None)
         if flow:
             # Termination is steered by the turn bounds, not drawn freely: compare the other moves only.
             weights = {p["name"]: p["weight"] for p in flow["patterns"] if p["name"] not in flow["termination_patterns"]}
-            stat, df, p = chi_square(picks, weights)
+            stat, df, p = chi_square(totals["patterns"], weights)
             result["weights"] = weights
             result["chi_square"] = {"statistic": round(stat, 2), "df": df, "p_value": round(p, 4),
                                     "differs": p < 0.01}
     return result
+
+
+# --- scenario and message figures: every conversation, or a bounded sample -------------------
+
+def new_text_figures(task: dict | None, given: dict) -> dict:
+    return {"scenarios": 0, "exact": set(), "seeds": pinned(task["seed_scenarios"]) if task else None,
+            "copying": 0, "share": given["copy_share"], "seen": 0, "sample": [], "draw": random.Random(SAMPLE),
+            "messages": Counter(), "words": Counter()}
+
+
+def add_text(text: dict, record: dict) -> None:
+    """Add one conversation's scenarios and messages: counts now, and a reservoir sample for the rest."""
+    steps = [s for s in record.get("steps") or () if isinstance(s, dict)]
+    scenarios = [s.get("content") or "" for s in steps if s.get("role") == "scenario"]
+    for scenario in scenarios:
+        text["scenarios"] += 1
+        text["exact"].add(hashlib.blake2b(normalise(scenario).encode("utf-8"), digest_size=8).digest())
+        if text["seeds"] is not None:
+            text["copying"] += text["seeds"].copy_of(scenario, text["share"]) is not None
+    said = [(s["role"], s.get("content") or "") for s in steps if s.get("role") in ("user", "assistant")]
+    for role, content in said:
+        text["messages"][role] += 1
+        text["words"][role] += len(words(content))
+    # Reservoir sampling (Algorithm R), seeded: the same file gives the same sample.
+    text["seen"] += 1
+    slot = text["seen"] - 1 if text["seen"] <= SAMPLE else text["draw"].randrange(text["seen"])
+    if slot < SAMPLE:
+        kept = (scenarios, said)
+        if slot == len(text["sample"]):
+            text["sample"].append(kept)
+        else:
+            text["sample"][slot] = kept
+
+
+def text_results(text: dict) -> dict:
+    tallies = {"user": new_tally(), "assistant": new_tally()}
+    scenarios = []
+    for kept_scenarios, said in text["sample"]:
+        scenarios += kept_scenarios
+        for role, content in said:
+            add_message(tallies[role], content)
+    result = {"scenarios": text["scenarios"], "duplicate_scenarios": text["scenarios"] - len(text["exact"]),
+              "near_duplicate_scenarios": near_duplicates(scenarios), "sample": len(text["sample"])}
+    if text["seeds"] is not None:
+        result["scenarios_copying_a_seed"] = text["copying"]
+    for role, tally in tallies.items():
+        count = text["messages"][role]
+        result[f"{role}_messages"] = count
+        result[f"{role}_mean_words"] = round(text["words"][role] / count, 1) if count else 0.0
+        result[f"{role}_distinct_1"] = round(distinct(tally, 1), 3)
+        result[f"{role}_distinct_2"] = round(distinct(tally, 2), 3)
+    return result
+
+
+# --- the card's figures, kept beside the data -----------------------------------------------
+# .figures.json: the totals of final_data.jsonl up to a `store.mark` of it, and a key naming the
+# code and settings that counted them. A run's close adds only the lines after the mark.
+
+def totals_key(given: dict) -> str:
+    """Names what counted the totals: the gates' code and phrases, this module's rules, the task's settings."""
+    digest = hashlib.blake2b(json.dumps(given, sort_keys=True, default=str).encode("utf-8"), digest_size=16)
+    for module in (quality, text_module, sys.modules[__name__]):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def saved_totals(folder: Path, given: dict, path: Path | None = None) -> tuple[dict, int]:
+    """(totals, the byte of final_data.jsonl they count up to) from .figures.json, if they still
+    describe the file and were counted as `given` says; else (new_totals(), 0): a full recount.
+    """
+    path = path or folder / FINAL
+    try:
+        saved = json.loads((folder / FIGURES).read_text(encoding="utf-8"))
+        if saved["key"] == totals_key(given) and grown_from(path, saved["mark"]):
+            totals = new_totals()
+            for name, value in saved["totals"].items():
+                totals[name] = Counter({_key(name, k): n for k, n in value.items()}) if isinstance(value, dict) else value
+            return totals, saved["mark"]["size"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # none, unreadable or of another shape: counted again
+    return new_totals(), 0
+
+
+def _key(name: str, key: str):
+    # JSON keys are strings: the turns and overall scores are numbers again.
+    return int(key) if name in ("turns", "judge_overall") else key
+
+
+def card_figures(folder: Path, task: dict) -> dict:
+    """The card's figures of the folder: the saved totals plus the lines after them, saved again."""
+    path, given = folder / FINAL, task["quality"]
+    totals, counted_to = saved_totals(folder, given)
+    torn = False
+    for _, _, line, record, _ in read_lines(path, counted_to):
+        if not line.endswith("\n"):
+            torn = True  # not counted, and no mark can stop before it: the next close counts it
+        elif isinstance(record, dict):
+            add_record(totals, record, given)
+    if not torn:
+        saved = mark(path)
+        try:
+            rewrite(folder / FIGURES, [json.dumps({"key": totals_key(given), "mark": saved, "totals": totals}) + "\n"])
+        except OSError:
+            (folder / FIGURES).unlink(missing_ok=True)  # no room: the next close counts them all
+    return figures(totals, task)
 
 
 def render_table(stats: dict) -> str:
@@ -232,9 +363,10 @@ def render_table(stats: dict) -> str:
                                   f"(the last user message passes the closing check in {stats['passes_closing_check']})"),
             ("distinct personas", stats["distinct_personas"]
              if "personas_available" not in stats else f"{stats['distinct_personas']} of {stats['personas_available']}")]
+    sampled = f" in a sample of {stats['sample']:,} conversations" if stats.get("sample", stats["conversations"]) < stats["conversations"] else ""
     if "scenarios" in stats:
         rows.append(("duplicate scenarios", f"{stats['duplicate_scenarios']} exact, "
-                                            f"{stats['near_duplicate_scenarios']} near (of {stats['scenarios']})"))
+                                            f"{stats['near_duplicate_scenarios']} near{sampled} (of {stats['scenarios']})"))
     if "scenarios_copying_a_seed" in stats:
         rows.append(("scenarios copying a seed", stats["scenarios_copying_a_seed"]))
     if "judge" in stats:
@@ -243,7 +375,7 @@ def render_table(stats: dict) -> str:
                      + "; means " + ", ".join(f"{k} {v}" for k, v in judge["mean"].items())))
     for role in ("user", "assistant") if "user_messages" in stats else ():
         rows.append((f"{role} messages", f"{stats[f'{role}_messages']}, mean {stats[f'{role}_mean_words']} words, "
-                                         f"distinct-1 {stats[f'{role}_distinct_1']}, distinct-2 {stats[f'{role}_distinct_2']}"))
+                                         f"distinct-1 {stats[f'{role}_distinct_1']}, distinct-2 {stats[f'{role}_distinct_2']}{sampled}"))
     lines = [f"{name:<26}{value}" for name, value in rows]
     lines += ["", f"{'quality gate':<32}{'messages':>10}   finds (in scenarios and messages)"]
     labels = {g["name"]: (g["label"], "cleans" if g["cleans"] else "problem") for g in GATES}
@@ -372,7 +504,7 @@ def tokens_text(run: dict) -> str:
 
 def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
     """(Re)write README.md beside the outputs: Hub metadata, how to load it, how it was made, its figures."""
-    stats = dataset_stats(folder / FINAL, task, text_figures=False)
+    stats = card_figures(folder, task)
     last = runs[-1]
     card = folder / "README.md"
     license_id = task["license"] or card_license(card)
@@ -397,7 +529,7 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
              "", "## Use", "", "```python", *load_lines(folder), "```", "",
              "Each file by its path, not `load_dataset(\"<this folder>\")`: `datasets` caches a local folder by "
              "its name, so another folder's rows, or this folder's rows from before a resume, could load instead.", "",
-             "Published with `hf upload <user>/<name> <this folder> --repo-type dataset --exclude .lock`, it loads "
+             "Published with `hf upload <user>/<name> <this folder> --repo-type dataset --exclude '.*'`, it loads "
              "by its Hub name: `load_dataset(\"<user>/<name>\")` for the messages, `load_dataset(\"<user>/<name>\", "
              "\"full\")` for every step (the configs of the metadata block above). `runs.jsonl` and `rejected.jsonl` "
              "are the generator's bookkeeping, in no config.", "",

@@ -81,12 +81,14 @@ def test_output_files_are_utf8_with_newline_endings_under_windows_text_defaults(
     bad = task_dir / "output" / "public" / "exemples" / "café" / "final_data.jsonl"
     with open(bad, "ab") as out:
         out.write('{"torn": "é'.encode())  # so the next run's repair writes rejected.jsonl and rewrites both files
+    (bad.parent / ".checkpoint.json").unlink()  # the full check, which rewrites them, not the tail's cut
     result = run_cli_with(WINDOWS_OPEN, "-n", 4, "--base-url", server.url, cwd=task_dir)
     assert result.returncode == 0, result.stderr
     folder = bad.parent
     written = sorted(path.name for path in folder.iterdir())
-    assert written == [".lock", "README.md", "final_data.jsonl", "formatted_output.jsonl", "rejected.jsonl", "runs.jsonl"]
-    for name in written[1:]:
+    assert written == [".checkpoint.json", ".figures.json", ".ids", ".lock", "README.md", "final_data.jsonl",
+                       "formatted_output.jsonl", "rejected.jsonl", "runs.jsonl"]
+    for name in [".checkpoint.json", ".figures.json"] + written[4:]:  # .ids is binary: 8 bytes an id
         data = (folder / name).read_bytes()
         assert b"\r\n" not in data, name
         data.decode("utf-8")  # strict: a cp1252 byte would fail here
