@@ -38,7 +38,7 @@ def problems(text, kind, previous=""):
 CLEAN_CASES = [
     ("Chat: 2019-3457 #contests\nI love contests, do you?", "I love contests, do you?", ["leaked label"]),
     ("Situation: The user is going home.\nHeading home now, any podcast tips?", "Heading home now, any podcast tips?", ["leaked label"]),
-    ("Tea is great.\n\nTea is great.\nCoffee too.", "Tea is great.\nCoffee too.", ["repeated paragraph"]),
+    ("Tea is great.\n\nTea is great.\nCoffee too.", "Tea is great.\n\nCoffee too.", ["repeated paragraph"]),  # the gap stays
     ("Bread is easy to bake at home.\nBread is easy to bake at home!", "Bread is easy to bake at home.", ["repeated paragraph"]),
     ("Nice! Nice! What next?", "Nice! What next?", ["repeated sentence"]),
     ("Bye, thanks!\nThis is your last message: wrap up.", "Bye, thanks!", ["leaked label"]),
@@ -219,8 +219,8 @@ def test_a_closing_passes_the_closing_check(text, closes):
 
 
 def test_a_task_can_add_closing_cues():
-    assert not is_closing("Ciao, a presto!")
-    assert is_closing("Ciao, a presto!", settings(phrases={"closing_cues": ["a presto"]}))
+    assert not is_closing("A presto, amici!")
+    assert is_closing("A presto, amici!", settings(phrases={"closing_cues": ["a presto"]}))
 
 
 def test_a_closing_that_runs_on_is_cut_after_the_goodbye():
@@ -269,6 +269,8 @@ GATE_EXAMPLES = {
     "echo": ("Tell me about bread.", "assistant"), "parrot": ("Write your next message now please.", "user"),
     "not_a_goodbye": ("Roses are red.", "closing"), "not_a_scenario": ("I love it!", "scenario"),
     "copy": ("A cook bakes bread at home.", "scenario"), "near_duplicate": ("A cook bakes bread at home.", "scenario"),
+    "question_after_goodbye": ("Bye! Want a recipe?", "farewell"), "instruction_list": ("1. Ask a question.\n2. Keep it short.", "user"),
+    "user_voice": ("Fellow bakers! Bread is great.", "assistant"),
 }
 PREVIOUS = "Tell me about bread."  # the user message an assistant example answers
 
