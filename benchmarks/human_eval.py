@@ -7,7 +7,8 @@ prints, as docs/quality.md shows them:
 - per gate, the share of ordinary human turns it cleans or rejects, in the user's place and in
   the assistant's (an assistant reply read against the turn it answers);
 - the closing check (quality.is_closing) on goodbyes and on closing messages that are not:
-  recall and false accepts, and how many goodbyes the whole closing turn's review keeps;
+  recall and false accepts, and how many goodbyes the whole closing turn's review keeps; and
+  what the gates do to people's goodbyes read as the assistant's answer to one (`farewell`);
 - paragraphs, lists and code blocks: messages whose text review returned unchanged when no
   gate cut anything, and whose lines it kept when one did.
 
@@ -123,6 +124,14 @@ def main() -> None:
             for label, texts in (("missed", r["missed"]), ("accepted", r["accepted"])):
                 for text in texts:
                     print(f"    {label}: {text!r}", file=sys.stderr)
+
+    goodbyes = [t["text"] for t in human if t["label"] == "goodbye"]
+    read = collections.Counter()
+    for text in goodbyes:
+        _, fixes, found = review(text, "farewell")
+        read.update({*fixes, *found})
+    print(f"\nPeople's goodbyes read as the assistant's last word (`farewell`, {len(goodbyes)}): "
+          + (", ".join(f"{label} {percent(n / len(goodbyes))}" for label, n in read.most_common()) or "no gate acts"))
 
     print("\nWhitespace as written\n")
     print("| messages | count | no gate cut | of them returned as written | a gate cut | of them, every other line as written |")
