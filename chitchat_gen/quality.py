@@ -95,8 +95,8 @@ ASSISTANT_VOICE = (
 _MODAL = (r"(?:gotta|got to|have to|has to|need to|should|must|better|had better|ought to|gonna|gonna have to|"
           r"going to have to|will have to|i'll have to|time to|time for me to|about to|going to|i'm going to)")
 _LEAVE = (r"(?:go|go now|run|leave|split|jet|bounce|dash|scoot|scat|blast|fly|head out|head off|head home|head to \w+|"
-          r"get going|get goin|be going|be off|get off|get back to \w+|sign off|sign out|log off|log out|hop off|take off|"
-          r"peace out|get to \w+|get ready for \w+|go to bed|go to sleep|head to bed|let you go|leave you to it|"
+          r"get going|get goin|be going|be off|get off|get back to \w+|get to (?!know\b)\w+|sign off|sign out|log off|log out|hop off|take off|"
+          r"peace out|get ready for \w+|go to bed|go to sleep|head to bed|let you go|leave you to it|"
           r"(?:end|close) (?:it|this|the chat|this chat|the conversation|this conversation|out))")
 _PARTING = r"(?:again|soon|sometime|some time|another time|in the future|later|tomorrow|around|next time)"
 TAKING_LEAVE = (
@@ -104,7 +104,7 @@ TAKING_LEAVE = (
     r"(?:heading|signing|logging|hopping) (?:out|off)", r"(?:i'm|im|i am) (?:going|off|headed|heading) to (?:bed|sleep|class|work)",
     r"bye+|bye bye|byebye|goodbye|good bye|buh bye|farewell|adios|adieu|ciao|cheerio|toodles|peace out|^peace$|cheers",
     r"(?<!\bto )(?:see|c) (?:you|ya|yah|u|y'all)(?! there)", r"cya|seeya|^(?:\w+ )?laters?$", r"until next time|till next time|til next time",
-    rf"(?:talk|chat|speak)(?: (?:to|with) (?:you|ya|u))? {_PARTING}", rf"catch (?:you|ya|u)(?: \w+)? {_PARTING}|catch you on the flip side",
+    rf"(?:talk|chat|speak)(?: (?:to|with) (?:you|ya|u))? {_PARTING}", rf"catch (?:you|ya|u|each other)(?: \w+){{0,3}} {_PARTING}|catch you on the flip side",
     rf"(?:connect|reconnect|meet|run into (?:you|each other)|bump into (?:you|each other)|cross paths)(?: \w+)? {_PARTING}",
     r"(?:i'll|i will|we'll|we will) (?:talk|chat) (?:to|with) (?:you|ya)", r"until we meet again",
     r"good ?night|nighty? night|night night|^night$|^nite$",
@@ -125,7 +125,7 @@ WISHES = (
     r"(?:^|(?:you|u|ya|and|now|so|also|ok|okay|well|please|hope you|wish you|alright|then|oh|yeah) )"
     r"have (?:an? (?:\w+ ){0,4}(?:day|night|evening|morning|afternoon|week|weekend|one|time|trip|flight|summer|semester|"
     r"holiday|holidays|break|lunch|dinner|meal|class|test|exam|game|shift|vacation|\w+day)|fun|a blast)",
-    r"^enjoy\b|hope (?:you|u) (?:have|enjoy|feel better|get some rest|sleep well|do well|win)|hope (?:all|it|everything|things) goes? well",
+    r"^(?:and |so |now |also )?enjoy\b|hope (?:you|u) (?:have|enjoy|feel better|get some rest|sleep well|do well|win)|hope (?:all|it|everything|things) goes? well",
     r"good ?luck|best of luck|all the best|best wishes|wishing you|take it easy|stay safe|be safe|be well|rest well|sleep well|"
     r"sweet dreams|feel better soon|good day to you|wish you (?:\w+ )?(?:luck|the best|well)",
     r"^(?:\w+ )?(?:and )?(?:you|u) too$",
