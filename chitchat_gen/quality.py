@@ -449,7 +449,7 @@ def is_closing(text: str, given: dict | None = None) -> bool:
     said = [said_cues(sentence, given) for sentence in found[-2:]]
     if not any(said):
         return False
-    goodbye = len(found) - 2 + said.index(next(kinds for kinds in said if kinds)) if len(found) > 1 else 0
+    goodbye = len(found) - len(said) + next(i for i, kinds in enumerate(said) if kinds)  # the first sentence with a cue
     if any("?" in sentence for sentence in found[goodbye:]):
         return False
     return not any("?" in sentence for sentence in found[:goodbye]) or "leave" in set().union(*said)
