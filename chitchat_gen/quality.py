@@ -62,7 +62,9 @@ META_NOTES = ("assistant", "chatbot", "the user", r"reminder\s*:", r"note\s*:", 
 META_LINES = (r"here('s| is) (a |the |my )?(continuation|rest|next part)\b", r"(this is )?(a |the )?continuation of\b",
               r"continuing (from )?(the|my|your) (previous|last)", r"\(?continued\)?$",
               r"the following is (the|a|my|your) (message|reply|response)", r"the (original|last|next|previous) message (was|is)\b",
-              r"the message is\s*:", r"please feel free to remove this")
+              r"the message is\s*:", r"please feel free to remove this",
+              r"(please )?(modify|rewrite|revise|edit|change|continue|adjust|update) (the|this|your|my) "
+              r"(conversation|dialogue|chat|message|response|reply) (to|so|by|with)\b")
 # Plain words, and their -s, -ed and -ing forms: parentheses or asterisks that start with one
 # are a stage direction or a role-play action ("(laughs)", "(smiling knowingly)", "*leans back in chair*").
 STAGE_DIRECTIONS = ("laugh", "chuckle", "giggle", "smile", "grin", "sigh", "nod", "wink", "shrug", "pause", "gasp",
@@ -72,7 +74,7 @@ STAGE_DIRECTIONS = ("laugh", "chuckle", "giggle", "smile", "grin", "sigh", "nod"
                     "point", "notice", "gaze", "stare")
 # Regex fragments: a user message saying these talks as the assistant.
 ASSISTANT_VOICE = (
-    r"as an ai", r"i'?m an ai", r"as a (large )?language model", r"how (can|may) i (help|assist)( you)?",
+    r"as an ai", r"i'?m an ai", r"as a (large )?language model", r"how (can|may) i (help|assist)(?! (?!you\b)\w)",
     r"i'?m here to (help|assist)", r"(i'?ll|i'?m|to) be your (\w+ ){0,2}assistant",
     r"(i'?d|i would|i'?m|i am|i'?ll) (be )?(so |very |really |more than )?(happy|glad|delighted|pleased|thrilled|excited) "
     r"to (help|assist)", r"assist you with", r"i'?m (a|an|your) (\w+ ){0,2}(ai|assistant|chatbot|language model)",
@@ -81,23 +83,69 @@ ASSISTANT_VOICE = (
     r"what can i (do|help you with)( for you)?", r"how can i be of (help|assistance|service)",
     r"what would you like to (talk|chat) about", r"is there (anything|something) i can (do|help)",
 )
-# Plain phrases, matched word for word: a sentence saying one thanks or says goodbye
-# (is_closing). Phrases, not words: "thank the assistant", "take care of that" and "I'd love to
-# see you there" are not goodbyes, nor is "grateful" alone ("I'll always be grateful for the
-# people who inspire me").
-CLOSING_CUES = (
-    "thank you", "thanks", "many thanks", "thank u", "thx", "bye", "goodbye", "good bye", "bye bye",
-    "see you soon", "see you later", "see you next", "see you then", "see you around", "see you tomorrow", "see ya",
-    "talk soon", "talk to you soon", "talk to you later", "speak soon", "catch you later",
-    "until next time", "good night", "goodnight", "farewell", "cheers", "much appreciated", "appreciate it",
-    "appreciate your help", "appreciate the help", "good day to you", "all the best",
-    *(f"grateful for {what}" for what in ("your help", "the help", "your time", "the chat", "this chat", "the advice",
-                                          "your advice", "the tips", "your tips")),
-    *(f"have a {good} {time}" for good in ("good", "great", "nice", "lovely", "wonderful")
-      for time in ("day", "evening", "night", "week", "weekend", "one")),
+# Regex fragments, matched on the words of one clause of a sentence (lower case, no punctuation):
+# what a closing says. A closing takes leave, thanks, or wishes well (is_closing), and people say
+# each in many words, so these name the forms, not the idioms: a verb of leaving after a "have
+# to" ("gotta go", "I should get going", "need to run"), "nice/great/fun ... talking/chatting",
+# "see/talk to/catch you ...". What is not a closing stays out by form too: "have a great day"
+# only as a wish (alone or after "you", "hope you", "and": not "I have a great day so far"),
+# "take care" not "of", "see you" not after "to" ("I'd love to see you there"), "thanks" not
+# "thanks to the rain", "grateful" only for something ("grateful for the people who inspire me"
+# is no goodbye). A cue after "no", "not", "don't" ... in its clause is not said ("No, no thanks").
+_MODAL = (r"(?:gotta|got to|have to|has to|need to|should|must|better|had better|ought to|gonna|gonna have to|"
+          r"going to have to|will have to|i'll have to|time to|time for me to|about to|going to|i'm going to)")
+_LEAVE = (r"(?:go|go now|run|leave|split|jet|bounce|dash|scoot|scat|blast|fly|head out|head off|head home|head to \w+|"
+          r"get going|get goin|be going|be off|get off|get back to \w+|get to (?!know\b)\w+|sign off|sign out|log off|log out|hop off|take off|"
+          r"peace out|get ready for \w+|go to bed|go to sleep|head to bed|let you go|leave you to it|"
+          r"(?:end|close) (?:it|this|the chat|this chat|the conversation|this conversation|out))")
+_PARTING = r"(?:again|soon|sometime|some time|another time|in the future|later|tomorrow|around|next time)"
+TAKING_LEAVE = (
+    rf"{_MODAL}(?: \w+)? {_LEAVE}", r"gtg|g2g|ttyl|ttys", r"(?:i'm|im|i am) (?:off|out|outta here|leaving|done for (?:the day|today|now))",
+    r"(?:heading|signing|logging|hopping) (?:out|off)", r"(?:i'm|im|i am) (?:going|off|headed|heading) to (?:bed|sleep|class|work)",
+    r"bye+|bye bye|byebye|goodbye|good bye|buh bye|farewell|adios|adieu|ciao|cheerio|toodles|peace out|^peace$|cheers",
+    r"(?<!\bto )(?:see|c) (?:you|ya|yah|u|y'all)(?! there)", r"cya|seeya|^(?:\w+ )?laters?$", r"until next time|till next time|til next time",
+    rf"(?:talk|chat|speak)(?: (?:to|with) (?:you|ya|u))? {_PARTING}", rf"catch (?:you|ya|u|each other)(?: \w+){{0,3}} {_PARTING}|catch you on the flip side",
+    rf"(?:connect|reconnect|meet|run into (?:you|each other)|bump into (?:you|each other)|cross paths)(?: \w+)? {_PARTING}",
+    r"(?:i'll|i will|we'll|we will) (?:talk|chat) (?:to|with) (?:you|ya)", r"until we meet again",
+    r"good ?night|nighty? night|night night|^night$|^nite$",
+    r"take care(?! of)", r"(?:cut|cutting) (?:this|it|our \w+|the \w+) short", r"(?:it was|it's been|it has been|been|what) a pleasure",
+    r"(?:nice|great|good|fun|lovely|awesome|cool|wonderful|fantastic|amazing|a pleasure|pleasure|a blast|a joy) "
+    r"(?:talking|chatting|speaking|meeting you|getting to know you|talkin|chattin|to talk|to chat|to speak)",
+    r"(?:nice|great|good|fun|lovely|awesome|wonderful|interesting|long|fun little) (?:chat|conversation|convo|talk|discussion)",
+    r"(?:this (?:was|has been|'s been)|it (?:has|'s) been) (?:so |really |very |super |a lot of |such )?"
+    r"(?:fun|great|lovely|nice|helpful|a pleasure|a blast|awesome|wonderful|fantastic)(?= ?\w*$| talking| chatting)",
+    r"(?:enjoyed|loved|liked|love|enjoy) (?:talking|chatting|our chat|the chat|this chat|our conversation|the conversation|this conversation)",
 )
+THANKS = (
+    r"thank (?:you|u|ya|ye|yall|y'all)", r"thankyou|thanku|thanx|thnx|thx|tysm|tyvm|many thanks|much appreciated",
+    r"thanks(?! to (?!you|u\b))", r"can't thank you enough", r"appreciate (?:it|that|this|you|your \w+|the \w+|all)",
+    r"(?:i'm|i am|so|very|really) grateful|grateful for (?:your|the|this|our|all) (?:\w+ )?(?:help|time|chat|advice|tips|conversation|ideas|support|patience)",
+)
+WISHES = (
+    r"(?:^|(?:you|u|ya|and|now|so|also|ok|okay|well|please|hope you|wish you|alright|then|oh|yeah) )"
+    r"have (?:an? (?:\w+ ){0,4}(?:day|night|evening|morning|afternoon|week|weekend|one|time|trip|flight|summer|semester|"
+    r"holiday|holidays|break|lunch|dinner|meal|class|test|exam|game|shift|vacation|\w+day)|fun|a blast)",
+    r"^(?:and |so |now |also )?enjoy\b|hope (?:you|u) (?:have|enjoy|feel better|get some rest|sleep well|do well|win)|hope (?:all|it|everything|things) goes? well",
+    r"good ?luck|best of luck|all the best|best wishes|wishing you|take it easy|stay safe|be safe|be well|rest well|sleep well|"
+    r"sweet dreams|feel better soon|good day to you|wish you (?:\w+ )?(?:luck|the best|well)",
+    r"^(?:\w+ )?(?:and )?(?:you|u) too$",
+)
+CLOSING_CUES = (*TAKING_LEAVE, *THANKS, *WISHES)
+# Plain words: a cue in a clause after one of these (up to four words before it) is denied or
+# supposed, not said: "No need to say goodbye", "I don't have to go", "if you want to talk again later".
+NEGATIONS = ("no", "not", "don't", "dont", "never", "won't", "wont", "didn't", "doesn't", "without", "nor", "cannot", "if")
 # Plain words: a cue right after one of these is talked about, not said ("a note that says thank you").
 MENTIONED = ("says", "saying", "said")
+# Plain words: a user message whose list items (two or more) all open with one of these restates
+# its instruction ("1. Open a new topic.\n2. Ask an open question."); a user's own list names
+# things or asks ("- tent\n- stove", "1. How long should I rest the dough?").
+INSTRUCTION_VERBS = ("write", "ask", "open", "share", "tell", "say", "keep", "mention", "reply", "respond", "pick", "use",
+                     "include", "avoid", "thank", "express", "follow", "introduce", "continue", "stay", "end", "start",
+                     "focus", "add", "greet", "talk", "discuss", "offer", "make", "be", "show", "give", "provide")
+# Regex fragments: an assistant reply saying these speaks as one of the user's kind, in the
+# user's voice ("Fellow carpenters!", "As a fellow gardener, I ...").
+USER_VOICE = (r"^\W*(?:(?:hey|hi|hello|greetings|dear|oh|well|welcome)\W+)?(?:my )?fellow \w+", r"\bas a fellow\b",
+              r"\bi'?m a fellow\b")
 # Plain words: a scenario that opens with one of these speaks as someone (I, you, we), greets or
 # answers: "I'm so glad I could help!" is a reply, not a scenario.
 NOT_A_SCENARIO = ("i", "i'm", "i'd", "i'll", "i've", "im", "me", "my", "we", "we're", "we'll", "our", "us", "you",
@@ -105,7 +153,8 @@ NOT_A_SCENARIO = ("i", "i'm", "i'd", "i'll", "i've", "im", "me", "my", "we", "we
                   "oh", "here", "here's", "how", "what", "let's", "glad", "great", "absolutely", "certainly")
 PHRASES = {"placeholders": PLACEHOLDERS, "speaker_labels": SPEAKER_LABELS, "leaked_labels": LEAKED_LABELS,
            "meta_notes": META_NOTES, "meta_lines": META_LINES, "stage_directions": STAGE_DIRECTIONS,
-           "assistant_voice": ASSISTANT_VOICE, "closing_cues": CLOSING_CUES, "mentioned": MENTIONED,
+           "assistant_voice": ASSISTANT_VOICE, "instruction_verbs": INSTRUCTION_VERBS, "user_voice": USER_VOICE,
+           "closing_cues": CLOSING_CUES, "mentioned": MENTIONED, "negations": NEGATIONS,
            "not_a_scenario": NOT_A_SCENARIO}
 
 # --- thresholds (a task sets them under `quality:`) ------------------------------------------
@@ -114,9 +163,11 @@ THRESHOLDS = {
     "copy_share": 0.9,
     "echo_share": 0.6,  # share of the user's 3-grams that an assistant reply repeats to count as echoing it
     "parrot_words": 5,  # words in a row copied from the instruction that make a message a parroted instruction
-    # A closing is a sentence or two: the seed closings have at most 3 sentences and 21 words.
-    "closing_sentences": 4,
-    "closing_words": 60,
+    # A bound on a closing that runs away, not its usual length: most are a sentence or two, but
+    # people often answer first and take leave after it in the same message (docs/quality.md,
+    # section 8). The closing turn is capped at 64 tokens (stages.CLOSING_MAX_TOKENS) anyway.
+    "closing_sentences": 16,
+    "closing_words": 200,
 }
 
 
@@ -184,9 +235,8 @@ def speaker_label(text: str, about: dict) -> str:
 
 def leaked_label(text: str, about: dict) -> str:
     leaked = pattern("leaked_labels", r"^\s*\**(?:LIST)\**\s*:", about["given"])
-    lines = text.splitlines()
-    kept = [line for line in lines if not leaked.match(line)]
-    return text if len(kept) == len(lines) else "\n".join(kept)
+    lines = text.split("\n")
+    return without(lines, {i for i, line in enumerate(lines) if leaked.match(line)})
 
 
 def meta_note(text: str, about: dict) -> str:
@@ -195,11 +245,11 @@ def meta_note(text: str, about: dict) -> str:
     opener = pattern("meta_lines", r"^(?:LIST)", about["given"])
     kept = re.sub(r"\(([^()\n]{1,200})\)", lambda m: "" if note.search(m.group(1)) else m.group(0), text)
     lines = []
-    for line in kept.splitlines():
+    for line in kept.split("\n"):
         parts = SENTENCE_GAP.split(line)
         said = [part for part in parts if not opener.match(part.strip())]
         lines.append(line if len(said) == len(parts) else " ".join(said))
-    return text if "\n".join(lines) == text else tidy("\n".join(lines))
+    return tidy(text, "\n".join(lines))
 
 
 def stage_direction(text: str, about: dict) -> str:
@@ -216,8 +266,7 @@ def stage_direction(text: str, about: dict) -> str:
         return "" if said and len(said) <= DIRECTION_WORDS and (said[0] in actions or manner or adverb and at_edge) \
             else match.group(0)
 
-    kept = ASIDE.sub(keep, text)
-    return text if kept == text else tidy(kept)
+    return tidy(text, ASIDE.sub(keep, text))
 
 
 @lru_cache(maxsize=16)
@@ -231,16 +280,54 @@ def inflected(bases: tuple) -> frozenset:
     return frozenset(forms)
 
 
-def tidy(text: str) -> str:
-    """Spaces mended where something was cut out of a line; empty lines dropped."""
-    lines = (re.sub(r"\s+([,.!?;:])", r"\1", re.sub(r"[ \t]{2,}", " ", line)).strip(" \t,;") for line in text.splitlines())
-    return "\n".join(line for line in lines if line)
+def tidy(text: str, cut: str) -> str:
+    r"""`cut` (`text` with spans taken out of its lines, line for line) mended where something went:
+    spaces closed up, a line left empty dropped (without()); the other lines as written.
+
+    >>> tidy("Oh (laughs) yes.\n\n(nods)\n\n    code  here", "Oh  yes.\n\n\n\n    code  here")
+    'Oh yes.\n\n    code  here'
+    """
+    lines, emptied = [], set()
+    for i, (before, after) in enumerate(zip(text.split("\n"), cut.split("\n"))):
+        if after != before:
+            after = re.sub(r"\s+([,.!?;:])", r"\1", re.sub(r"[ \t]{2,}", " ", after)).strip(" \t,;")
+            if not after:
+                emptied.add(i)
+        lines.append(after)
+    return without(lines, emptied) if cut != text else text
+
+
+def without(lines: list[str], cut: set[int]) -> str:
+    r"""The lines but those in `cut`, joined: a line cut from between blank lines takes one with it,
+    so a paragraph cut leaves one gap, and nothing else moves ("a gate that cuts a line cuts only that line").
+
+    >>> without(["Hi.", "", "Situation: x", "", "Bye."], {2})
+    'Hi.\n\nBye.'
+    """
+    if not cut:
+        return "\n".join(lines)
+    kept = []
+    for i, line in enumerate(lines):
+        if i in cut or (not line.strip() and i - 1 in cut and (not kept or not kept[-1].strip())):
+            continue
+        kept.append(line)
+    return "\n".join(kept).strip()
 
 
 def repeated_paragraph(text: str, about: dict) -> str:
-    lines = text.splitlines()
-    kept = _unique(lines, lambda a, b: normalise(a) == normalise(b) or jaccard(shingles(a), shingles(b)) >= 0.8)
-    return text if len(kept) == len(lines) else "\n".join(kept)
+    """Without a line that repeats an earlier one (the same words, or 80 % of its 3-grams); blank
+    lines, code in ``` fences and indented lines are layout, never repeats."""
+    lines, fenced, seen, cut = text.split("\n"), False, [], set()
+    for i, line in enumerate(lines):
+        fence = line.strip().startswith("```")
+        fenced ^= fence
+        if fence or fenced or line[:1] in " \t" or not words(line):
+            continue
+        if any(normalise(line) == normalise(earlier) or jaccard(shingles(line), shingles(earlier)) >= 0.8 for earlier in seen):
+            cut.add(i)
+        else:
+            seen.append(line)
+    return without(lines, cut)
 
 
 def first_line(text: str, about: dict) -> str:
@@ -252,22 +339,35 @@ def quotes(text: str, about: dict) -> str:
 
 
 def repeated_sentence(text: str, about: dict) -> str:
-    # small models loop: "I'm so glad! I'm so glad! ..."
-    split = SENTENCE_GAP.split(text)
-    once = _unique(split, lambda a, b: normalise(a) == normalise(b))
-    return text if len(once) == len(split) else " ".join(once)
-
-
-def _unique(items: list[str], same) -> list[str]:
-    kept = []
-    for item in items:
-        if not any(same(item, earlier) for earlier in kept):
-            kept.append(item)
-    return kept
+    """Without a sentence said again (small models loop: "I'm so glad! I'm so glad! ..."); the gaps
+    between the sentences kept stay as written, and ". . ." is no sentence."""
+    pieces = SENTENCE_GAP.split(text)
+    gaps = SENTENCE_GAP.findall(text)
+    seen, kept = {normalise(pieces[0])}, [pieces[0]]
+    for gap, piece in zip(gaps, pieces[1:]):
+        said = normalise(piece)
+        if said and said in seen:
+            continue
+        seen.add(said)
+        kept.append(gap + piece)
+    return "".join(kept)
 
 
 def after_goodbye(text: str, about: dict) -> str:
     return cut_after_goodbye(text, about["given"])
+
+
+def question_after_goodbye(text: str, about: dict) -> str:
+    r"""The assistant's answer to a goodbye without its questions: nobody is left to answer them.
+
+    >>> question_after_goodbye("You're welcome! Do you bake often?\n\nTake care.", {})
+    "You're welcome!\n\nTake care."
+    """
+    spans = sentence_spans(text)
+    asked = {i for i, (start, end) in enumerate(spans) if "?" in text[start:end]}
+    first = next((i for i in range(len(spans)) if i not in asked), None)
+    kept = [text[start:end] if i == first else text[spans[i - 1][1]:end] for i, (start, end) in enumerate(spans) if i not in asked]
+    return "".join(kept) if asked else text
 
 
 def placeholder(text: str, about: dict) -> bool:
@@ -277,6 +377,20 @@ def placeholder(text: str, about: dict) -> bool:
 
 def assistant_voice(text: str, about: dict) -> bool:
     return bool(pattern("assistant_voice", r"\b(?:LIST)\b", about["given"]).search(text))
+
+
+LIST_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s+(\S+)", re.M)
+
+
+def instruction_list(text: str, about: dict) -> bool:
+    """A user message whose list items (two or more) all open with a verb of INSTRUCTION_VERBS."""
+    verbs = {verb.lower() for verb in about["given"]["phrases"]["instruction_verbs"]}
+    items = [words(item)[:1] for item in LIST_ITEM.findall(text)]
+    return len(items) >= 2 and all(item and item[0] in verbs for item in items)
+
+
+def user_voice(text: str, about: dict) -> bool:
+    return bool(pattern("user_voice", r"(?:LIST)", about["given"]).search(text))
 
 
 def echo(text: str, about: dict) -> bool:
@@ -315,20 +429,62 @@ def not_a_goodbye(text: str, about: dict) -> bool:
 
 
 def is_closing(text: str, given: dict | None = None) -> bool:
-    """The message passes the closing check: it asks nothing, it is short, and one of its last two
-    sentences says a thanks or goodbye phrase (CLOSING_CUES, plus a task's own).
+    """The message is a closing: it takes leave, thanks, or wishes well, and asks nothing new.
 
-    A cue anywhere is not enough: small models put "thank" inside rambling text that goes on.
+    One of its last two sentences says a closing cue (CLOSING_CUES, plus a task's own): people
+    and models end on their goodbye, or add a word after it ("Thanks! I'll try it tomorrow.").
+    It asks nothing from its goodbye on, and before it only when it takes leave or wishes well
+    (a thanks after a question thanks in advance). And it is short (`closing_sentences`,
+    `closing_words`). A cue anywhere is not enough: small models put "thank" inside rambling text.
 
-    >>> is_closing("Great, thanks! I'll try that tomorrow.")
-    True
-    >>> is_closing("Thanks! What else can I plant in spring?")
-    False
+    >>> is_closing("Great, thanks! I'll try that tomorrow."), is_closing("Well, I gotta go! Nice chatting with you!")
+    (True, True)
+    >>> is_closing("Thanks! What else can I plant in spring?"), is_closing("I have a great day so far, you're not going anywhere")
+    (False, False)
     """
     given = given or DEFAULTS
-    found = sentences(QUOTED.sub(" ", text))  # a thanks in quotes is talked about, not said
-    return ("?" not in text and len(found) <= given["closing_sentences"] and len(words(text)) <= given["closing_words"]
-            and any(has_cue(sentence, given) for sentence in found[-2:]))
+    found = [sentence for sentence in sentences(QUOTED.sub(" ", text)) if words(sentence)]  # a thanks in quotes is talked about
+    if not found or len(found) > given["closing_sentences"] or len(words(text)) > given["closing_words"]:
+        return False
+    said = [said_cues(sentence, given) for sentence in found[-2:]]
+    if not any(said):
+        return False
+    goodbye = len(found) - len(said) + next(i for i, kinds in enumerate(said) if kinds)  # the first sentence with a cue
+    if any("?" in sentence for sentence in found[goodbye:]):
+        return False
+    return not any("?" in sentence for sentence in found[:goodbye]) or "leave" in set().union(*said)
+
+
+def said_cues(sentence: str, given: dict | None = None) -> set[str]:
+    """The kinds of closing cue a sentence says, "thanks" or "leave" (taking leave or wishing well):
+    not in quotes, not after "says" or "just say", not after a negation in the same clause.
+
+    >>> sorted(said_cues("Thanks, see you!")), said_cues('Just say goodbye, or a quick "thanks".'), said_cues("No, no thanks.")
+    (['leave', 'thanks'], set(), set())
+    """
+    given = given or DEFAULTS
+    phrases, kinds = given["phrases"], set()
+    cue = pattern("closing_cues", r"(?<![\w'])(?:LIST)(?![\w'])", given)
+    for clause in CLAUSE.split(QUOTED.sub(" ", sentence.replace("\u2019", "'"))):
+        said = normalise(clause)
+        for match in cue.finditer(said):
+            before = said[:match.start()].split()
+            if not (set(before[-4:]) & set(phrases["negations"]) or mentioned(before[-2:], phrases["mentioned"])):
+                kinds.add("thanks" if THANKING.fullmatch(match.group(0)) else "leave")
+    return kinds
+
+
+CLAUSE = re.compile(r"[,;:()\[\]\u2013\u2014]|\s[-~]+\s|\.\.+")
+THANKING = re.compile("|".join(THANKS))
+
+
+def has_cue(sentence: str, given: dict | None = None) -> bool:
+    """A thanks or goodbye said, not talked about (said_cues).
+
+    >>> has_cue("Thanks, see you!"), has_cue('Just say goodbye, or a quick "thanks".')
+    (True, False)
+    """
+    return bool(said_cues(sentence, given))
 
 
 def cut_after_goodbye(text: str, given: dict | None = None) -> str:
@@ -336,6 +492,7 @@ def cut_after_goodbye(text: str, given: dict | None = None) -> str:
 
     On the closing turn what follows the goodbye is the model writing on (like the other
     speaker's next line), so it can go; a message that is already a closing is kept whole.
+    The text before the cut keeps its line breaks.
 
     >>> cut_after_goodbye("Thanks, that was fun. Bye! PS: what is your favourite colour?")
     'Thanks, that was fun. Bye!'
@@ -343,33 +500,24 @@ def cut_after_goodbye(text: str, given: dict | None = None) -> str:
     given = given or DEFAULTS
     if is_closing(text, given):
         return text
-    found = sentences(text)
-    last = max((i for i, sentence in enumerate(found) if has_cue(sentence, given)), default=None)
-    return text if last is None else " ".join(found[:last + 1])
+    spans = sentence_spans(text)
+    last = max((i for i, (start, end) in enumerate(spans) if has_cue(text[start:end], given)), default=None)
+    return text if last is None else text[:spans[last][1]]
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Where each sentence of `text` starts and ends (a sentence ends at . ! ? and a space, or a line break)."""
+    spans, start = [], 0
+    for gap in [*SENTENCE_END.finditer(text), None]:
+        end = gap.start() if gap else len(text)
+        if text[start:end].strip():
+            spans.append((start, end))
+        start = gap.end() if gap else end
+    return spans
 
 
 def sentences(text: str) -> list[str]:
-    return [part.strip() for part in SENTENCE_END.split(text) if part.strip()]
-
-
-def has_cue(sentence: str, given: dict | None = None) -> bool:
-    """A thanks or goodbye said, not talked about: not in quotes, not after "says" or "just say".
-
-    >>> has_cue("Thanks, see you!"), has_cue('Just say goodbye, or a quick "thanks".')
-    (True, False)
-    """
-    phrases = (given or DEFAULTS)["phrases"]
-    said = normalise(QUOTED.sub(" ", sentence)).split()
-    for cue in _cue_words(phrases["closing_cues"]):
-        if any(said[i:i + len(cue)] == cue and not mentioned(said[max(0, i - 2):i], phrases["mentioned"])
-               for i in range(len(said))):
-            return True
-    return False
-
-
-@lru_cache(maxsize=16)
-def _cue_words(cues: tuple) -> tuple:
-    return tuple(normalise(cue).split() for cue in cues)
+    return [text[start:end].strip() for start, end in sentence_spans(text)]
 
 
 def mentioned(before: list[str], words_of_saying=MENTIONED) -> bool:
@@ -530,9 +678,9 @@ def pairs(found) -> list[tuple]:
 
 # --- the gate table ----------------------------------------------------------------------------
 # The messages a gate reads: a scenario, an LM-written hint, a user message, the user's closing
-# message, an assistant reply.
-KINDS = ("scenario", "hint", "user", "closing", "assistant")
-SAID, USER = ("user", "closing", "assistant"), ("user", "closing")
+# message, an assistant reply, the assistant's reply to the closing (the conversation's last word).
+KINDS = ("scenario", "hint", "user", "closing", "assistant", "farewell")
+SAID, USER, ASSISTANT = ("user", "closing", "assistant", "farewell"), ("user", "closing"), ("assistant", "farewell")
 
 
 def gate(name: str, reads: tuple, check, label: str, cleans: bool = False, on: bool = True, needs: str = "") -> dict:
@@ -555,9 +703,12 @@ GATES = [
     gate("quotes", KINDS, quotes, "quotes around the message", cleans=True),
     gate("repeated_sentence", KINDS, repeated_sentence, "repeated sentence", cleans=True),
     gate("after_goodbye", ("closing",), after_goodbye, "text after the goodbye", cleans=True),
+    gate("question_after_goodbye", ("farewell",), question_after_goodbye, "question after the goodbye", cleans=True),
     gate("placeholder", KINDS, placeholder, "placeholder"),
     gate("assistant_voice", USER, assistant_voice, "assistant's voice"),
-    gate("echo", ("assistant",), echo, "echo of the user"),
+    gate("instruction_list", USER, instruction_list, "instruction restated as a list"),
+    gate("user_voice", ASSISTANT, user_voice, "the user's voice"),
+    gate("echo", ASSISTANT, echo, "echo of the user"),
     gate("parrot", USER, parrot, "instruction copied", needs="instruction"),
     gate("not_a_goodbye", ("closing",), not_a_goodbye, "fails the closing check"),
     gate("not_a_scenario", ("scenario",), not_a_scenario, "not a scenario"),
@@ -591,7 +742,7 @@ def review(text: str, kind: str, given: dict | None = None, previous: str = "", 
     given = given or DEFAULTS
     about = {"kind": kind, "given": given, "previous": previous, "instruction": instruction, "earlier": earlier,
              "near_duplicate": near_duplicate}
-    text = "\n".join(line.rstrip() for line in text.strip().splitlines() if line.strip())
+    text = text.strip()  # whitespace inside a message stays as written: paragraphs, lists, code
     rows = [row for row in GATES if kind in row["reads"] and given["gates"][row["name"]]
             and not (row["needs"] and about[row["needs"]] is None)]
     fixes, found = [], []

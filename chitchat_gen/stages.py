@@ -276,12 +276,17 @@ def user(record: dict, ctx: dict) -> dict | str:
 
 @stage("lm/assistant/naive")
 def assistant(record: dict, ctx: dict) -> dict | str:
-    """A helpful, friendly reply given the scenario and the history (the persona stays hidden)."""
+    """A helpful, friendly reply given the scenario and the history (the persona stays hidden).
+
+    After the user's goodbye it is the conversation's last word, reviewed as a "farewell" (a
+    question there is cut: nobody is left to answer it).
+    """
     prompt = [{"role": "system", "content": template(ctx, "ASSISTANT_SYSTEM", scenario=scenario_of(record, ctx))}]
-    said = messages(record)
+    said, flow = messages(record), last_step(record, "flow_controller")
+    kind = "farewell" if flow and flow.get("terminate") else "assistant"
     for attempt in range(2):
         text, fixes, found = review(lm(ctx, prompt + said, max_tokens=ctx["stage"]["max_tokens"], **retry(ctx, attempt)),
-                                    "assistant", ctx["task"]["quality"], previous=said[-1]["content"] if said else "")
+                                    kind, ctx["task"]["quality"], previous=said[-1]["content"] if said else "")
         if text and not found:
             return add_step(record, ctx, "assistant", text, cleaned=fixes)
     return f"assistant message: {found[0]}" if text else "assistant message empty"

@@ -138,7 +138,8 @@ def gate_finds(record: dict, given: dict) -> list[str]:
     name per message it finds something in.
 
     Each message is read as the stages read it: the last user message of a closing exchange as
-    a closing message, an assistant reply against the user message it answers. The gates that
+    a closing message and the reply to it as a farewell, an assistant reply against the user
+    message it answers. The gates that
     need what a dataset does not keep (the run's earlier scenarios, the user's instructions) do
     not run: the duplicate figures count scenario copies their own way.
     """
@@ -146,7 +147,7 @@ def gate_finds(record: dict, given: dict) -> list[str]:
     said = messages(record)
     closing = has_closing_exchange(steps)
     for i, message in enumerate(said):
-        kind = "closing" if closing and i == len(said) - 2 and message["role"] == "user" else message["role"]
+        kind = message["role"] if not closing or i < len(said) - 2 else "closing" if message["role"] == "user" else "farewell"
         _, fixes, problems = review(message["content"], kind, given, previous=said[i - 1]["content"] if i else "")
         found += sorted({NAME_OF[label] for label in fixes + problems})
     for step in steps:

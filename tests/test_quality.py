@@ -13,6 +13,7 @@ import pytest
 
 from chitchat_gen import generate, load_task
 from chitchat_gen.pipeline import new_memory, run_conversation
+from chitchat_gen.record import messages as messages_of
 from chitchat_gen.quality import (GATE_NAMES, GATES, KINDS, PHRASES, CopyIndex, cut_after_goodbye, echoes,
                                   is_closing, parrots, pinned, review, settings)
 from chitchat_gen.stages import STAGES
@@ -38,7 +39,7 @@ def problems(text, kind, previous=""):
 CLEAN_CASES = [
     ("Chat: 2019-3457 #contests\nI love contests, do you?", "I love contests, do you?", ["leaked label"]),
     ("Situation: The user is going home.\nHeading home now, any podcast tips?", "Heading home now, any podcast tips?", ["leaked label"]),
-    ("Tea is great.\n\nTea is great.\nCoffee too.", "Tea is great.\nCoffee too.", ["repeated paragraph"]),
+    ("Tea is great.\n\nTea is great.\nCoffee too.", "Tea is great.\n\nCoffee too.", ["repeated paragraph"]),  # the gap stays
     ("Bread is easy to bake at home.\nBread is easy to bake at home!", "Bread is easy to bake at home.", ["repeated paragraph"]),
     ("Nice! Nice! What next?", "Nice! What next?", ["repeated sentence"]),
     ("Bye, thanks!\nThis is your last message: wrap up.", "Bye, thanks!", ["leaked label"]),
@@ -219,8 +220,8 @@ def test_a_closing_passes_the_closing_check(text, closes):
 
 
 def test_a_task_can_add_closing_cues():
-    assert not is_closing("Ciao, a presto!")
-    assert is_closing("Ciao, a presto!", settings(phrases={"closing_cues": ["a presto"]}))
+    assert not is_closing("A presto, amici!")
+    assert is_closing("A presto, amici!", settings(phrases={"closing_cues": ["a presto"]}))
 
 
 def test_a_closing_that_runs_on_is_cut_after_the_goodbye():
@@ -269,6 +270,8 @@ GATE_EXAMPLES = {
     "echo": ("Tell me about bread.", "assistant"), "parrot": ("Write your next message now please.", "user"),
     "not_a_goodbye": ("Roses are red.", "closing"), "not_a_scenario": ("I love it!", "scenario"),
     "copy": ("A cook bakes bread at home.", "scenario"), "near_duplicate": ("A cook bakes bread at home.", "scenario"),
+    "question_after_goodbye": ("Bye! Want a recipe?", "farewell"), "instruction_list": ("1. Ask a question.\n2. Keep it short.", "user"),
+    "user_voice": ("Fellow bakers! Bread is great.", "assistant"),
 }
 PREVIOUS = "Tell me about bread."  # the user message an assistant example answers
 
@@ -546,3 +549,123 @@ def test_a_cut_that_uncovers_another_label_is_cleaned_again():
     text, fixes, found = review("Here's my next message:\nMe: Thank you for your generosity and care!", "user")
     assert (text, found) == ("Thank you for your generosity and care!", [])
     assert set(fixes) == {"leaked label", "speaker label"}
+
+
+# Issue 30: what the gates did to text people and capable models write.
+PEOPLES_GOODBYES = ["nice talking to you!", "Well, I gotta go! Nice chatting with you!", "See you!", "hey sorry gotta go!",
+                    "ok, nice talking to ya!", "Well, it was nice chatting with you", "It was great chatting with you, take care!",
+                    "Alright, I should get going. Nice talking to you!", "This was fun, see you!",
+                    "Great talking with you - enjoy the rest of your day!"]
+
+
+@pytest.mark.parametrize("text", PEOPLES_GOODBYES)
+def test_goodbyes_people_write_pass_the_closing_check(text):
+    assert is_closing(text) and review(text, "closing") == (text, [], [])
+
+
+@pytest.mark.parametrize("text", [
+    "No, no more. I have a great day so far and you're not going anywhere...",  # a cue's words, not a wish
+    "No, no thanks.", "No need to say goodbye, I still have a few questions.", "I don't have to go yet, tell me more.",
+    "Thanks to the rain, I stayed in and read.", "Take care of the basics first: water and light.",
+    "Can you tell me more about the second one? Thanks!",  # a thanks after a question thanks in advance
+    "Nice talking to you! What else do you grow?",  # asks something new after the goodbye
+])
+def test_a_cue_that_is_denied_supposed_or_followed_by_a_question_does_not_close(text):
+    assert not is_closing(text)
+
+
+def test_a_question_before_the_goodbye_is_answered_by_leaving():
+    assert is_closing("What about you? Anyway, I have to run, nice chatting!")
+
+
+def test_the_closing_check_reads_the_end_of_a_message_that_answers_first():
+    answer = "Construction is harder, we started at five every day and the site was freezing. "
+    assert is_closing(answer * 4 + "Sorry, I have to go, it was nice talking to you!")
+    assert not is_closing(answer * 4 + "Sorry, I have to go, it was nice talking to you!", settings(closing_sentences=4))
+
+
+def test_a_user_asking_how_to_help_someone_speaks_as_the_user():
+    assert review("My cousin just moved here. How can I help her settle in?", "user")[2] == []
+    assert review("How can I help you today?", "user")[2] == ["assistant's voice"]
+    seeds = [json.loads(line) for line in (ROOT / "seed_examples.jsonl").read_text().splitlines() if line.strip()]
+    said = [s["content"] for record in seeds for s in record["steps"] if s["role"] == "user"]
+    assert any("How can I help her settle in?" in text for text in said)
+    assert [text for text in said if review(text, "user")[2]] == []
+
+
+FORMATTED = [
+    "Here is what I would try.\n\nStart small:\n\n- a walk\n- water\n\nThen see.",
+    "Two ways:\n\n1. Soak the beans.\n2. Use a pressure cooker.\n\nSalt them at the end.",
+    "Like this:\n\n```python\nfor x in xs:\n    print(x)\n\n    print(x)\n```\n\nThe indentation is what counts.",
+    "A haiku:\n\n    Rain on the window\n    rain on the window\n\nI hope it clears up.",
+]
+
+
+@pytest.mark.parametrize("text", FORMATTED, ids=[t[:20] for t in FORMATTED])
+@pytest.mark.parametrize("kind", ["user", "assistant"])
+def test_paragraphs_lists_and_code_are_kept_as_written(text, kind):
+    assert review(text, kind) == (text, [], [])
+
+
+def test_a_gate_that_cuts_a_line_cuts_only_that_line():
+    assert clean("Here is my plan.\n\nSituation: a rainy day.\n\n- read\n- bake") == \
+        ("Here is my plan.\n\n- read\n- bake", ["leaked label"])
+    assert clean("Tea first.\n\n(laughs)\n\nThen a walk (smiling) in the rain.") == \
+        ("Tea first.\n\nThen a walk in the rain.", ["stage direction"])
+    assert clean("Start here.\n\nStart here.\n\nThen stop.") == ("Start here.\n\nThen stop.", ["repeated paragraph"])
+    assert clean("Lovely.  Thanks!\n\nBye! Also, roses?", "closing") == ("Lovely.  Thanks!\n\nBye!", ["text after the goodbye"])
+
+
+def test_multi_paragraph_replies_keep_their_blank_lines_in_a_library_run(task):
+    def chat(messages, json_schema=None, **options):
+        reply = fake_chat(messages, json_schema)
+        return reply.replace("Here is a friendly answer", "Here is a friendly answer.\n\n- one\n- two\n\nAnd") \
+            if reply.startswith("Here is a friendly answer") else reply
+    replies = [m["content"] for record in generate(task, 3, chat=chat, seed=1) for m in messages_of(record)
+               if m["role"] == "assistant"]
+    assert replies and all("\n\n- one\n- two\n\nAnd" in reply for reply in replies)
+
+
+# The misses of a new user's 5 conversations on SmolLM2-135M (issue 30, item 4).
+def test_a_leaked_instruction_as_the_user_turn_is_a_problem():
+    assert review("Please modify the conversation to ask a new topic about gardening.", "user")[2] == ["note about the chat"]
+    assert review("I love it. Please modify the conversation to ask a new topic.", "user")[:2] == \
+        ("I love it.", ["note about the chat"])
+
+
+def test_an_instruction_restated_as_a_numbered_list_is_a_problem():
+    restated = "1. Open a new topic.\n2. Ask an open question about something the user cares about."
+    assert review(restated, "user")[2] == ["instruction restated as a list"]
+    for own in ("Here's my list:\n\n- tent\n- stove", "Two questions:\n\n1. How long should it rest?\n2. Can I freeze it?"):
+        assert review(own, "user")[2] == []
+
+
+def test_a_question_after_the_goodbye_is_cut_from_the_last_reply(task):
+    assert clean("You're welcome! Do you bake often?\n\nTake care.", "farewell") == \
+        ("You're welcome!\n\nTake care.", ["question after the goodbye"])
+    assert review("Anything else I can help with?", "farewell")[2] == ["question after the goodbye"]
+    replies = iter(["Glad to help! What will you bake next? Enjoy your day!"])
+    ctx = make_ctx(task, chat=lambda m, **o: next(replies), name="lm/assistant/naive")
+    record = record_with(("user", "Hi"), ("assistant", "Hello"), ("flow_controller", "chit_chat/termination"),
+                         ("user", "Thanks, bye!"))
+    record["steps"][2]["terminate"] = True
+    step = STAGES["lm/assistant/naive"](record, ctx)["steps"][-1]
+    assert step["content"] == "Glad to help! Enjoy your day!" and step["metadata"]["cleaned"] == ["question after the goodbye"]
+
+
+def test_an_assistant_in_the_users_voice_is_a_problem():
+    assert review("Fellow carpenters! Oak is the best wood for a first table.", "assistant")[2] == ["the user's voice"]
+    assert review("Hello, fellow gardener! Tomatoes love sun.", "assistant")[2] == ["the user's voice"]
+    assert review("Your fellow carpenters will love the oak table.", "assistant")[2] == []
+
+
+def test_the_human_eval_benchmark_meets_the_targets():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/human_eval.py")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line.strip("| ").split(" | ") for line in done.stdout.splitlines() if line.startswith("| ")]
+    gates = [row for row in rows if row[0].startswith("`") and row[0] != "`any gate`"]
+    assert gates and all(float(share.split()[0]) <= 0.5 for row in gates for share in row[1:] if share != "-")
+    people = next(row for row in rows if row[0].startswith("people's"))
+    assert float(people[2]) >= 0.95 and float(people[6]) <= 0.05
+    formatted = next(row for row in rows if row[0].startswith("ours, with paragraphs"))
+    assert formatted[1] == formatted[2] == formatted[3]  # every message: no gate cut, returned as written

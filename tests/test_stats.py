@@ -197,6 +197,8 @@ def test_stats_count_every_gate_of_the_table_under_its_name(tmp_path):
                  "assistant": lambda text: [{"role": "user", "content": PREVIOUS}, {"role": "assistant", "content": text}],
                  "closing": lambda text: [{"role": "flow_controller", "content": "end", "terminate": True},
                                           {"role": "user", "content": text}, {"role": "assistant", "content": "Bye!"}],
+                 "farewell": lambda text: [{"role": "flow_controller", "content": "end", "terminate": True},
+                                           {"role": "user", "content": "Thanks, bye!"}, {"role": "assistant", "content": text}],
                  "scenario": lambda text: [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]}
     path = tmp_path / "final_data.jsonl"
     with open(path, "w") as out:
