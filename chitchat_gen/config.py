@@ -98,7 +98,7 @@ ENGINE_FIELDS = [
     field("n_ctx", "int", 4096, "local only: the model's context window", low=256),
     field("timeout", "number", 120, "seconds per HTTP request", above=0),
     field("retries", "int", 4, "extra attempts for a transient failure (connection, timeout, 429, 5xx)", low=0),
-    field("concurrency", "int", None, "conversations in flight; null: 4 per Ollama server, 32 per OpenAI-style, 1 local",
+    field("concurrency", "int", None, "conversations in flight; null: 4 per Ollama server, 32 per OpenAI-style, 4 local",
           low=1, flag="--concurrency"),
     field("max_rpm", "number", None, "requests per minute per endpoint, paced (a rate limit you know); null: none",
           above=0, flag="--max-rpm"),
