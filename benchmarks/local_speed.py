@@ -1,13 +1,12 @@
-"""How fast llama.cpp builds run the embedded model: tokens per second, builds side by side.
+"""How fast the embedded model writes conversations with K slots, runs side by side.
 
-Each argument is the Python of a venv holding one llama-cpp-python build (portable, native, ...).
-The builds take turns, round after round, so a busy machine slows them alike; the figures are
-the median per build, and the ratio to the first build is what to quote.
+    python benchmarks/local_speed.py --slots 1 4 -n 6 --seed 2026 --rounds 2
 
-    python benchmarks/local_speed.py .venv-portable/bin/python .venv-native/bin/python --rounds 5 [--threads 1]
-
-Each round runs, in a fresh process per build: load SmolLM2-135M, read a ~300-token prompt
-(prompt tokens/s), write 128 tokens at temperature 0 (generated tokens/s).
+`--concurrency K` on the local engine keeps K conversations in flight and gives the model K
+slots, whose next tokens it computes in one batch. Each round runs the CLI once per K, in turn,
+in a fresh output folder, so a busy machine slows them alike. Drops differ between runs (the
+conversations differ), so LM calls per minute is the figure to compare: the table shows the
+median per K over the rounds, and its ratio to the first K.
 """
 
 import argparse
@@ -15,57 +14,47 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
 
-from chitchat_gen.engines import _local_model_path  # noqa: E402
 
-ONE_ROUND = """
-import json, os, sys, time
-from llama_cpp import Llama
-import llama_cpp
-threads = int(sys.argv[2]) or os.cpu_count() or 1
-llm = Llama(model_path=sys.argv[1], n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
-prompt = " ".join(f"Line {i}: a retired teacher talks about birds, tea and the weather." for i in range(25))
-llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=1)  # warm up
-start = time.perf_counter()
-read = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=1, temperature=0)
-read_s = time.perf_counter() - start
-llm.reset()
-start = time.perf_counter()
-out = llm.create_chat_completion(messages=[{"role": "user", "content": "Tell me a long story about a lighthouse."}],
-                                 max_tokens=128, temperature=0, seed=1)
-write_s = time.perf_counter() - start
-print(json.dumps({"version": llama_cpp.__version__, "prompt_tps": read["usage"]["prompt_tokens"] / read_s,
-                  "gen_tps": out["usage"]["completion_tokens"] / write_s}))
-"""
+def one_run(slots: int, n: int, seed: int, folder: Path) -> dict:
+    """The CLI on the shipped task with `slots` conversations in flight; its runs.jsonl entry."""
+    command = [sys.executable, "-m", "chitchat_gen", "--task-paths", str(ROOT / "task.yaml"), "--engine", "local",
+               "-n", str(n), "--seed", str(seed), "--concurrency", str(slots), "--output-dir", str(folder), "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        sys.exit(f"Error: {' '.join(command)} failed (exit {done.returncode}): {done.stderr.strip()[-300:]}")
+    log = next(folder.rglob("runs.jsonl")).read_text().splitlines()
+    return json.loads(log[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("pythons", nargs="+", help="the python of each venv to compare; the first is the baseline")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="llama.cpp threads; 0: every core, as the local engine does (1 is steadier on a busy machine)")
+    parser.add_argument("--slots", type=int, nargs="+", default=[1, 4], help="the K to compare; the first is the baseline")
+    parser.add_argument("-n", type=int, default=6, help="conversations per run")
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    model = _local_model_path(None)
-    seen = {python: [] for python in args.pythons}
-    for _ in range(args.rounds):
-        for python in args.pythons:
-            done = subprocess.run([python, "-c", ONE_ROUND, model, str(args.threads)], capture_output=True, text=True, timeout=600)
-            if done.returncode:
-                sys.exit(f"Error: {python} failed (exit {done.returncode}): {done.stderr.strip()[-300:]}")
-            seen[python].append(json.loads(done.stdout))
+    seen = {k: [] for k in args.slots}
+    with tempfile.TemporaryDirectory() as scratch:
+        for round_ in range(args.rounds):
+            for k in args.slots:
+                run = one_run(k, args.n, args.seed, Path(scratch) / f"k{k}-round{round_}")
+                seen[k].append(run)
+                print(f"round {round_ + 1}, K={k}: {run['seconds']:.0f} s, {run['calls']} calls, "
+                      f"dropped {sum(run['dropped'].values())}", file=sys.stderr)
+    print(f"| slots (K) | wall time, s | LM calls/min | LM calls per accepted | dropped | vs K={args.slots[0]} (calls/min) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     base = None
-    print("| build (python) | llama-cpp-python | prompt tokens/s | generated tokens/s | vs first |")
-    print("| --- | --- | --- | --- | --- |")
-    for python, rounds in seen.items():
-        prompt = statistics.median(r["prompt_tps"] for r in rounds)
-        gen = statistics.median(r["gen_tps"] for r in rounds)
-        base = base or (prompt, gen)
-        print(f"| {python} | {rounds[0]['version']} | {prompt:.0f} | {gen:.1f} | "
-              f"prompt {prompt / base[0]:.2f}x, generation {gen / base[1]:.2f}x |")
+    for k, runs in seen.items():
+        rate = statistics.median(60 * r["calls"] / r["seconds"] for r in runs)
+        base = base or rate
+        print(f"| {k} | {statistics.median(r['seconds'] for r in runs):.0f} | {rate:.1f} | "
+              f"{statistics.median(r['calls'] / r['accepted'] for r in runs):.1f} | "
+              f"{statistics.median(sum(r['dropped'].values()) for r in runs):g} | {rate / base:.2f}x |")
 
 
 if __name__ == "__main__":
