@@ -8,13 +8,15 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
 
-from chitchat_gen.engines import MODEL_INSTALL, _local_model_path
+from chitchat_gen.engines import MODEL_INSTALL, _local_model_path, make_chat
+from chitchat_gen.errors import LMError
 from conftest import ROOT, outputs, run_cli
 from test_engines import free_port_url
 
@@ -51,6 +53,32 @@ def test_local_engine_end_to_end(task_dir):
     assert result.returncode == 0, result.stderr
     check_outputs(task_dir, 2)
     assert "2 accepted" in result.stdout
+
+
+def local_engine(**settings):
+    """The settings make_chat takes for the embedded model (what config.py resolves a task to)."""
+    return {"type": "local", "model": _local_model_path(None), "n_ctx": 512, "concurrency": 2, "base_urls": [],
+            "temperature": 0.7, "max_tokens": 8, **settings}
+
+
+def test_the_local_engine_serves_threads_at_once_and_counts_its_prefix_cache():
+    seen = []
+    chat = make_chat(local_engine(), on_usage=lambda *usage: seen.append(usage))
+    opening = [{"role": "system", "content": "You are a friendly assistant who likes birds and tea. " * 8}]
+    chat(opening + [{"role": "user", "content": "Hi"}], seed=1)
+    with ThreadPoolExecutor(2) as pool:  # both slots at once
+        replies = list(pool.map(lambda n: chat(opening + [{"role": "user", "content": f"Tell me about {n} birds."}], seed=n),
+                                range(2)))
+    assert all(isinstance(reply, str) for reply in replies) and len(seen) == 3
+    (prompt, completion, cached), later = seen[0], seen[1:]
+    assert prompt > 90 and completion >= 1 and cached == 0
+    assert any(cached_later >= 90 for _, _, cached_later in later)  # the system text, from the slot that read it
+
+
+def test_a_prompt_past_the_slots_context_is_an_lm_error():
+    chat = make_chat(local_engine(n_ctx=256, concurrency=1))
+    with pytest.raises(LMError, match="exceeds the available context size"):
+        chat([{"role": "user", "content": "word " * 400}])
 
 
 # xllamacpp's server also answers HTTP, on a free loopback port it prints; stdin closed ends it.
