@@ -1,72 +1,107 @@
-"""How fast llama.cpp builds run the embedded model: tokens per second, builds side by side.
+"""How fast the embedded model writes conversations with K slots, runs side by side.
 
-Each argument is the Python of a venv holding one llama-cpp-python build (portable, native, ...).
-The builds take turns, round after round, so a busy machine slows them alike; the figures are
-the median per build, and the ratio to the first build is what to quote.
+    python benchmarks/local_speed.py --slots 1 4 -n 6 --seed 2026 --rounds 2
+    python benchmarks/local_speed.py --slots 1 4 -n 30 --seed 2026 --together   # Linux
+    python benchmarks/local_speed.py --slots 1 4 --calls 8 --together --rounds 3   # LM calls alone
 
-    python benchmarks/local_speed.py .venv-portable/bin/python .venv-native/bin/python --rounds 5 [--threads 1]
-
-Each round runs, in a fresh process per build: load SmolLM2-135M, read a ~300-token prompt
-(prompt tokens/s), write 128 tokens at temperature 0 (generated tokens/s).
+`--concurrency K` on the local engine keeps K conversations in flight and gives the model K
+slots, whose next tokens it computes in one batch. Each round runs the CLI once per K, in turn,
+in a fresh output folder, so a busy machine slows them alike; with `--together` the runs of a
+round go at once, each pinned to a core of its own (one llama.cpp thread each), so they share
+whatever else loads the machine. Drops differ between runs (the conversations differ), so LM
+calls per minute is the figure to compare: the table shows the median per K over the rounds,
+and its ratio to the first K. `--calls R` leaves the pipeline out: R chat calls of one shape
+(a shared system text, a question, 60 tokens at most), K at a time from K threads.
 """
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from chitchat_gen.engines import _local_model_path  # noqa: E402
-
-ONE_ROUND = """
-import json, os, sys, time
-from llama_cpp import Llama
-import llama_cpp
-threads = int(sys.argv[2]) or os.cpu_count() or 1
-llm = Llama(model_path=sys.argv[1], n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
-prompt = " ".join(f"Line {i}: a retired teacher talks about birds, tea and the weather." for i in range(25))
-llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=1)  # warm up
+ROOT = Path(__file__).resolve().parent.parent
+# --calls: the local engine's chat, K threads at once; the figures go where the CLI's would.
+CALLS = """
+import json, sys, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from chitchat_gen.engines import _local_model_path, make_chat
+slots, calls, folder = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+chat = make_chat({"type": "local", "model": _local_model_path(None), "n_ctx": 4096, "concurrency": slots,
+                  "base_urls": [], "temperature": 0.7, "max_tokens": 60})
+system = {"role": "system", "content": "You are a friendly assistant. Answer in two or three sentences. " * 4}
+ask = lambda i: chat([system, {"role": "user", "content": f"Tell me about topic number {i}: birds and tea."}], seed=i)
+ask(-1)  # warm up
 start = time.perf_counter()
-read = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=1, temperature=0)
-read_s = time.perf_counter() - start
-llm.reset()
-start = time.perf_counter()
-out = llm.create_chat_completion(messages=[{"role": "user", "content": "Tell me a long story about a lighthouse."}],
-                                 max_tokens=128, temperature=0, seed=1)
-write_s = time.perf_counter() - start
-print(json.dumps({"version": llama_cpp.__version__, "prompt_tps": read["usage"]["prompt_tokens"] / read_s,
-                  "gen_tps": out["usage"]["completion_tokens"] / write_s}))
+with ThreadPoolExecutor(slots) as pool:
+    list(pool.map(ask, range(calls)))
+folder.mkdir(parents=True)
+(folder / "runs.jsonl").write_text(json.dumps({"seconds": time.perf_counter() - start, "calls": calls}) + "\\n")
 """
+
+
+def start_run(slots: int, n: int, seed: int, folder: Path, core: int | None, calls: int | None = None
+              ) -> tuple[subprocess.Popen, Path]:
+    """The CLI on the shipped task with `slots` conversations in flight (or, with `calls`, that
+    many chat calls), on `core` alone if given."""
+    command = [sys.executable, "-m", "chitchat_gen", "--task-paths", str(ROOT / "task.yaml"), "--engine", "local",
+               "-n", str(n), "--seed", str(seed), "--concurrency", str(slots), "--output-dir", str(folder), "--quiet"]
+    if calls:
+        command = [sys.executable, "-c", CALLS, str(slots), str(calls), str(folder)]
+    pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=pin), folder
+
+
+def finish_run(started: tuple[subprocess.Popen, Path]) -> dict:
+    """Wait for a run; its runs.jsonl entry."""
+    child, folder = started
+    _, stderr = child.communicate()
+    if child.returncode:
+        sys.exit(f"Error: {' '.join(child.args)} failed (exit {child.returncode}): {stderr.strip()[-300:]}")
+    return json.loads(next(folder.rglob("runs.jsonl")).read_text().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("pythons", nargs="+", help="the python of each venv to compare; the first is the baseline")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="llama.cpp threads; 0: every core, as the local engine does (1 is steadier on a busy machine)")
+    parser.add_argument("--slots", type=int, nargs="+", default=[1, 4], help="the K to compare; the first is the baseline")
+    parser.add_argument("-n", type=int, default=6, help="conversations per run")
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--calls", type=int, help="time this many chat calls per run instead of the CLI")
+    parser.add_argument("--together", action="store_true",
+                        help="run a round's K at once, each on a core of its own (Linux; as many cores as K values)")
     args = parser.parse_args()
-    model = _local_model_path(None)
-    seen = {python: [] for python in args.pythons}
-    for _ in range(args.rounds):
-        for python in args.pythons:
-            done = subprocess.run([python, "-c", ONE_ROUND, model, str(args.threads)], capture_output=True, text=True, timeout=600)
-            if done.returncode:
-                sys.exit(f"Error: {python} failed (exit {done.returncode}): {done.stderr.strip()[-300:]}")
-            seen[python].append(json.loads(done.stdout))
+    cores = sorted(os.sched_getaffinity(0)) if args.together else []
+    seen = {k: [] for k in args.slots}
+    with tempfile.TemporaryDirectory() as scratch:
+        for round_ in range(args.rounds):
+            folder = {k: Path(scratch) / f"k{k}-round{round_}" for k in args.slots}
+            if cores:  # all at once; a round later, each K on the next core, as cores differ in load
+                started = [(k, start_run(k, args.n, args.seed, folder[k], cores[(i + round_) % len(cores)], args.calls))
+                           for i, k in enumerate(args.slots)]
+                done = [(k, finish_run(run)) for k, run in started]
+            else:  # in turn
+                done = [(k, finish_run(start_run(k, args.n, args.seed, folder[k], None, args.calls))) for k in args.slots]
+            for k, run in done:
+                seen[k].append(run)
+                print(f"round {round_ + 1}, K={k}: {run['seconds']:.0f} s, {run['calls']} calls, "
+                      f"dropped {sum(run.get('dropped', {}).values())}", file=sys.stderr)
+    print(f"| slots (K) | wall time, s | LM calls/min | LM calls per accepted | dropped | vs K={args.slots[0]} (calls/min) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     base = None
-    print("| build (python) | llama-cpp-python | prompt tokens/s | generated tokens/s | vs first |")
-    print("| --- | --- | --- | --- | --- |")
-    for python, rounds in seen.items():
-        prompt = statistics.median(r["prompt_tps"] for r in rounds)
-        gen = statistics.median(r["gen_tps"] for r in rounds)
-        base = base or (prompt, gen)
-        print(f"| {python} | {rounds[0]['version']} | {prompt:.0f} | {gen:.1f} | "
-              f"prompt {prompt / base[0]:.2f}x, generation {gen / base[1]:.2f}x |")
-
+    for k, runs in seen.items():
+        rate = statistics.median(60 * r["calls"] / r["seconds"] for r in runs)
+        base = base or rate
+        per_accepted, dropped = ("-", "-") if args.calls else (
+            f"{statistics.median(r['calls'] / r['accepted'] for r in runs):.1f}",
+            f"{statistics.median(sum(r['dropped'].values()) for r in runs):g}")
+        print(f"| {k} | {statistics.median(r['seconds'] for r in runs):.0f} | {rate:.1f} | {per_accepted} | {dropped} | "
+              f"{rate / base:.2f}x |")
 
 if __name__ == "__main__":
     main()

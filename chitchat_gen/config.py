@@ -107,7 +107,7 @@ ENGINE_FIELDS = [
     field("retries", "int", 4, "extra attempts for a failure that may pass (connection reset, timeout, 408, 500, "
           "502, 504, a 200 without text), twice as many while the server answers other calls; 429/503/529 "
           "are waited out instead (max_wait)", low=0),
-    field("concurrency", "int", None, "conversations in flight; null: 4 per Ollama server, 32 per OpenAI-style, 1 local",
+    field("concurrency", "int", None, "conversations in flight; null: 4 per Ollama server, 32 per OpenAI-style, 4 local",
           low=1, flag="--concurrency"),
     field("max_rpm", "number", None, "requests per minute per endpoint, paced (a rate limit you know); null: none",
           above=0, flag="--max-rpm"),

