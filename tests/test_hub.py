@@ -157,8 +157,8 @@ print(json.dumps([[name, split, data[split].column_names, list(data[split]["conv
 
 
 def documented_loads(task_dir, hf_home) -> list:
-    """What the README's lines and the folder's card's lines load, as written, run in task_dir."""
-    readme = re.search(r"```py\n(from datasets import load_dataset\n.*?)```", (ROOT / "README.md").read_text(), re.S)
+    """What docs/outputs.md's lines and the folder's card's lines load, as written, run in task_dir."""
+    readme = re.search(r"```py\n(from datasets import load_dataset\n.*?)```", (ROOT / "docs/outputs.md").read_text(), re.S)
     card = re.search(r"```python\n(from datasets import load_dataset\n.*?)```",
                      (task_dir / FOLDER / "README.md").read_text(), re.S)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}

@@ -135,7 +135,7 @@ def test_openai_engine_against_llama_cpp_server(task_dir):
 
 
 # AVX-512 code names zmm registers (and k mask registers); AMX code loads tiles. The prebuilt
-# wheel must hold none of them, as a host that reports them may not run them (README, 'The
+# wheel must hold none of them, as a host that reports them may not run them (docs/engines.md, 'The
 # embedded model'); AVX2's ymm registers must be there, or we read the wrong code.
 BEYOND_AVX2 = ("zmm", "%k", "ldtilecfg", "tileloadd", "tdpb")
 
