@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 from chitchat_gen import load_task, make_chat  # noqa: E402
 from chitchat_gen.engines import check_engine  # noqa: E402
 from chitchat_gen.prompts import render  # noqa: E402
-from chitchat_gen.record import messages  # noqa: E402
 from chitchat_gen.quality import review  # noqa: E402
+from chitchat_gen.record import messages  # noqa: E402
 from chitchat_gen.stages import CLOSING_MAX_TOKENS, transcript  # noqa: E402
 
 OLD_NOTE = ("This is your last message: wrap up in a sentence or two, thank the assistant or say goodbye, "

@@ -95,7 +95,7 @@ def main() -> None:
     try:
         results = {name: run(source, args.n, args.seed, args.concurrency) for name, source in versions.items()}
     finally:
-        for name, source in versions.items():
+        for source in versions.values():
             if source != ROOT:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(source)], check=True)
     if args.json:

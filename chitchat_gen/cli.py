@@ -27,11 +27,10 @@ from .pipeline import generate
 from .ray_executor import check_address
 from .redact import redact_command, redact_for
 from .run import DEFAULT_GRACE, run
-from .trace import make_printer
 from .stats import dataset_stats, render_table
-from .view import serve, write_html
 from .store import FINAL, FORMATTED, WriteError
-
+from .trace import make_printer
+from .view import serve, write_html
 
 COMMANDS = ("trace", "stats", "export", "view")
 SIGNAL_EXITS = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it

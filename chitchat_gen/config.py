@@ -29,7 +29,6 @@ from .record import STEP_ROLES, read_jsonl
 from .redact import MASK, is_secret_name, redact_url
 from .stages import BUILT_IN, STAGES
 
-
 REQUIRED = object()  # a field's default when the field must be given
 
 

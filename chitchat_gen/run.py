@@ -35,12 +35,12 @@ from .engines import check_engine, default_concurrency, make_chat, make_pool
 from .errors import ConfigError, LMError
 from .load import report
 from .pipeline import SCENARIOS_KEPT, generate, new_control, new_memory, new_stats
-from .ray_executor import connect, disconnect, generate_on_ray
 from .quality import language_note
+from .ray_executor import connect, disconnect, generate_on_ray
 from .record import read_jsonl
 from .redact import redact_for
-from .stats import model_name, run_cost, write_card
 from .stages import OPENERS_KEPT
+from .stats import model_name, run_cost, write_card
 from .store import FINAL, WriteError, append, clear, close, count_existing, log_run, open_store, read_runs, tail_offset
 
 DEFAULT_GRACE = 10.0  # seconds the conversations in flight get to finish after a stop signal

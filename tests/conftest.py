@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fake_lm import FakeServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import yaml
+from conftest import outputs, read_jsonl, run_cli
+from fake_lm import FakeServer
+from test_engines import free_port_url
 
 from chitchat_gen.cli import build_parser, eta
 from chitchat_gen.config import ENGINE_OVERRIDES, TASK_OVERRIDES, load_task
 from chitchat_gen.record import last_step
-from conftest import outputs, run_cli, read_jsonl
-from fake_lm import FakeServer
-from test_engines import free_port_url
 
 OUT = "output/public/examples/chit_chat"
 

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import yaml
+from conftest import run_cli
 
 from chitchat_gen import config
 from chitchat_gen.config import load_task
 from chitchat_gen.errors import ConfigError
 from chitchat_gen.prompts import render_persona
 from chitchat_gen.stages import BUILT_IN
-from conftest import run_cli
 
 
 def write_task(task_dir, change):

@@ -7,13 +7,13 @@ import re
 
 import pytest
 import yaml
+from conftest import ROOT
+from fake_lm import fake_chat
 
 from chitchat_gen import STAGES, generate, load_task, stage
 from chitchat_gen.cli import build_parser
 from chitchat_gen.config import key_reference
 from chitchat_gen.pipeline import new_memory, run_conversation
-from conftest import ROOT
-from fake_lm import fake_chat
 
 DOCS = ["README.md", "docs/pipeline.md"]  # the docs whose python blocks run (the others show shell and YAML)
 

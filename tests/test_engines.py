@@ -7,13 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
+from fake_lm import FakeServer
 
 from chitchat_gen.config import ENGINE_FIELDS
 from chitchat_gen.engines import check_engine, make_chat
 from chitchat_gen.errors import ConfigError, LMError, NoAnswer
-from conftest import ROOT
-from fake_lm import FakeServer
-
 
 DEFAULT_ENGINE = {spec["name"]: spec["default"] for spec in ENGINE_FIELDS}
 

@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, outputs, run_cli
 from fake_lm import FakeServer, canned_reply
 

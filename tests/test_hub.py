@@ -11,9 +11,9 @@ import sys
 
 import pytest
 import yaml
+from conftest import ROOT, outputs, read_jsonl, run_cli
 
 from chitchat_gen.stats import size_category
-from conftest import ROOT, outputs, read_jsonl, run_cli
 
 FOLDER = "output/public/examples/chit_chat"
 

@@ -4,10 +4,11 @@ Each is a real copy of the package on disk, run as a subprocess."""
 import shutil
 import subprocess
 import sys
+
 import tomllib
+from conftest import ROOT
 
 from chitchat_gen.install import EXTRAS
-from conftest import ROOT
 
 # The library hidden, whether or not this venv has the local extra: the advice shows.
 HIDDEN = "import sys, runpy; sys.modules['xllamacpp'] = None; runpy.run_module('chitchat_gen', run_name='__main__')"

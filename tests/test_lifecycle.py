@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, outputs, read_jsonl, run_cli
 from fake_lm import FakeServer
 
@@ -150,8 +149,9 @@ def test_a_second_signal_stops_at_once_and_the_folder_stays_consistent(task_dir)
 
 
 def test_the_library_run_does_what_the_cli_does(task_dir, monkeypatch):
-    from chitchat_gen import ConfigError, load_task, run
     from fake_lm import fake_chat
+
+    from chitchat_gen import ConfigError, load_task, run
     monkeypatch.chdir(task_dir)
     first = run("task.yaml", 3, chat=fake_chat, seed=1)
     assert (first["accepted"], first["existing"], first["stopped"], first["nothing_to_do"]) == (3, 0, None, False)

@@ -4,13 +4,13 @@ then the three cases of issue 12 against the fake server through the real CLI, a
 import heapq
 
 import pytest
+from conftest import outputs, run_cli
+from fake_lm import FakeServer
+from test_engines import free_port_url
 
 from chitchat_gen import load
 from chitchat_gen.config import load_task
 from chitchat_gen.engines import check_engine, make_pool
-from conftest import outputs, run_cli
-from fake_lm import FakeServer
-from test_engines import free_port_url
 
 A, B = "http://a:1", "http://b:1"
 

@@ -5,11 +5,11 @@ import threading
 import time
 
 import pytest
+from fake_lm import FakeServer, canned_reply, fake_chat
 
 from chitchat_gen import STAGES, LMError, generate, load_task, stage
 from chitchat_gen.pipeline import new_control, new_memory, run_conversation
 from chitchat_gen.record import last_step
-from fake_lm import FakeServer, canned_reply, fake_chat
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ import pkgutil
 import subprocess
 import sys
 
-import chitchat_gen
 from conftest import ROOT, read_jsonl
+
+import chitchat_gen
 
 OUT = "output/public/examples/chit_chat"
 POSIX_ONLY = ["fcntl", "termios", "tty", "pty", "resource", "grp", "pwd", "syslog"]

@@ -10,17 +10,29 @@ import sys
 import threading
 
 import pytest
-
-from chitchat_gen import generate, load_task
-from chitchat_gen.pipeline import new_memory, run_conversation
-from chitchat_gen.record import messages as messages_of
-from chitchat_gen.quality import (GATE_NAMES, GATES, KINDS, PHRASES, CopyIndex, cut_after_goodbye, echoes,
-                                  is_closing, parrots, pinned, review, settings)
-from chitchat_gen.stages import STAGES
-from chitchat_gen.stats import dataset_stats
 from conftest import ROOT, outputs, run_cli
 from fake_lm import canned_reply, fake_chat
 from test_stages import make_ctx, record_with
+
+from chitchat_gen import generate, load_task
+from chitchat_gen.pipeline import new_memory, run_conversation
+from chitchat_gen.quality import (
+    GATE_NAMES,
+    GATES,
+    KINDS,
+    PHRASES,
+    CopyIndex,
+    cut_after_goodbye,
+    echoes,
+    is_closing,
+    parrots,
+    pinned,
+    review,
+    settings,
+)
+from chitchat_gen.record import messages as messages_of
+from chitchat_gen.stages import STAGES
+from chitchat_gen.stats import dataset_stats
 
 
 @pytest.fixture

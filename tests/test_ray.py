@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, outputs, run_cli
 from fake_lm import FakeServer
 
@@ -87,6 +86,7 @@ def test_resume_on_ray_adds_exactly_the_missing_ones(cluster, task_dir):
 @pytest.mark.ray
 def test_a_worker_killed_mid_run_loses_only_its_conversations(cluster, task_dir):
     import ray
+
     from chitchat_gen import generate_on_ray, load_task
 
     with FakeServer(latency=0.05, slots=16) as server:

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from conftest import ROOT, outputs, run_cli
+from test_engines import free_port_url
 
 from chitchat_gen.engines import MODEL_INSTALL, _local_model_path, make_chat
 from chitchat_gen.errors import LMError
-from conftest import ROOT, outputs, run_cli
-from test_engines import free_port_url
 
 pytestmark = [
     pytest.mark.slow,

@@ -9,14 +9,24 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import read_jsonl, run_cli
 
 from chitchat_gen import store as store_module
 from chitchat_gen.config import load_task
 from chitchat_gen.record import format_record
 from chitchat_gen.stats import FIGURES, card_figures, dataset_stats, render_table
-from chitchat_gen.store import (CHECKPOINT, FINAL, FORMATTED, IDS, REJECTED, append, close, count_existing,
-                                open_store, tail_offset)
-from conftest import ROOT, read_jsonl, run_cli
+from chitchat_gen.store import (
+    CHECKPOINT,
+    FINAL,
+    FORMATTED,
+    IDS,
+    REJECTED,
+    append,
+    close,
+    count_existing,
+    open_store,
+    tail_offset,
+)
 
 OUT = Path("output/public/examples/chit_chat")
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import outputs, run_cli
 from fake_lm import FakeServer
 

@@ -3,20 +3,20 @@
 import collections
 import json
 import math
-import re
 import random
+import re
 import threading
 import time
 import uuid
 
 import pytest
+from fake_lm import fake_chat
 
 from chitchat_gen import prompts
 from chitchat_gen.config import load_task
 from chitchat_gen.pipeline import generate, new_memory
 from chitchat_gen.quality import review
 from chitchat_gen.stages import STAGES, parse_eligibility, stage
-from fake_lm import fake_chat
 
 
 @pytest.fixture

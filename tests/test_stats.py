@@ -3,12 +3,12 @@
 import json
 
 import pytest
+from conftest import read_jsonl, run_cli
 
 from chitchat_gen.config import load_task
-from chitchat_gen.record import last_step
 from chitchat_gen.quality import GATES
+from chitchat_gen.record import last_step
 from chitchat_gen.stats import add_message, chi_square, dataset_stats, distinct, model_name, near_duplicates, new_tally
-from conftest import read_jsonl, run_cli
 
 
 def conversation(scenario, persona, patterns, users, assistants, closing=True):

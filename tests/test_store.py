@@ -5,11 +5,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, read_jsonl
 
 from chitchat_gen.errors import ConfigError
 from chitchat_gen.record import format_record
 from chitchat_gen.store import FINAL, FORMATTED, REJECTED, append, clear, close, count_existing, open_store
-from conftest import ROOT, read_jsonl
 
 
 def record(i):

@@ -15,9 +15,9 @@ import uuid
 
 import pytest
 import requests
+from conftest import ROOT, run_cli
 
 from chitchat_gen.quality import GATES
-from conftest import ROOT, run_cli
 
 TASK = "public/examples/chit_chat"
 CLEANED = next(g["label"] for g in GATES if g["name"] == "stage_direction")  # as the stage writes it
