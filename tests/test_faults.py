@@ -27,6 +27,7 @@ def wait_for_calls(server, count):
         if len(server.chat_requests()) >= count:
             return
         time.sleep(0.05)
+    raise AssertionError(f"the run made {len(server.chat_requests())} LM calls in 60 s, not {count}")
 
 
 def assert_consistent(task_dir):
@@ -41,9 +42,12 @@ def assert_consistent(task_dir):
 def test_sigkill_at_random_moments_then_resume_gives_exactly_n(task_dir):
     rng = random.Random(3)
     final = task_dir / OUT / "final_data.jsonl"
-    with FakeServer(latency=0.004) as server:
+    # 200 conversations take ~7 s here, longer than the four kill windows together: every kill
+    # lands in a run that still has work to do (with fewer, a run could finish inside its window
+    # and the next start would have nothing to do and make no call).
+    with FakeServer(latency=0.01) as server:
         for _ in range(4):
-            process = start_cli("-n", 30, "--concurrency", 4, "--base-url", server.url, "--quiet", cwd=task_dir)
+            process = start_cli("-n", 200, "--concurrency", 4, "--base-url", server.url, "--quiet", cwd=task_dir)
             # The random moment is counted from the first LM call, not from the start: a busy machine
             # may take longer than the whole window to import and check the engine.
             wait_for_calls(server, len(server.chat_requests()) + 1)
@@ -51,11 +55,12 @@ def test_sigkill_at_random_moments_then_resume_gives_exactly_n(task_dir):
             process.send_signal(signal.SIGKILL)
             process.wait()
         survivors = final.read_text() if final.exists() else ""  # every kill may come before the first write
-        result = run_cli("-n", 30, "--base-url", server.url, cwd=task_dir)
+        result = run_cli("-n", 200, "--concurrency", 4, "--base-url", server.url, cwd=task_dir)
     assert result.returncode == 0, result.stderr
     ids = assert_consistent(task_dir)
-    assert len(ids) == 30
+    assert len(ids) == 200
     kept = [line for line in survivors.splitlines(keepends=True) if line.endswith("\n")]
+    assert len(kept) < 200  # the kills came while there was work left
     assert (task_dir / OUT / "final_data.jsonl").read_text().startswith("".join(kept))  # nothing earlier lost
 
 
