@@ -12,12 +12,11 @@
 """
 from .config import load_task
 from .engines import make_chat
-from .errors import ConfigError, LMError
+from .errors import ConfigError, LMError, WriteError
 from .pipeline import generate
 from .ray_executor import generate_on_ray
 from .run import run
 from .stages import STAGES, stage
-from .store import WriteError
 
 __all__ = ["run", "load_task", "generate", "generate_on_ray", "make_chat", "stage", "STAGES", "ConfigError", "LMError",
            "WriteError"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .config import ENGINE_OVERRIDES, TASK_OVERRIDES, closest, load_task, value_problem
 from .engines import check_engine, make_chat
-from .errors import ConfigError, LMError
+from .errors import ConfigError, LMError, WriteError
 from .export import FORMATS, export
 from .load import describe, report
 from .pipeline import generate
@@ -28,7 +28,7 @@ from .ray_executor import check_address
 from .redact import redact_command, redact_for
 from .run import DEFAULT_GRACE, run
 from .stats import dataset_stats, render_table
-from .store import FINAL, FORMATTED, WriteError
+from .store import FINAL, FORMATTED
 from .trace import make_printer
 from .view import serve, write_html
 

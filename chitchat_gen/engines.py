@@ -27,14 +27,9 @@ from pathlib import Path
 import requests
 
 from . import load
-from .errors import ConfigError, LMError, NoAnswer
+from .errors import ConfigError, LMError, NoAnswer, Unreachable
 from .install import pip_install
 from .redact import redact_url
-
-
-class Unreachable(ConfigError):
-    """A server that did not answer the start-up check; among several, the others carry the run."""
-
 
 RETRY_STATUS = {408, 500, 502, 504}  # a failure that may pass on a retry; 429/503/529 are backpressure (load.py)
 

@@ -1,4 +1,4 @@
-"""The two failures a user sees as one `Error:` line: the run cannot start, or the model failed.
+"""The failures a user sees as one `Error:` line: the run cannot start, the model failed, a write failed.
 
 A leaf module (it imports nothing of the package), so any module can raise them without
 importing the config tables or the engines.
@@ -21,3 +21,11 @@ class LMError(Exception):
 
 class NoAnswer(LMError):
     """Every server takes calls and answers none (they time out): the run stops, not one conversation."""
+
+
+class Unreachable(ConfigError):
+    """A server that did not answer the start-up check; among several, the others carry the run."""
+
+
+class WriteError(Exception):
+    """A write to the output folder failed (disk full, quota, size limit, I/O error): the run stops."""

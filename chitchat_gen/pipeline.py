@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from .engines import check_engine, make_chat
 from .errors import LMError, NoAnswer
 from .quality import CopyIndex
-from .record import last_step, messages, new_record
+from .record import last_step, messages, new_record, turns
 from .stages import STAGES, claim_opener
 from .text import normalise
 
@@ -44,20 +44,16 @@ def run_conversation(task: dict, ctx: dict) -> tuple[dict | None, str | None]:
     except LMError as exc:
         reason = f"LM call failed: {exc}"
     if ctx.get("trace"):
-        ctx["trace"]("done", conversation_id=record["conversation_id"], turns=turns_of(record), drop=reason)
+        ctx["trace"]("done", conversation_id=record["conversation_id"], turns=turns(record["steps"]), drop=reason)
     return (None, reason) if reason else (record, None)
-
-
-def turns_of(record: dict) -> int:
-    return sum(1 for m in messages(record) if m["role"] == "assistant")
 
 
 def unacceptable(task: dict, record: dict) -> str | None:
     """Why a finished conversation cannot be kept: an empty message, or turns outside the bounds."""
     if any(not m["content"].strip() for m in messages(record)):
         return "empty message"
-    if not task["min_turns"] <= turns_of(record) <= task["max_turns"]:
-        return f"{turns_of(record)} turns, outside min_turns..max_turns"
+    if not task["min_turns"] <= turns(record["steps"]) <= task["max_turns"]:
+        return f"{turns(record['steps'])} turns, outside min_turns..max_turns"
     return None
 
 

@@ -54,6 +54,15 @@ def last_step(record: dict, role: str) -> dict | None:
     return next((s for s in reversed(record["steps"]) if s.get("role") == role), None)
 
 
+def turns(steps: list) -> int:
+    """A conversation's turns: one per assistant message (a turn is a user message and its reply).
+
+    >>> turns([{"role": "persona"}, {"role": "user"}, {"role": "assistant"}])
+    1
+    """
+    return sum(1 for s in steps if isinstance(s, dict) and s.get("role") == "assistant")
+
+
 def messages(record: dict) -> list[dict]:
     """The user and assistant messages, in order, as chat messages ({"role", "content"})."""
     return [{"role": s["role"], "content": s.get("content") or ""}

@@ -27,12 +27,11 @@ import random
 import signal
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import load_task
 from .engines import check_engine, default_concurrency, make_chat, make_pool
-from .errors import ConfigError, LMError
+from .errors import ConfigError, LMError, WriteError
 from .load import report
 from .pipeline import SCENARIOS_KEPT, generate, new_control, new_memory, new_stats
 from .quality import language_note
@@ -41,7 +40,7 @@ from .record import read_jsonl
 from .redact import redact_for
 from .stages import OPENERS_KEPT
 from .stats import model_name, run_cost, write_card
-from .store import FINAL, WriteError, append, clear, close, count_existing, log_run, open_store, read_runs, tail_offset
+from .store import FINAL, append, clear, close, count_existing, log_run, open_store, read_runs, tail_offset, timestamp
 
 DEFAULT_GRACE = 10.0  # seconds the conversations in flight get to finish after a stop signal
 
@@ -231,7 +230,7 @@ def _close(store: dict, task: dict, summary: dict, command: str, note) -> None:
     After a failed write the disk may have no room for either: each is tried, and what cannot
     be written is a note (the data files are already in step; the card is replaced whole or kept).
     """
-    entry = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": command,
+    entry = {"date": timestamp(), "command": command,
              "engine": summary["engine"], "model": summary["model"], "seed": summary["seed"],
              "wanted": summary["wanted"] - summary["existing"], "accepted": summary["accepted"],
              "dropped": summary["dropped"], "calls": summary["calls"],

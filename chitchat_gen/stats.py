@@ -41,7 +41,7 @@ from . import quality
 from . import text as text_module
 from .prompts import JUDGED
 from .quality import DEFAULTS, GATES, NAME_OF, is_closing, pinned, review
-from .record import messages, read_lines
+from .record import messages, read_lines, turns
 from .redact import redact_text
 from .store import FINAL, FORMATTED, grown_from, mark, rewrite
 from .text import jaccard, normalise, shingles, words
@@ -188,7 +188,7 @@ def add_record(totals: dict, record: dict, given: dict) -> None:
         totals["judged"] += 1
         totals["judge_sums"].update({k: scores[k] for k in JUDGED})
         totals["judge_overall"][round(sum(scores[k] for k in JUDGED) / len(JUDGED))] += 1
-    totals["turns"][sum(1 for s in steps if s.get("role") == "assistant")] += 1
+    totals["turns"][turns(steps)] += 1
     totals["closing_exchanges"] += has_closing_exchange(steps)
     for s in steps:
         if s.get("role") == "flow_controller":

@@ -44,7 +44,7 @@ try:  # Windows
 except ImportError:
     msvcrt = None
 
-from .errors import ConfigError
+from .errors import ConfigError, WriteError
 from .record import format_record, read_jsonl, read_lines, to_line
 
 FINAL = "final_data.jsonl"
@@ -57,10 +57,6 @@ IDS = ".ids"
 CHECKPOINT_VERSION = 1
 BOUNDARY = 1 << 20  # bytes before a checkpoint's end that must be unchanged for the lines after it to be all there is to read
 TORN = "torn last line (a run was killed while writing it)"
-
-
-class WriteError(Exception):
-    """A write to the output folder failed (disk full, quota, size limit, I/O error): the run stops."""
 
 
 # What to do about a write that failed, by errno; the files stay in step whatever the cause.
@@ -80,6 +76,11 @@ def write_error(path: Path, exc: OSError) -> WriteError:
     code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
     fix = _WRITE_FIXES.get(exc.errno, "make room or fix the folder")
     return WriteError(f"cannot write {path}: {cause}{code}: {fix}, then run the same command without --restart")
+
+
+def timestamp() -> str:
+    """Now, as every date in the folder's files is written: `2026-12-03 10:52 UTC`."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _open(path: Path, mode: str = "a"):
@@ -449,7 +450,7 @@ def _note(name: str, bad: dict[int, str]) -> str:
 
 def _reject(folder: Path, name: str, rows: list[tuple[int, str, str]]) -> None:
     """Append (line number, reason, text) rows of file `name` to rejected.jsonl, synced."""
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = timestamp()
     with _open(folder / REJECTED) as out:
         for number, reason, text in rows:
             out.write(to_line({"file": name, "line": number, "reason": reason, "date": when, "text": text}))

@@ -37,6 +37,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import ConfigError
 from .record import read_jsonl
+from .record import turns as count_turns
 from .store import FINAL, LOCK, REJECTED, RUNS, lock_holder
 
 PAGE_SIZE = 20
@@ -191,7 +192,7 @@ def _facts(line: bytes, index: dict, first: bool) -> tuple[int, list[str]]:
         index["weights"].update(step.get("weights") or {})
         if step.get("terminate"):
             index["termination"].add(str(step.get("content")))
-    return sum(1 for s in steps if s.get("role") == "assistant"), [str(s.get("content")) for s in flows]
+    return count_turns(steps), [str(s.get("content")) for s in flows]
 
 
 def dataset_figures(indexes: dict, path: Path) -> dict:
