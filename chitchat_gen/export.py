@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .record import messages, read_jsonl, to_line
+from .store import FINAL
 
 SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt"}
 
@@ -62,7 +63,7 @@ def export(source: Path, fmt: str, system: str | None = None, output: Path | Non
     Returns how many were written. `output` is written to a temporary file renamed at the end,
     so a failed export leaves an existing file as it was and no half file behind.
     """
-    path = source / "final_data.jsonl" if source.is_dir() else source
+    path = source / FINAL if source.is_dir() else source
     if not path.is_file():
         raise ConfigError(f"{source} not found: pass an output folder holding final_data.jsonl (or the file itself)")
     if output is None:
