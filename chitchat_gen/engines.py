@@ -38,7 +38,7 @@ def make_pool(engine: dict) -> dict | None:
     """The load control of an HTTP engine's endpoints (load.py); None for the local model."""
     if engine["type"] == "local":
         return None
-    return load.new_pool(engine["base_urls"], concurrency=engine["concurrency"] or default_concurrency(engine),
+    return load.new_pool(engine["base_urls"], concurrency=concurrency_of(engine),
                          slots=engine.get("slots"), max_rpm=engine["max_rpm"], max_tpm=engine["max_tpm"],
                          timeout=engine["timeout"])
 
@@ -409,11 +409,6 @@ def local_server(model: str, n_ctx: int, slots: int):
     return xllamacpp.Server(params)
 
 
-def local_slots(engine: dict) -> int:
-    """Sequences the embedded model serves at once: one per conversation in flight."""
-    return engine["concurrency"] or default_concurrency(engine)
-
-
 def check_local_model(engine: dict) -> None:
     """Load the local model and make a one-token call in a child process, before any work.
 
@@ -426,7 +421,7 @@ def check_local_model(engine: dict) -> None:
     package_root = str(Path(__file__).resolve().parent.parent)
     try:
         child = subprocess.run([sys.executable, "-c", _LOCAL_PROBE, package_root, engine["model"], str(engine["n_ctx"]),
-                                str(local_slots(engine))],
+                                str(concurrency_of(engine))],
                                capture_output=True, text=True, errors="replace", timeout=engine["timeout"])
     except subprocess.TimeoutExpired:
         raise ConfigError(f"the embedded model did not answer a one-token test call within {engine['timeout']:g} s "
@@ -486,7 +481,7 @@ def usable_cores() -> int:
 def _local_chat(engine: dict, on_usage):
     if importlib.util.find_spec("xllamacpp") is None:
         raise ConfigError(f"the local engine needs xllamacpp: {pip_install('local')}")
-    server = local_server(_local_model_path(engine["model"]), engine["n_ctx"], local_slots(engine))
+    server = local_server(_local_model_path(engine["model"]), engine["n_ctx"], concurrency_of(engine))
 
     def chat(messages, json_schema=None, **options):
         body = _openai_body(engine, messages, json_schema, options)
@@ -502,13 +497,15 @@ def _local_chat(engine: dict, on_usage):
     return chat
 
 
-def default_concurrency(engine: dict) -> int:
-    """Conversations in flight when --concurrency is not given.
+def concurrency_of(engine: dict) -> int:
+    """Conversations in flight: --concurrency (engine.concurrency), else a default for the engine.
 
     Ollama runs one request at a time by default (OLLAMA_NUM_PARALLEL=1, invisible to clients);
     a few in flight per server keep its queue fed between one conversation's calls. OpenAI-style
     servers (vLLM, llama-server) batch many requests, so we keep many in flight. The local model
-    gets one slot per conversation in flight (`local_slots`), decoding them together.
+    gets one slot per conversation in flight, decoding them together.
     """
+    if engine["concurrency"]:
+        return engine["concurrency"]
     per_server = {"ollama": 4, "openai": 32, "local": 4}[engine["type"]]
     return per_server * max(1, len(engine["base_urls"]))

@@ -27,7 +27,7 @@ import socket
 import threading
 import warnings
 
-from .engines import check_engine, default_concurrency, make_chat
+from .engines import check_engine, concurrency_of, make_chat
 from .errors import ConfigError, LMError, NoAnswer
 from .install import pip_install
 from .pipeline import drive, fill_stats, new_memory, run_conversation
@@ -204,7 +204,7 @@ def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None
     try:
         if chat is None and engine is None:
             engine = check_engine(task["engine"])
-        concurrency = concurrency or (default_concurrency(engine) if engine else 1)
+        concurrency = concurrency or (concurrency_of(engine) if engine else 1)
         workers = min(workers or sum(1 for node in ray.nodes() if node["Alive"]), concurrency)
         if engine:  # --max-rpm / --max-tpm are the whole run's pace: each worker gets its share
             engine = {**engine, **{key: engine[key] / workers for key in ("max_rpm", "max_tpm") if engine.get(key)}}

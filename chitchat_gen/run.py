@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from .config import load_task
-from .engines import check_engine, default_concurrency, make_chat, make_pool
+from .engines import check_engine, concurrency_of, make_chat, make_pool
 from .errors import ConfigError, LMError, WriteError
 from .load import report
 from .pipeline import SCENARIOS_KEPT, generate, new_control, new_memory, new_stats
@@ -144,7 +144,7 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
             # read from the file's end).
             latest = tail_offset(folder / FINAL, max(SCENARIOS_KEPT, OPENERS_KEPT)) if existing else 0
             memory = new_memory(value for _, _, value, _ in read_jsonl(folder / FINAL, latest)) if existing else None
-            concurrency = engine["concurrency"] or (default_concurrency(engine) if not own_chat else 1)
+            concurrency = concurrency_of(engine) if not own_chat else engine["concurrency"] or 1
             records = (generate_on_ray(task, wanted - existing, chat=own_chat, engine=None if own_chat else engine,
                                        workers=ray_workers, seed=derived,
                                        concurrency=concurrency, stats=stats, memory=memory, control=control)
