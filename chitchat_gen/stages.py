@@ -233,17 +233,27 @@ def parse_eligibility(reply: str) -> tuple[set, str]:
     >>> parse_eligibility('Sure: {"eligible": ["chit_chat/follow_up"], "reasoning": "it asked"}')
     ({'chit_chat/follow_up'}, 'it asked')
     """
-    match = re.search(r"\{.*\}", reply, re.S)
-    try:
-        data = json.loads(match.group(0)) if match else None
-    except json.JSONDecodeError:
-        data = None
-    if not isinstance(data, dict):
+    data = json_object_in(reply)
+    if data is None:
         return set(), "reply was not JSON"
     names = data.get("eligible")
     names = {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
     reasoning = data.get("reasoning")
     return names, reasoning if isinstance(reasoning, str) else ""
+
+
+def json_object_in(reply: str) -> dict | None:
+    """The JSON object in a reply, prose around it allowed (a schema is not always honoured); else None.
+
+    >>> json_object_in('Here you go: {"a": 1} Hope that helps!'), json_object_in("no JSON")
+    ({'a': 1}, None)
+    """
+    match = re.search(r"\{.*\}", reply, re.S)
+    try:
+        data = json.loads(match.group(0)) if match else None
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 @stage("lm/user/guided")
@@ -322,12 +332,8 @@ def judge(record: dict, ctx: dict) -> dict | str:
 
 def parse_scores(reply: str) -> dict | None:
     """{coherence, persona, naturalness, closing: 1..5, reason} from the judge's JSON, or None."""
-    match = re.search(r"\{.*\}", reply, re.S)
-    try:
-        data = json.loads(match.group(0)) if match else None
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), int) and 1 <= data[k] <= 5 for k in prompts.JUDGED):
+    data = json_object_in(reply)
+    if data is None or not all(isinstance(data.get(k), int) and 1 <= data[k] <= 5 for k in prompts.JUDGED):
         return None
     return {**{k: data[k] for k in prompts.JUDGED}, "reason": str(data.get("reason") or "")[:200]}
 
