@@ -39,7 +39,7 @@ Pick a topic that is clearly different from every example above \
 # server with a prefix cache (vLLM, SGLang, llama-server, OpenAI) then evaluates only each call's
 # new part (benchmarks/tokens.py, docs/performance.md). subtle: the persona and the situation stay
 # in the system text: asked with them in the request instead, SmolLM2-135M passed the closing
-# check on 10 of 30 closing turns against 20 of 30 (benchmarks/layout.py, docs/performance.md).
+# check half as often (benchmarks/layout.py, docs/performance.md).
 USER_SIDE = """\
 You are role-playing a human user chatting with an AI assistant. Stay in character. Your messages \
 to the assistant are written in the first person, as this person would type them. Do not answer \

@@ -55,6 +55,25 @@ def retry(ctx: dict, attempt: int) -> dict:
     return {"temperature": min(1.5, ctx["task"]["engine"]["temperature"] + 0.3)} if attempt else {}
 
 
+def ask(record: dict, ctx: dict, prompt, kind: str, role: str, *, attempts: int, warmer: bool = True,
+        max_tokens: int | None = None, **context) -> dict | str:
+    """Ask for a `role` step until quality.review leaves no problem: the one ask-again-or-drop loop.
+
+    `prompt(attempt)` gives the messages of each attempt; a retry is a little warmer unless
+    `warmer` is false; `context` goes to review (what the reply must not copy or echo). Returns
+    the record with the step added, or the drop reason: "user message: placeholder", "user
+    message empty" ("scenario: ...", "scenario empty" for a scenario).
+    """
+    what = role if role == "scenario" else f"{role} message"
+    options = {"max_tokens": max_tokens} if max_tokens is not None else {}
+    for attempt in range(attempts):
+        reply = lm(ctx, prompt(attempt), **options, **(retry(ctx, attempt) if warmer else {}))
+        text, fixes, found = review(reply, kind, ctx["task"]["quality"], **context)
+        if text and not found:
+            return add_step(record, ctx, role, text, cleaned=fixes)
+    return f"{what}: {found[0]}" if text else f"{what} empty"
+
+
 def template(ctx: dict, name: str, **variables) -> str:
     return prompts.render(name, ctx["task"]["prompts"], **variables)
 
@@ -132,27 +151,23 @@ def scenario(record: dict, ctx: dict) -> dict | str:
     pool = task["seed_scenarios"] + remembered.texts()
     examples = rng.sample(pool, min(cfg["num_icl_examples"], len(pool)))
     persona = last_step(record, "persona")
-    for _ in range(2):  # one retry when the model repeats itself
-        messages = [
-            {"role": "system", "content": template(ctx, "SCENARIO_SYSTEM")},
-            {"role": "user", "content": template(ctx, "SCENARIO_USER",
-                                                 examples="\n".join(f"- {e}" for e in examples),
-                                                 topic_hint=rng.choice(prompts.TOPIC_HINTS),
-                                                 person=person_of(persona))},
-        ]
-        text, fixes, found = review(lm(ctx, messages), "scenario", task["quality"], earlier=remembered,
-                                    near_duplicate=cfg.get("near_duplicate_threshold"))
-        if text and not found:
-            break
-    else:
-        return f"scenario: {found[0]}" if text else "scenario empty"
-    remembered.add(text)
-    return add_step(record, ctx, "scenario", text, cleaned=fixes)
+
+    def prompt(attempt: int) -> list[dict]:  # a retry draws another topic hint: the model repeated itself
+        return [{"role": "system", "content": template(ctx, "SCENARIO_SYSTEM")},
+                {"role": "user", "content": template(ctx, "SCENARIO_USER", examples="\n".join(f"- {e}" for e in examples),
+                                                     topic_hint=rng.choice(prompts.TOPIC_HINTS),
+                                                     person=person_of(persona))}]
+
+    added = ask(record, ctx, prompt, "scenario", "scenario", attempts=2, warmer=False, earlier=remembered,
+                near_duplicate=cfg.get("near_duplicate_threshold"))
+    if isinstance(added, dict):
+        remembered.add(last_step(added, "scenario")["content"])
+    return added
 
 
 def person_of(persona: dict | None) -> str:
     """The scenario prompt's line on its persona, in words: given the persona's fields ("Role: ...
-    Expertise: ..."), SmolLM2 copied them as the scenario (12 of 30 read by hand, issue 24).
+    Expertise: ..."), SmolLM2 copied them as the scenario (docs/quality.md, section 6).
 
     >>> person_of({"persona_role": "night-shift nurse in Manchester", "domain": "health and sleep routines"})
     '\\nThe person: night-shift nurse in Manchester, interested in health and sleep routines.'
@@ -276,12 +291,8 @@ def user(record: dict, ctx: dict) -> dict | str:
     else:
         prompt = user_side(record, ctx, "USER_SYSTEM", "USER_TURN", hint=hint)
         instruction, attempts, cap = instruction_of(ctx, "USER_TURN", hint=""), 2, cfg["max_tokens"]
-    for attempt in range(attempts):
-        text, fixes, found = review(lm(ctx, prompt, max_tokens=cap, **retry(ctx, attempt)), "closing" if closing else "user",
-                                    ctx["task"]["quality"], instruction=instruction)
-        if text and not found:
-            return add_step(record, ctx, "user", text, cleaned=fixes)
-    return f"user message: {found[0]}" if text else "user message empty"
+    return ask(record, ctx, lambda attempt: prompt, "closing" if closing else "user", "user", attempts=attempts,
+               max_tokens=cap, instruction=instruction)
 
 
 @stage("lm/assistant/naive")
@@ -294,12 +305,8 @@ def assistant(record: dict, ctx: dict) -> dict | str:
     prompt = [{"role": "system", "content": template(ctx, "ASSISTANT_SYSTEM", scenario=scenario_of(record, ctx))}]
     said, flow = messages(record), last_step(record, "flow_controller")
     kind = "farewell" if flow and flow.get("terminate") else "assistant"
-    for attempt in range(2):
-        text, fixes, found = review(lm(ctx, prompt + said, max_tokens=ctx["stage"]["max_tokens"], **retry(ctx, attempt)),
-                                    kind, ctx["task"]["quality"], previous=said[-1]["content"] if said else "")
-        if text and not found:
-            return add_step(record, ctx, "assistant", text, cleaned=fixes)
-    return f"assistant message: {found[0]}" if text else "assistant message empty"
+    return ask(record, ctx, lambda attempt: prompt + said, kind, "assistant", attempts=2,
+               max_tokens=ctx["stage"]["max_tokens"], previous=said[-1]["content"] if said else "")
 
 
 # --- after the loop ------------------------------------------------------------------------
