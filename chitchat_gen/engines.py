@@ -254,9 +254,10 @@ def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple
         failures += 1
         # A server that answers other calls meanwhile sends sporadic faults: a call that met a few of
         # them still gets through on more tries, where dropping it would remake its whole conversation.
-        if failures > engine["retries"] * (2 if load.answering(pool, ticket) else 1):
+        sporadic = load.answering(pool, ticket)
+        if failures > engine["retries"] * (2 if sporadic else 1):
             raise LMError(problem)
-        time.sleep(load.backoff(pool, ticket, failures))
+        time.sleep(load.backoff(failures, sporadic))
 
 
 def _environment(session, url: str) -> dict:
@@ -416,8 +417,7 @@ def check_local_model(engine: dict) -> None:
     the child that becomes a ConfigError naming the fix, and the output folder is untouched.
     A child that does not answer within engine.timeout seconds is killed and reported.
     """
-    if importlib.util.find_spec("xllamacpp") is None:
-        raise ConfigError(f"the local engine needs xllamacpp: {pip_install('local')}")
+    _require_xllamacpp()
     package_root = str(Path(__file__).resolve().parent.parent)
     try:
         child = subprocess.run([sys.executable, "-c", _LOCAL_PROBE, package_root, engine["model"], str(engine["n_ctx"]),
@@ -478,9 +478,13 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _local_chat(engine: dict, on_usage):
+def _require_xllamacpp() -> None:
     if importlib.util.find_spec("xllamacpp") is None:
         raise ConfigError(f"the local engine needs xllamacpp: {pip_install('local')}")
+
+
+def _local_chat(engine: dict, on_usage):
+    _require_xllamacpp()  # make_chat may be called without check_engine (a notebook)
     server = local_server(_local_model_path(engine["model"]), engine["n_ctx"], concurrency_of(engine))
 
     def chat(messages, json_schema=None, **options):

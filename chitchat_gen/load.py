@@ -184,10 +184,10 @@ def answering(pool: dict, ticket: dict) -> bool:
         return bool(successes) and successes[-1] >= time.monotonic() - 1.0
 
 
-def backoff(pool: dict, ticket: dict, failures: int) -> float:
+def backoff(failures: int, sporadic: bool) -> float:
     """Seconds before the next attempt of a call that failed `failures` times, with full jitter
-    (threads must not retry in lockstep): short while its endpoint is `answering`, else longer."""
-    base = 0.05 if answering(pool, ticket) else 0.5
+    (threads must not retry in lockstep): short for a `sporadic` fault (its endpoint is `answering`), else longer."""
+    base = 0.05 if sporadic else 0.5
     return random.uniform(0, min(8.0, base * 2 ** (failures - 1)))
 
 

@@ -205,10 +205,10 @@ def test_a_failed_call_is_retried_soon_while_its_endpoint_answers_others():
     ticket = load.acquire(pool)
     load.release(pool, ticket, "failed", status=500)
     assert not load.answering(pool, ticket)
-    assert max(load.backoff(pool, ticket, 1) for _ in range(50)) > 0.05  # nothing answered: wait longer
+    assert max(load.backoff(1, load.answering(pool, ticket)) for _ in range(50)) > 0.05  # nothing answered: wait longer
     load.release(pool, load.acquire(pool), "ok", status=200, seconds=0.1)
     assert load.answering(pool, ticket)
-    assert all(load.backoff(pool, ticket, 1) <= 0.05 for _ in range(50))  # a sporadic fault
+    assert all(load.backoff(1, load.answering(pool, ticket)) <= 0.05 for _ in range(50))  # a sporadic fault
 
 
 def test_timeouts_show_on_the_progress_line_and_a_silent_fleet_is_named():
