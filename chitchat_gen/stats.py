@@ -209,7 +209,7 @@ def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = Tru
     all of them when N is at most SAMPLE), and `sample` says how many.
     """
     given = task["quality"] if task else DEFAULTS
-    totals, counted_to = saved_totals(path.parent, given, path) if path.name == FINAL else (new_totals(), 0)
+    totals, counted_to = saved_totals(path.parent, totals_key(given), path) if path.name == FINAL else (new_totals(), 0)
     text = new_text_figures(task, given) if text_figures else None
     for _, start, _, record, _ in read_lines(path):
         if not isinstance(record, dict):
@@ -315,14 +315,14 @@ def totals_key(given: dict) -> str:
     return digest.hexdigest()
 
 
-def saved_totals(folder: Path, given: dict, path: Path | None = None) -> tuple[dict, int]:
+def saved_totals(folder: Path, key: str, path: Path | None = None) -> tuple[dict, int]:
     """(totals, the byte of final_data.jsonl they count up to) from .figures.json, if they still
-    describe the file and were counted as `given` says; else (new_totals(), 0): a full recount.
+    describe the file and were counted as `key` (totals_key) names; else (new_totals(), 0): a full recount.
     """
     path = path or folder / FINAL
     try:
         saved = json.loads((folder / FIGURES).read_text(encoding="utf-8"))
-        if saved["key"] == totals_key(given) and grown_from(path, saved["mark"]):
+        if saved["key"] == key and grown_from(path, saved["mark"]):
             totals = new_totals()
             for name, value in saved["totals"].items():
                 totals[name] = Counter({_key(name, k): n for k, n in value.items()}) if isinstance(value, dict) else value
@@ -340,7 +340,8 @@ def _key(name: str, key: str):
 def card_figures(folder: Path, task: dict) -> dict:
     """The card's figures of the folder: the saved totals plus the lines after them, saved again."""
     path, given = folder / FINAL, task["quality"]
-    totals, counted_to = saved_totals(folder, given)
+    key = totals_key(given)
+    totals, counted_to = saved_totals(folder, key)
     torn = False
     for _, _, line, record, _ in read_lines(path, counted_to):
         if not line.endswith("\n"):
@@ -350,7 +351,7 @@ def card_figures(folder: Path, task: dict) -> dict:
     if not torn:
         saved = mark(path)
         try:
-            rewrite(folder / FIGURES, [json.dumps({"key": totals_key(given), "mark": saved, "totals": totals}) + "\n"])
+            rewrite(folder / FIGURES, [json.dumps({"key": key, "mark": saved, "totals": totals}) + "\n"])
         except OSError:
             (folder / FIGURES).unlink(missing_ok=True)  # no room: the next close counts them all
     return figures(totals, task)

@@ -373,10 +373,13 @@ def _tail_plan(folder: Path) -> dict | None:
             torn = (number, start, text)
             break
         conversation_id = value.get("conversation_id") if isinstance(value, dict) else None
-        if problem or not isinstance(conversation_id, str) or id_hash(conversation_id) in seen:
+        if problem or not isinstance(conversation_id, str):
             return None
-        seen.add(id_hash(conversation_id))
-        new_ids.append(id_hash(conversation_id))
+        hashed = id_hash(conversation_id)
+        if hashed in seen:
+            return None
+        seen.add(hashed)
+        new_ids.append(hashed)
         lines = number
         if twins_from is None:
             twin = next(twins, None)
