@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from chitchat_gen import load_task, make_chat  # noqa: E402
-from chitchat_gen.engines import check_engine  # noqa: E402
+from chitchat_gen.preflight import check_engine  # noqa: E402
 from chitchat_gen.prompts import render  # noqa: E402
-from chitchat_gen.quality import review  # noqa: E402
+from chitchat_gen.gates import review, settings_for  # noqa: E402
 from chitchat_gen.record import messages  # noqa: E402
 from chitchat_gen.stages import CLOSING_MAX_TOKENS, transcript  # noqa: E402
 
@@ -84,7 +84,7 @@ def main() -> None:
             for record in records:
                 prompt, instruction, cap = closing_prompts(record, hint)[setting]
                 reply = chat(prompt, max_tokens=cap, temperature=temperature, seed=rng.randrange(2**31))
-                text, _, found = review(reply, "closing", task["quality"], instruction=instruction)
+                text, _, found = review(reply, "closing", settings_for(task), instruction=instruction)
                 passed += bool(text and not found)
                 why.update(found[:1] or ([] if text else ["empty"]))
                 shown.append(("ok  " if text and not found else "no  ") + text.replace("\n", " / ")[:110])

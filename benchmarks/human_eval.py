@@ -6,7 +6,7 @@ prints, as docs/quality.md shows them:
 
 - per gate, the share of ordinary human turns it cleans or rejects, in the user's place and in
   the assistant's (an assistant reply read against the turn it answers);
-- the closing check (quality.is_closing) on goodbyes and on closing messages that are not:
+- the closing check (gates.is_closing) on goodbyes and on closing messages that are not:
   recall and false accepts, and how many goodbyes the whole closing turn's review keeps; and
   what the gates do to people's goodbyes read as the assistant's answer to one (`farewell`);
 - paragraphs, lists and code blocks: messages whose text review returned unchanged when no
@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from chitchat_gen.quality import GATES, is_closing, review  # noqa: E402
+from chitchat_gen.gates import GATES, is_closing, review  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data"
 

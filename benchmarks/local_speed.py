@@ -29,7 +29,8 @@ CALLS = """
 import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from chitchat_gen.engines import _local_model_path, make_chat
+from chitchat_gen.local import _local_model_path
+from chitchat_gen.plug import make_chat
 slots, calls, folder = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 chat = make_chat({"type": "local", "model": _local_model_path(None), "n_ctx": 4096, "concurrency": slots,
                   "base_urls": [], "temperature": 0.7, "max_tokens": 60})

@@ -18,17 +18,16 @@ import threading
 import time
 from pathlib import Path
 
-from .config import ENGINE_OVERRIDES, TASK_OVERRIDES, closest, load_task, value_problem
-from .engines import check_engine, make_chat
 from .errors import ConfigError, LMError, WriteError
 from .export import FORMATS, export
-from .load import describe, report
-from .pipeline import generate
+from .lifecycle import DEFAULT_GRACE, run
+from .plug import generate, make_chat
+from .preflight import check_engine
 from .ray_executor import check_address
 from .redact import redact_command, redact_for
-from .run import DEFAULT_GRACE, run
 from .stats import dataset_stats, render_table
 from .store import FINAL, FORMATTED
+from .task import ENGINE_OVERRIDES, TASK_OVERRIDES, closest, load_task, value_problem
 from .trace import make_printer
 from .view import serve, write_html
 
@@ -325,7 +324,7 @@ def _progress(stats: dict, pool: dict | None, wanted: int):
         # attempt, so a call retried after a 500 or sent again after a 429 is one call and several requests.
         return (f"accepted {accepted}/{wanted}  dropped {dropped}  LM calls {stats['calls']}  "
                 f"{rate * 60:.1f} accepted/min  ETA {'?' if left is None else f'{left:.0f}s'}"
-                + (f"  [{describe(report(pool))}]" if pool else ""))
+                + (f"  [{pool.describe()}]" if pool else ""))
 
     def loop():
         while not done.wait(0.5 if tty else 10):

@@ -14,10 +14,10 @@ import random
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import TypedDict
 
-from .engines import check_engine, make_chat
+from .chat import make_chat
 from .errors import LMError, NoAnswer
-from .quality import CopyIndex
 from .record import last_step, messages, new_record, turns
 from .stages import STAGES, claim_opener
 from .text import normalise
@@ -71,31 +71,94 @@ def run_stages(stages: list[dict], record: dict, ctx: dict) -> str | None:
     return None
 
 
-def new_stats() -> dict:
-    """The figures of a run, one dict that the progress line, the summary and the run log read.
+class Figures(TypedDict):
+    """The figures of a run, one dict that the progress line, the summary, the run log and the card read.
 
     accepted, dropped ({reason: count}) and calls (each LM call as it completes, failed ones too)
-    are kept by `generate`; prompt_tokens, completion_tokens and cached_tokens (the prompt tokens
-    the server's prefix cache served, where it says) by whoever sees the engine's usage (run.py's
-    `on_usage`, ray_executor's workers).
+    are kept by `generate` (`counted`); the tokens, where the engine's usage says them
+    (`usage_counter`): cached_tokens are the prompt tokens the server's prefix cache served.
     """
-    return {"accepted": 0, "dropped": collections.Counter(), "calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
-            "cached_tokens": 0}
+
+    accepted: int
+    dropped: collections.Counter
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
 
 
-# Scenarios the copy check remembers: its cost per check does not grow with them, its memory
-# does (a few kB each), and they are also the pool of earlier scenarios shown as examples.
+USAGE = ("prompt_tokens", "completion_tokens", "cached_tokens")  # the order chat's on_usage gives them in
+
+
+def new_stats() -> Figures:
+    return Figures(accepted=0, dropped=collections.Counter(), calls=0, prompt_tokens=0, completion_tokens=0,
+                   cached_tokens=0)
+
+
+def usage_counter(figures_of):
+    """`on_usage` for chat.make_chat: each call's tokens added to the figures `figures_of()` returns.
+
+    The run's are one dict for all its threads; a Ray worker's, each conversation's own (a thread-local).
+    """
+    lock = threading.Lock()
+
+    def on_usage(*usage: int) -> None:
+        figures = figures_of()
+        with lock:  # subtle: `+=` on a dict item is not atomic across threads
+            for key, tokens in zip(USAGE, usage):
+                figures[key] += tokens
+
+    return on_usage
+
+
+def counted(chat, figures: dict, stop: threading.Event | None = None):
+    """`chat` that counts each call in figures["calls"] as it ends, and raises LMError once `stop` is set.
+
+    Counted as each call ends, not when its conversation does: the progress line moves from the first reply.
+    """
+    lock = threading.Lock()
+
+    def counted_chat(messages, json_schema=None, **options):
+        if stop is not None and stop.is_set():
+            raise LMError("run stopped")
+        try:
+            return chat(messages, json_schema=json_schema, **options)
+        finally:
+            with lock:
+                figures["calls"] += 1
+
+    return counted_chat
+
+
+# Scenarios a run remembers: the pool of earlier scenarios shown as examples, and what the copy
+# check (dedupe.CopyIndex) compares with; a few kB each.
 SCENARIOS_KEPT = 1000
 
 
-def new_memory(records=()) -> dict:
+class Recent:
+    """The last `limit` texts added, oldest first: the core's memory of earlier scenarios.
+
+    dedupe.CopyIndex has the same two methods and also finds copies (the gates plug it in).
+    """
+
+    def __init__(self, limit: int = SCENARIOS_KEPT):
+        self.kept = collections.deque(maxlen=limit)
+
+    def texts(self) -> list[str]:
+        return list(self.kept)
+
+    def add(self, text: str) -> None:
+        self.kept.append(text)
+
+
+def new_memory(records=(), scenarios=None) -> dict:
     """What the duplicate checks remember across conversations, bounded (memory stays flat in N).
 
+    `scenarios` holds the earlier scenarios (anything with texts() and add(); default `Recent`);
     `records` (a resumed run's, read from disk) seed it, so no run repeats an earlier one's
-    scenario or opener: the last SCENARIOS_KEPT scenarios (for the copy check, quality.CopyIndex)
-    and the last stages.OPENERS_KEPT first user messages.
+    scenario or opener: their scenarios, and the last stages.OPENERS_KEPT first user messages.
     """
-    memory = {"scenarios": CopyIndex(limit=SCENARIOS_KEPT), "first_users": {}}
+    memory = {"scenarios": Recent() if scenarios is None else scenarios, "first_users": {}}
     for record in records:
         if scenario := last_step(record, "scenario"):
             memory["scenarios"].add(scenario["content"])
@@ -106,39 +169,29 @@ def new_memory(records=()) -> dict:
 
 
 def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, concurrency: int = 1,
-             stats: dict | None = None, control: dict | None = None, trace=None, memory: dict | None = None):
+             stats: dict | None = None, control: dict | None = None, trace=None, memory: dict | None = None,
+             review=None):
     """Yield `n` accepted records as they complete, with up to `concurrency` in flight on threads.
 
     `stats` (optional: a dict, filled in as `new_stats`) is updated as the run goes, LM calls
     as each completes (from the conversations' threads: read it from any thread); `memory`
-    (`new_memory`) carries what the duplicate checks know from earlier runs; `control`
+    (`new_memory`) carries what the duplicate checks know from earlier runs; `review` is the
+    stages' review hook (gates.reviewer(task); None: replies as written); `control`
     (`new_control`) drains the run early (see `drive`). `trace(event, **data)` is called on every
-    LM call and stage decision (see trace.py). Without `chat`, the task's own engine is checked
-    and used.
+    LM call and stage decision (see trace.py). Without `chat`, the task's engine is used as the
+    task file says it (plug.generate checks it first: preflight.py).
     """
     if chat is None:
-        chat = make_chat(check_engine(task["engine"]))
+        chat = make_chat(task["engine"])
     stats = fill_stats(stats)
     memory = new_memory() if memory is None else memory
     stop = threading.Event()
-    calls_lock = threading.Lock()
-
-    def counted_chat(messages, json_schema=None, **options):
-        if stop.is_set():
-            raise LMError("run stopped")
-        try:
-            return chat(messages, json_schema=json_schema, **options)
-        finally:
-            # Counted as each call ends, not when its conversation does: the progress line moves
-            # from the first reply. subtle: `+=` on a dict item is not atomic across threads.
-            with calls_lock:
-                stats["calls"] += 1
-
+    counted_chat = counted(chat, stats, stop)
     pool = ThreadPoolExecutor(max_workers=concurrency)
 
     def start(conversation_seed: int):
         ctx = {"task": task, "memory": memory, "trace": trace, "chat": counted_chat,
-               "rng": random.Random(conversation_seed)}
+               "rng": random.Random(conversation_seed), **({"review": review} if review else {})}
         return pool.submit(run_conversation, task, ctx)
 
     def wait_some(futures: list, timeout: float) -> list:
@@ -165,7 +218,7 @@ def new_control() -> dict:
     return {"drain_until": None}
 
 
-def fill_stats(stats: dict | None) -> dict:
+def fill_stats(stats: dict | None) -> Figures:
     """`stats` with every figure of `new_stats` present: a caller's {} fills in, its figures add up."""
     stats = {} if stats is None else stats
     for key, value in new_stats().items():

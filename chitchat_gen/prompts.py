@@ -192,26 +192,3 @@ def render(name: str, overrides: dict, **variables) -> str:
     """Fill template `name` (or the task's override of it) with `variables`."""
     template = Template(overrides[name]) if name in overrides else TEMPLATES[name]
     return template.substitute(variables)
-
-
-def flatten(messages: list[dict]) -> str:
-    """The messages as one text, in order: what a server's prefix cache compares, near enough.
-
-    >>> flatten([{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}])
-    '<system>\\nBe kind.\\n<user>\\nHi\\n'
-    """
-    return "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages)
-
-
-def common_prefix(first: str, second: str) -> int:
-    """How many leading characters two texts share.
-
-    >>> common_prefix("Situation: a cafe. Turn 1", "Situation: a cafe. Turn 2")
-    24
-    """
-    shared = 0
-    for a, b in zip(first, second):
-        if a != b:
-            break
-        shared += 1
-    return shared

@@ -27,10 +27,13 @@ import socket
 import threading
 import warnings
 
-from .engines import check_engine, concurrency_of, make_chat
+from . import plug
+from .chat import concurrency_of
 from .errors import ConfigError, LMError, NoAnswer
+from .gates import reviewer
 from .install import pip_install
-from .pipeline import drive, fill_stats, new_memory, run_conversation
+from .pipeline import USAGE, counted, drive, fill_stats, new_stats, run_conversation, usage_counter
+from .preflight import check_engine
 from .stages import STAGES
 
 ADDRESS_FORMS = "'auto', 'ray://HOST:10001' (Ray Client) or 'HOST:6379' (the head's GCS)"
@@ -158,30 +161,20 @@ class Worker:
 
     def __init__(self, task: dict, engine: dict | None, chat, stages: dict, memory: dict | None):
         STAGES.update(stages)  # custom stages registered on the driver (a notebook's @stage) run here too
-        self.task = task
-        self.tokens = threading.local()
-        self.chat = chat or make_chat(engine, on_usage=self._count_tokens)
-        self.memory = memory or new_memory()  # a resumed run's, from the driver; then this worker's own
+        self.task, self.review = task, reviewer(task)
+        # subtle: a conversation runs in one actor thread and the chat reports usage in the calling
+        # thread, so a thread-local dict is this conversation's figures.
+        self.running = threading.local()
+        self.chat = chat or plug.make_chat(engine, on_usage=usage_counter(lambda: self.running.figures))
+        self.memory = memory or plug.new_memory()  # a resumed run's, from the driver; then this worker's own
 
-    def _count_tokens(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> None:
-        # subtle: a conversation runs in one actor thread and make_chat reports usage in the calling
-        # thread, so a thread-local total is this conversation's tokens.
-        self.tokens.prompt += prompt_tokens
-        self.tokens.completion += completion_tokens
-        self.tokens.cached += cached_tokens
-
-    def run_one(self, seed: int) -> tuple[dict | None, str | None, int, int, int, int]:
-        """Run one conversation: (record or None, drop reason, LM calls, prompt, completion and cached tokens)."""
-        self.tokens.prompt = self.tokens.completion = self.tokens.cached = 0
-        ctx = {"task": self.task, "memory": self.memory, "trace": None, "calls": 0, "rng": random.Random(seed)}
-
-        def counted_chat(messages, json_schema=None, **options):
-            ctx["calls"] += 1
-            return self.chat(messages, json_schema=json_schema, **options)
-
-        ctx["chat"] = counted_chat
+    def run_one(self, seed: int) -> tuple[dict | None, str | None, dict]:
+        """Run one conversation: (record or None, drop reason, its LM calls and tokens)."""
+        figures = self.running.figures = new_stats()
+        ctx = {"task": self.task, "memory": self.memory, "trace": None, "rng": random.Random(seed),
+               "review": self.review, "chat": counted(self.chat, figures)}
         record, reason = run_conversation(self.task, ctx)
-        return record, reason, ctx["calls"], self.tokens.prompt, self.tokens.completion, self.tokens.cached
+        return record, reason, {key: figures[key] for key in ("calls", *USAGE)}
 
 
 def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None, address: str = "local",
@@ -238,7 +231,7 @@ def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None
         def finish(ref):
             actor = on_actor.pop(ref)
             try:
-                record, reason, calls, prompt_tokens, completion_tokens, cached_tokens = ray.get(ref)
+                record, reason, figures = ray.get(ref)
             except ray.exceptions.RayTaskError as exc:
                 if isinstance(exc.cause, NoAnswer):  # the servers went silent: one line, not the worker's traceback
                     raise NoAnswer(str(exc.cause)) from None
@@ -254,10 +247,8 @@ def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None
                 return None  # the driver runs it again, same seed
             if actor in actors:
                 actors[actor] -= 1
-            stats["calls"] += calls
-            stats["prompt_tokens"] += prompt_tokens
-            stats["completion_tokens"] += completion_tokens
-            stats["cached_tokens"] += cached_tokens
+            for key, value in figures.items():
+                stats[key] += value
             if record is not None:
                 deaths["in_a_row"] = 0
             return record, reason

@@ -20,7 +20,7 @@ Every step has `role`, `content`, `stage_name` (the stage that wrote it), `metad
     assistant        the assistant's reply          -
 
 `metadata` says where a step belongs: {"turn": k} for steps of turn k, {} before turn 1, and
-"cleaned": [...] labels what quality.review removed from the model's reply ("leaked label", ...).
+"cleaned": [...] labels what the review (gates.py) removed from the model's reply ("leaked label", ...).
 A step's `scores` is DiGiT's per-step field for quality scores; no built-in stage writes it, and
 it is kept (always {}) so that tools reading DiGiT's records read ours unchanged; the judge's
 scores are the conversation's, at the top level.

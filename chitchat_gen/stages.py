@@ -7,6 +7,8 @@ reason to drop the conversation. `ctx` is per conversation and holds:
     chat    the LM: chat(messages, json_schema=None, **options) -> str
     rng     the conversation's random.Random          turn    the turn number, from 1
     memory  shared across the run: {"scenarios": recent generated scenarios, "first_users": ...}
+    review  optional hook(text, kind, **context) -> (text, fixes, problems): the quality gates
+            (gates.py) plug in here; without it a reply is taken as written (`as_written`)
     trace   optional hook(event, **data) that trace mode prints (trace.py)
 
 Adding a stage is one function and one decorator line:
@@ -23,7 +25,6 @@ import json
 import re
 
 from . import prompts
-from .quality import review
 from .record import last_step, messages, new_step
 from .text import normalise
 
@@ -57,7 +58,7 @@ def retry(ctx: dict, attempt: int) -> dict:
 
 def ask(record: dict, ctx: dict, prompt, kind: str, role: str, *, attempts: int, warmer: bool = True,
         max_tokens: int | None = None, **context) -> dict | str:
-    """Ask for a `role` step until quality.review leaves no problem: the one ask-again-or-drop loop.
+    """Ask for a `role` step until the review leaves no problem: the one ask-again-or-drop loop.
 
     `prompt(attempt)` gives the messages of each attempt; a retry is a little warmer unless
     `warmer` is false; `context` goes to review (what the reply must not copy or echo). Returns
@@ -68,10 +69,20 @@ def ask(record: dict, ctx: dict, prompt, kind: str, role: str, *, attempts: int,
     options = {"max_tokens": max_tokens} if max_tokens is not None else {}
     for attempt in range(attempts):
         reply = lm(ctx, prompt(attempt), **options, **(retry(ctx, attempt) if warmer else {}))
-        text, fixes, found = review(reply, kind, ctx["task"]["quality"], **context)
+        text, fixes, found = review(ctx, reply, kind, **context)
         if text and not found:
             return add_step(record, ctx, role, text, cleaned=fixes)
     return f"{what}: {found[0]}" if text else f"{what} empty"
+
+
+def as_written(text: str, kind: str, **context) -> tuple[str, list, list]:
+    """The review of a run without gates: the reply with its ends trimmed, nothing cleaned, no problem."""
+    return text.strip(), [], []
+
+
+def review(ctx: dict, text: str, kind: str, **context) -> tuple[str, list, list]:
+    """What the run's review hook makes of one reply: (text cleaned, labels of what went, problems)."""
+    return ctx.get("review", as_written)(text, kind, **context)
 
 
 def template(ctx: dict, name: str, **variables) -> str:
@@ -81,7 +92,7 @@ def template(ctx: dict, name: str, **variables) -> str:
 def add_step(record: dict, ctx: dict, role: str, content: str, cleaned=(), **fields) -> dict:
     """Append a step written by the running stage in this turn; return the record.
 
-    `cleaned` labels what quality.review removed from the reply (kept in the step's metadata).
+    `cleaned` labels what the review removed from the reply (kept in the step's metadata).
     """
     step = new_step(role, content, ctx["stage"]["name"], ctx.get("turn"), **fields)
     if cleaned:
@@ -142,12 +153,11 @@ def scenario(record: dict, ctx: dict) -> dict | str:
 
     If a persona step came first (the shipped task samples the persona first), the scenario is
     written for that person; DiGiT's order, scenario first, writes it for anyone. The reply's
-    first line is kept; one with a problem (quality.review: a copy of an example, not a scenario,
+    first line is kept; one with a problem (the review: a copy of an example, not a scenario,
     with `near_duplicate_threshold` one that close to an earlier one) is retried once, then dropped.
     """
     rng, task, cfg = ctx["rng"], ctx["task"], ctx["stage"]
-    remembered = ctx["memory"]["scenarios"]  # a quality.CopyIndex, shared by the run's threads
-    remembered.pin(task["seed_scenarios"])
+    remembered = ctx["memory"]["scenarios"]  # texts()/add(), shared by the run's threads (pipeline.Recent)
     pool = task["seed_scenarios"] + remembered.texts()
     examples = rng.sample(pool, min(cfg["num_icl_examples"], len(pool)))
     persona = last_step(record, "persona")
@@ -159,7 +169,7 @@ def scenario(record: dict, ctx: dict) -> dict | str:
                                                      person=person_of(persona))}]
 
     added = ask(record, ctx, prompt, "scenario", "scenario", attempts=2, warmer=False, earlier=remembered,
-                near_duplicate=cfg.get("near_duplicate_threshold"))
+                seeds=task["seed_scenarios"], near_duplicate=cfg.get("near_duplicate_threshold"))
     if isinstance(added, dict):
         remembered.add(last_step(added, "scenario")["content"])
     return added
@@ -224,9 +234,9 @@ def flow_controller(record: dict, ctx: dict) -> dict:
     chosen = ctx["rng"].choices(eligible, weights=weights if sum(weights) > 0 else None)[0]
     hint, terminate = chosen["hint"], chosen["name"] in closing
     if cfg["generate_hint"] and not terminate:  # the closing turn keeps its pattern's own hint, as written
-        written, _, found = review(lm(ctx, user_side(record, ctx, "HINT_SYSTEM", "HINT_USER", pattern=chosen["name"],
-                                                     description=chosen["description"], hint=chosen["hint"]),
-                                      max_tokens=120), "hint", task["quality"])
+        written, _, found = review(ctx, lm(ctx, user_side(record, ctx, "HINT_SYSTEM", "HINT_USER", pattern=chosen["name"],
+                                                          description=chosen["description"], hint=chosen["hint"]),
+                                           max_tokens=120), "hint")
         hint = written if written and not found else hint
     return add_step(record, ctx, "flow_controller", chosen["name"], terminate=terminate, hint=hint,
                     eligible_patterns=[p["name"] for p in eligible], weights={p["name"]: p["weight"] for p in eligible},
@@ -275,9 +285,9 @@ def json_object_in(reply: str) -> dict | None:
 def user(record: dict, ctx: dict) -> dict | str:
     """The simulated user's next message, from persona, scenario, history and this turn's hint.
 
-    A message with a problem quality.review cannot clean is asked for again once, then the
+    A message with a problem the review cannot clean is asked for again once, then the
     conversation drops. The closing turn is asked differently (prompts.CLOSING_TURN, a short
-    reply to the assistant's last message) and must pass the closing check (quality.is_closing); it
+    reply to the assistant's last message) and must pass the closing check (gates.is_closing); it
     gets `closing_attempts`, since each is one short call and the conversation before it ~8.
     """
     cfg, flow = ctx["stage"], last_step(record, "flow_controller")

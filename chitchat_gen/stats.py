@@ -5,7 +5,7 @@
 
 Reads a `final_data.jsonl` (ours or DiGiT's) line by line. The figures:
 turns histogram; closing exchanges and how many pass the closing check; what each quality gate
-finds in the scenarios and messages (quality.GATES); pattern picks vs the task's weights (chi-square);
+finds in the scenarios and messages (gates.GATES); pattern picks vs the task's weights (chi-square);
 exact and near-duplicate scenarios (normalised text, word 3-gram Jaccard >= 0.5);
 distinct-1/2 and mean length (words) of user and of assistant messages; persona coverage.
 Memory stays flat in N: near-duplicates and distinct-n come from a seeded sample of SAMPLE
@@ -37,10 +37,11 @@ from pathlib import Path
 
 import yaml
 
-from . import quality
+from . import dedupe, gates, phrases
 from . import text as text_module
+from .dedupe import pinned
+from .gates import DEFAULTS, GATES, NAME_OF, is_closing, review, settings_for
 from .prompts import JUDGED
-from .quality import DEFAULTS, GATES, NAME_OF, is_closing, pinned, review
 from .record import messages, read_lines, turns
 from .redact import redact_text
 from .store import FINAL, FORMATTED, grown_from, mark, rewrite
@@ -208,7 +209,7 @@ def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = Tru
     computed on a uniform sample of SAMPLE conversations (seeded: the same file, the same figures;
     all of them when N is at most SAMPLE), and `sample` says how many.
     """
-    given = task["quality"] if task else DEFAULTS
+    given = settings_for(task) if task else DEFAULTS
     totals, counted_to = saved_totals(path.parent, totals_key(given), path) if path.name == FINAL else (new_totals(), 0)
     text = new_text_figures(task, given) if text_figures else None
     for _, start, _, record, _ in read_lines(path):
@@ -310,7 +311,7 @@ def text_results(text: dict) -> dict:
 def totals_key(given: dict) -> str:
     """Names what counted the totals: the gates' code and phrases, this module's rules, the task's settings."""
     digest = hashlib.blake2b(json.dumps(given, sort_keys=True, default=str).encode("utf-8"), digest_size=16)
-    for module in (quality, text_module, sys.modules[__name__]):
+    for module in (gates, phrases, dedupe, text_module, sys.modules[__name__]):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 
@@ -339,7 +340,7 @@ def _key(name: str, key: str):
 
 def card_figures(folder: Path, task: dict) -> dict:
     """The card's figures of the folder: the saved totals plus the lines after them, saved again."""
-    path, given = folder / FINAL, task["quality"]
+    path, given = folder / FINAL, settings_for(task)
     key = totals_key(given)
     totals, counted_to = saved_totals(folder, key)
     torn = False

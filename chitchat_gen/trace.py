@@ -13,8 +13,6 @@ from __future__ import annotations
 import sys
 import textwrap
 
-from .prompts import common_prefix, flatten
-
 WIDTH = 80
 COLOURS = {"stage": "1;36", "sent": "2", "reply": "33", "decided": "1;32", "drop": "1;31"}
 
@@ -91,3 +89,26 @@ def describe(step: dict) -> list[str]:
                 f"picked: {step['content']}" + ("  -> TERMINATE (closing exchange follows)" if step.get("terminate") else ""),
                 f"hint: {step.get('hint', '')}"]
     return [f"{step['role']}: {step['content']}"]
+
+
+def flatten(messages: list[dict]) -> str:
+    """The messages as one text, in order: what a server's prefix cache compares, near enough.
+
+    >>> flatten([{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}])
+    '<system>\\nBe kind.\\n<user>\\nHi\\n'
+    """
+    return "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages)
+
+
+def common_prefix(first: str, second: str) -> int:
+    """How many leading characters two texts share.
+
+    >>> common_prefix("Situation: a cafe. Turn 1", "Situation: a cafe. Turn 2")
+    24
+    """
+    shared = 0
+    for a, b in zip(first, second):
+        if a != b:
+            break
+        shared += 1
+    return shared

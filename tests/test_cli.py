@@ -9,8 +9,8 @@ from fake_lm import FakeServer
 from test_engines import free_port_url
 
 from chitchat_gen.cli import build_parser, eta
-from chitchat_gen.config import ENGINE_OVERRIDES, TASK_OVERRIDES, load_task
 from chitchat_gen.record import last_step
+from chitchat_gen.task import ENGINE_OVERRIDES, TASK_OVERRIDES, load_task
 
 OUT = "output/public/examples/chit_chat"
 

@@ -12,8 +12,8 @@ from fake_lm import fake_chat
 
 from chitchat_gen import STAGES, generate, load_task, stage
 from chitchat_gen.cli import build_parser
-from chitchat_gen.config import key_reference
 from chitchat_gen.pipeline import new_memory, run_conversation
+from chitchat_gen.reference import key_reference
 
 DOCS = ["README.md", "docs/pipeline.md"]  # the docs whose python blocks run (the others show shell and YAML)
 
@@ -118,7 +118,7 @@ def test_the_readme_key_reference_is_made_from_the_config_tables():
     assert block, "docs/task-file.md lacks the <!-- keys: begin --> ... <!-- keys: end --> block"
     assert block.group(1) == key_reference(), (
         "docs/task-file.md's key reference is out of date: paste the output of "
-        "python -c 'from chitchat_gen.config import key_reference; print(key_reference(), end=\"\")'")
+        "python -c 'from chitchat_gen.reference import key_reference; print(key_reference(), end=\"\")'")
 
 
 def section(doc: str, title: str) -> str:

@@ -10,9 +10,10 @@ import pytest
 from conftest import ROOT
 from fake_lm import FakeServer
 
-from chitchat_gen.config import ENGINE_FIELDS
-from chitchat_gen.engines import check_engine, make_chat
 from chitchat_gen.errors import ConfigError, LMError, NoAnswer
+from chitchat_gen.plug import make_chat
+from chitchat_gen.preflight import check_engine
+from chitchat_gen.task import ENGINE_FIELDS
 
 DEFAULT_ENGINE = {spec["name"]: spec["default"] for spec in ENGINE_FIELDS}
 
@@ -218,6 +219,6 @@ def test_a_proxy_from_the_environment_is_used_though_read_once(monkeypatch):
 def test_the_local_engine_uses_the_cores_it_may_run_on_not_all_the_machine_has():
     """A process pinned to one core (taskset, a container's cpuset) gets one llama.cpp thread."""
     code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-            "from chitchat_gen.engines import usable_cores; print(usable_cores())")
+            "from chitchat_gen.local import usable_cores; print(usable_cores())")
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert child.stdout.strip() == "1", child.stderr

@@ -150,9 +150,9 @@ def test_garbage_model_output_is_dropped_or_tolerated_never_a_crash(task_dir):
 
 
 def test_every_bad_input_is_one_error_line_exit_1_and_leaves_outputs_alone(task_dir, server):
-    """The whole bad-input corpus of test_config.py, through the real CLI, over an existing dataset."""
+    """The whole bad-input corpus of test_task.py, through the real CLI, over an existing dataset."""
     import yaml
-    from test_config import PERSONA_CASES, SEED_CASES, TASK_CASES
+    from test_task import PERSONA_CASES, SEED_CASES, TASK_CASES
 
     assert run_cli("-n", 2, "--base-url", server.url, cwd=task_dir).returncode == 0
     out = task_dir / OUT

@@ -15,8 +15,8 @@ from conftest import ROOT, run_cli
 from fake_lm import FakeServer
 from test_portable import run_cli_with
 
-from chitchat_gen.engines import MODEL_INSTALL
 from chitchat_gen.install import pip_install
+from chitchat_gen.local import MODEL_INSTALL
 
 OUT = "output/public/examples/chit_chat"
 # What local_server sets on the parameters, then a Server that dies, hangs or refuses the file.

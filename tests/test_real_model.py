@@ -17,8 +17,9 @@ import yaml
 from conftest import ROOT, outputs, run_cli
 from test_engines import free_port_url
 
-from chitchat_gen.engines import MODEL_INSTALL, _local_model_path, make_chat
 from chitchat_gen.errors import LMError
+from chitchat_gen.local import MODEL_INSTALL, _local_model_path
+from chitchat_gen.plug import make_chat
 
 pytestmark = [
     pytest.mark.slow,
@@ -84,7 +85,7 @@ def test_a_prompt_past_the_slots_context_is_an_lm_error():
 # xllamacpp's server also answers HTTP, on a free loopback port it prints; stdin closed ends it.
 XLLAMACPP_SERVER = """
 import sys
-from chitchat_gen.engines import _local_model_path, local_server
+from chitchat_gen.local import _local_model_path, local_server
 server = local_server(_local_model_path(None), 4096, 2)
 print(server.listening_address, flush=True)
 sys.stdin.read()

@@ -12,7 +12,6 @@ import pytest
 from conftest import read_jsonl, run_cli
 
 from chitchat_gen import store as store_module
-from chitchat_gen.config import load_task
 from chitchat_gen.record import format_record
 from chitchat_gen.stats import FIGURES, card_figures, dataset_stats, render_table
 from chitchat_gen.store import (
@@ -27,6 +26,7 @@ from chitchat_gen.store import (
     open_store,
     tail_offset,
 )
+from chitchat_gen.task import load_task
 
 OUT = Path("output/public/examples/chit_chat")
 

@@ -12,11 +12,11 @@ import uuid
 import pytest
 from fake_lm import fake_chat
 
-from chitchat_gen import prompts
-from chitchat_gen.config import load_task
-from chitchat_gen.pipeline import generate, new_memory
-from chitchat_gen.quality import review
+from chitchat_gen.gates import review, reviewer
+from chitchat_gen.plug import generate, new_memory
 from chitchat_gen.stages import STAGES, parse_eligibility, stage
+from chitchat_gen.task import load_task
+from chitchat_gen.trace import flatten
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def make_ctx(task, chat=fake_chat, name="lm/flow_controller", turn=1, seed=0):
         return chat(messages, json_schema=json_schema, **options)
 
     return {"task": task, "chat": recording_chat, "rng": random.Random(seed), "turn": turn,
-            "stage": stages[name], "memory": new_memory(), "calls": calls}
+            "stage": stages[name], "memory": new_memory(), "calls": calls, "review": reviewer(task)}
 
 
 def record_with(*steps):
@@ -274,8 +274,8 @@ def test_the_calls_of_a_conversation_open_with_the_same_text(task):
         return fake_chat(messages, json_schema)
 
     [record] = generate(task, 1, chat=chat, seed=4)
-    user_side = [prompts.flatten(m) for m in calls if "role-playing" in m[0]["content"] and "last message" not in m[-1]["content"]]
-    assistant = [prompts.flatten(m) for m in calls if "helpful, friendly" in m[0]["content"]]
+    user_side = [flatten(m) for m in calls if "role-playing" in m[0]["content"] and "last message" not in m[-1]["content"]]
+    assistant = [flatten(m) for m in calls if "helpful, friendly" in m[0]["content"]]
     assert len(user_side) >= 6 and len(assistant) >= 2
     for earlier, later in zip(user_side, user_side[1:]):
         shared = re.split(r"\n\n(?:Task|Instruction for your next message): ", earlier)[0]
@@ -284,7 +284,7 @@ def test_the_calls_of_a_conversation_open_with_the_same_text(task):
         assert later.startswith(shared)
     for earlier, later in zip(assistant, assistant[1:]):
         assert later.startswith(earlier)
-    closing = prompts.flatten(next(m for m in calls if "This is your last message" in m[-1]["content"]))
+    closing = flatten(next(m for m in calls if "This is your last message" in m[-1]["content"]))
     assert closing.startswith(user_side[-1][:user_side[-1].index("Conversation so far:")])
 
 
@@ -349,7 +349,7 @@ def test_stage_directions_in_both_voices_are_cleaned_and_kept_in_the_metadata(ta
 
 
 def test_a_task_can_turn_a_gate_off(task):
-    task["quality"]["gates"]["stage_direction"] = False
+    task["quality"] = {"gates": {"stage_direction": False}}
     ctx = make_ctx(task, chat=lambda m, **o: "(laughs) Mostly green tea.", name="lm/assistant/naive")
     assert STAGES["lm/assistant/naive"](record_with(("user", "Green or black?")), ctx)["steps"][-1]["content"] == \
         "(laughs) Mostly green tea."

@@ -5,10 +5,10 @@ import json
 import pytest
 from conftest import read_jsonl, run_cli
 
-from chitchat_gen.config import load_task
-from chitchat_gen.quality import GATES
+from chitchat_gen.gates import GATES
 from chitchat_gen.record import last_step
 from chitchat_gen.stats import add_message, chi_square, dataset_stats, distinct, model_name, near_duplicates, new_tally
+from chitchat_gen.task import load_task
 
 
 def conversation(scenario, persona, patterns, users, assistants, closing=True):
@@ -191,7 +191,7 @@ def test_the_model_is_recorded_by_name_not_by_the_path_of_the_default_model():
 
 def test_stats_count_every_gate_of_the_table_under_its_name(tmp_path):
     """A gate renamed or added is counted under its new name: no list of names to keep in step."""
-    from test_quality import GATE_EXAMPLES, PREVIOUS
+    from test_gates import GATE_EXAMPLES, PREVIOUS
     scenario = {"role": "scenario", "content": "A cook wants to talk about bread."}
     exchanges = {"user": lambda text: [{"role": "user", "content": text}, {"role": "assistant", "content": "Sounds good."}],
                  "assistant": lambda text: [{"role": "user", "content": PREVIOUS}, {"role": "assistant", "content": text}],

@@ -17,7 +17,7 @@ import pytest
 import requests
 from conftest import ROOT, run_cli
 
-from chitchat_gen.quality import GATES
+from chitchat_gen.gates import GATES
 
 TASK = "public/examples/chit_chat"
 CLEANED = next(g["label"] for g in GATES if g["name"] == "stage_direction")  # as the stage writes it

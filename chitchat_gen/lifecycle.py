@@ -29,18 +29,20 @@ import threading
 import time
 from pathlib import Path
 
-from .config import load_task
-from .engines import check_engine, concurrency_of, make_chat, make_pool
+from . import plug
+from .chat import HTTP_ENGINES, concurrency_of
 from .errors import ConfigError, LMError, WriteError
-from .load import report
-from .pipeline import SCENARIOS_KEPT, generate, new_control, new_memory, new_stats
-from .quality import language_note
+from .gates import language_note, reviewer
+from .pipeline import SCENARIOS_KEPT, new_control, new_stats, usage_counter
+from .preflight import check_engine
+from .ratelimit import make_pool
 from .ray_executor import connect, disconnect, generate_on_ray
 from .record import read_jsonl
 from .redact import redact_for
 from .stages import OPENERS_KEPT
 from .stats import model_name, run_cost, write_card
 from .store import FINAL, append, clear, close, count_existing, log_run, open_store, read_runs, tail_offset, timestamp
+from .task import load_task
 
 DEFAULT_GRACE = 10.0  # seconds the conversations in flight get to finish after a stop signal
 
@@ -85,6 +87,7 @@ def run(task: dict | str | Path, n: int, *, output_dir: str | Path = "output", r
         return {**summary, "nothing_to_do": True}
     if text := language_note(task):
         note(text)
+    reviewer(task)  # a bad `quality:` section is refused here, before the folder is touched
     # subtle: everything that can fail at start-up is checked before the output folder is touched.
     existing = 0 if restart else count_existing(folder)
     if existing >= wanted:
@@ -114,9 +117,10 @@ def run(task: dict | str | Path, n: int, *, output_dir: str | Path = "output", r
 
 def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restart, ray, ray_workers, grace,
               command, progress) -> dict:
-    stats, pool = new_stats(), None if ray or chat else make_pool(engine)  # Ray workers hold their own pools
+    http = engine["type"] in HTTP_ENGINES
+    stats, pool = new_stats(), make_pool(engine) if http and not (ray or chat) else None  # Ray workers hold their own
     own_chat = chat
-    chat = chat or make_chat(engine, on_usage=_token_counter(stats), pool=pool)
+    chat = chat or plug.make_chat(engine, on_usage=usage_counter(lambda: stats), pool=pool)
     control, caught = new_control(), []
     restore = _drain_on_signals(control, caught, grace)
     try:
@@ -143,13 +147,14 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
             # The duplicate checks also know what earlier runs wrote (bounded: the latest on disk,
             # read from the file's end).
             latest = tail_offset(folder / FINAL, max(SCENARIOS_KEPT, OPENERS_KEPT)) if existing else 0
-            memory = new_memory(value for _, _, value, _ in read_jsonl(folder / FINAL, latest)) if existing else None
+            on_disk = read_jsonl(folder / FINAL, latest) if existing else ()
+            memory = plug.new_memory(value for _, _, value, _ in on_disk)
             concurrency = concurrency_of(engine) if not own_chat else engine["concurrency"] or 1
             records = (generate_on_ray(task, wanted - existing, chat=own_chat, engine=None if own_chat else engine,
                                        workers=ray_workers, seed=derived,
                                        concurrency=concurrency, stats=stats, memory=memory, control=control)
                        if ray else
-                       generate(task, wanted - existing, chat=chat, seed=derived, concurrency=concurrency,
+                       plug.generate(task, wanted - existing, chat=chat, seed=derived, concurrency=concurrency,
                                 stats=stats, memory=memory, control=control))
             try:
                 for record in records:
@@ -177,7 +182,7 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
                        prompt_tokens=stats["prompt_tokens"], completion_tokens=stats["completion_tokens"],
                        cached_tokens=stats["cached_tokens"], cost_usd=run_cost(stats, engine),
                        seconds=round(time.monotonic() - start, 1), seed=seed, engine=engine["type"], model=model,
-                       stopped=ended and redact_for(ended, [task]), endpoints=report(pool) if pool else [])
+                       stopped=ended and redact_for(ended, [task]), endpoints=pool.report() if pool else [])
         _close(store, task, summary, command, note)
     return summary
 
@@ -291,19 +296,6 @@ def _drain_on_signals(control: dict, caught: list, grace: float):
         for signum, handler in old.items():
             signal.signal(signum, handler)
     return restore
-
-
-def _token_counter(stats: dict):
-    """`on_usage` for make_chat: adds each call's tokens to the run's stats (from many threads)."""
-    lock = threading.Lock()
-
-    def on_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> None:
-        with lock:
-            stats["prompt_tokens"] += prompt_tokens
-            stats["completion_tokens"] += completion_tokens
-            stats["cached_tokens"] += cached_tokens
-
-    return on_usage
 
 
 def _loaded(task, overrides: dict) -> dict:

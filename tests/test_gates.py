@@ -15,21 +15,22 @@ from fake_lm import canned_reply, fake_chat
 from test_stages import make_ctx, record_with
 
 from chitchat_gen import generate, load_task
-from chitchat_gen.pipeline import new_memory, run_conversation
-from chitchat_gen.quality import (
+from chitchat_gen.dedupe import CopyIndex, pinned
+from chitchat_gen.gates import (
     GATE_NAMES,
     GATES,
     KINDS,
     PHRASES,
-    CopyIndex,
     cut_after_goodbye,
     echoes,
     is_closing,
     parrots,
-    pinned,
     review,
+    reviewer,
     settings,
 )
+from chitchat_gen.pipeline import run_conversation
+from chitchat_gen.plug import new_memory
 from chitchat_gen.record import messages as messages_of
 from chitchat_gen.stages import STAGES
 from chitchat_gen.stats import dataset_stats
@@ -487,18 +488,22 @@ def judge_chat(scores):
 
 def test_the_judge_writes_scores_and_min_score_drops(task):
     scores = {"coherence": 4, "persona": 2, "naturalness": 3, "closing": 5, "reason": "ok"}
-    ctx = {"task": judged_task(task), "chat": judge_chat(scores), "rng": random.Random(0), "memory": new_memory()}
+    ctx = {"task": judged_task(task), "chat": judge_chat(scores), "rng": random.Random(0), "memory": new_memory(),
+           "review": reviewer(task)}
     record, reason = run_conversation(task, ctx)
     assert reason is None and record["scores"] == scores
-    ctx = {"task": judged_task(task, 3.6), "chat": judge_chat(scores), "rng": random.Random(0), "memory": new_memory()}
+    ctx = {"task": judged_task(task, 3.6), "chat": judge_chat(scores), "rng": random.Random(0), "memory": new_memory(),
+           "review": reviewer(task)}
     assert run_conversation(task, ctx) == (None, "lm/judge: judge score below min_score")
 
 
 def test_an_unusable_judge_reply_keeps_the_conversation_unscored_unless_min_score(task):
-    ctx = {"task": judged_task(task), "chat": judge_chat("not json"), "rng": random.Random(0), "memory": new_memory()}
+    ctx = {"task": judged_task(task), "chat": judge_chat("not json"), "rng": random.Random(0), "memory": new_memory(),
+           "review": reviewer(task)}
     record, reason = run_conversation(task, ctx)
     assert reason is None and "scores" not in record
-    ctx = {"task": judged_task(task, 2), "chat": judge_chat("not json"), "rng": random.Random(0), "memory": new_memory()}
+    ctx = {"task": judged_task(task, 2), "chat": judge_chat("not json"), "rng": random.Random(0), "memory": new_memory(),
+           "review": reviewer(task)}
     assert run_conversation(task, ctx) == (None, "lm/judge: judge reply unusable")
 
 

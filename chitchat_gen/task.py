@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from . import prompts, quality
+from . import prompts
 from .errors import ConfigError
 from .record import STEP_ROLES, read_jsonl
 from .redact import MASK, is_secret_name, redact_url
@@ -68,23 +68,6 @@ TASK_FIELDS = [
           "cc-by-4.0, apache-2.0 or mit; null: none chosen, the card asks you to choose", flag="--license"),
     field("language", "str", "en", "the conversations' language for the card's Hub metadata, an ISO 639-1 code"),
     field("quality", "mapping", {}, "the quality gates: turn one off, add phrases, set thresholds (keys below)"),
-]
-
-QUALITY_FIELDS = [
-    field("gates", "mapping", {}, "`name: false` turns a gate off (`true` on); names: " + ", ".join(quality.GATE_NAMES)),
-    field("phrases", "mapping", {}, "`list: [phrase, ...]` adds plain phrases to a phrase list of quality.py; lists: "
-          + ", ".join(quality.PHRASES)),
-    field("copy_share", "number", quality.THRESHOLDS["copy_share"],
-          "share of a seed's or an earlier scenario's word weight (rare words weigh more) that makes a scenario "
-          "its copy, or the reverse (docs/quality.md)", above=0, high=1),
-    field("echo_share", "number", quality.THRESHOLDS["echo_share"],
-          "share of the user's 3-grams an assistant reply repeats to be an echo of the user", above=0, high=1),
-    field("parrot_words", "int", quality.THRESHOLDS["parrot_words"],
-          "words in a row copied from the instruction that make a user message a copied instruction", low=2),
-    field("closing_sentences", "int", quality.THRESHOLDS["closing_sentences"],
-          "most sentences a closing message may have and pass the closing check", low=1),
-    field("closing_words", "int", quality.THRESHOLDS["closing_words"],
-          "most words a closing message may have and pass the closing check", low=1),
 ]
 
 ENGINE_TYPES = ("ollama", "openai", "local")
@@ -183,7 +166,7 @@ def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
     for key in overrides:
         if key not in TASK_OVERRIDES and key not in ENGINE_OVERRIDES:
             known = [*TASK_OVERRIDES, *ENGINE_OVERRIDES]
-            raise ConfigError(f"unknown override '{key}'{_did_you_mean(key, known)}; known: {', '.join(known)}")
+            raise ConfigError(f"unknown override '{key}'{did_you_mean(key, known)}; known: {', '.join(known)}")
     path = Path(path)
     raw = _read_yaml(path)
     notes: list[str] = []
@@ -196,7 +179,7 @@ def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
                           "lower min_turns or raise max_turns")
     for template, text in task["prompts"].items():
         if template not in prompts.TEMPLATES:
-            raise ConfigError(f"{path}: prompts.{template}: unknown prompt{_did_you_mean(template, prompts.TEMPLATES)}; "
+            raise ConfigError(f"{path}: prompts.{template}: unknown prompt{did_you_mean(template, prompts.TEMPLATES)}; "
                               f"known: {', '.join(prompts.TEMPLATES)}")
         if problem := prompts.check_override(template, text):
             raise ConfigError(f"{path}: prompts.{template}: {problem}")
@@ -211,7 +194,6 @@ def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
         _import_stages(entry, f"stage_modules[{i}]", path)
     for key in ("initialization_stages", "iteration_stages", "finalization_stages"):
         task[key] = [_stage(stage, f"{key}[{i}]", task, path, notes) for i, stage in enumerate(task[key])]
-    task["quality"] = _quality(task, path, notes)
     if any(s["name"] == "lm/scenario" for s in task["initialization_stages"]) and not task["seed_scenarios"]:
         raise ConfigError(f"{path}: seed_datastore: lm/scenario learns from seed examples: "
                           "set seed_datastore.data_path to a seed_examples.jsonl file")
@@ -230,67 +212,11 @@ def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(_yaml_problem(path, text, exc))
+        from .yaml_errors import yaml_problem  # only a broken file pays for reading it again
+        raise ConfigError(yaml_problem(path, text, exc))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys (task_name, max_turns, ...) at top level")
     return raw
-
-
-# The fix for PyYAML's commonest problems, by words of its message.
-YAML_FIXES = [
-    ("'\\t'", "replace the tab with spaces (YAML indents with spaces only)"),
-    ("mapping values are not allowed here", "indent this line like the keys beside it, or quote a value that holds ': '"),
-    ("but found '<scalar>'", "put the whole value inside its quotes"),
-    ("expected <block end>", "indent this line like the keys beside it (with spaces)"),
-]
-
-
-def _yaml_problem(path: Path, text: str, exc: yaml.YAMLError) -> str:
-    """A YAML syntax error as "task.yaml line 5: not valid YAML (...): <fix>", the line the typo is on.
-
-    PyYAML's marks are 0-based, and its `problem_mark` is where parsing failed, which for some
-    typos is a later line: a missing ':' fails on the next line, an unclosed quote or bracket
-    where the file (or the next quote) ends. Those errors also carry a `context_mark`: where the
-    key, quote or bracket began, the line to fix. (A block mapping's context_mark is where the
-    whole mapping starts, no help: its problem_mark is the line to fix.)
-    """
-    problem, context = getattr(exc, "problem", None) or str(exc), getattr(exc, "context", None) or ""
-    mark = getattr(exc, "problem_mark", None)
-    starts_at = getattr(exc, "context_mark", None)
-    if starts_at and context.startswith(("while scanning a", "while parsing a flow")):
-        mark = starts_at
-    fix = next((fix for words, fix in YAML_FIXES if words in problem), "fix the syntax")
-    if "quoted scalar" in context:
-        problem, fix = "a quote is not closed", "close the quote opened on this line"
-    elif "simple key" in context:
-        problem, fix = "a line with no ':'", "write 'key: value', or indent it as the continuation of the line above"
-    elif context.startswith("while parsing a flow"):
-        opening, closing = "[]" if "sequence" in context else "{}"
-        problem, fix = f"a {opening} is not closed", f"close it with {closing}"
-    if mark is None:
-        return f"{path}: not valid YAML ({problem}): {fix}"
-    line = mark.line
-    opened = _quote_closing_on(text, line)
-    if opened is not None:
-        # An unclosed quote runs on to the next quote in the file (an apostrophe, a quoted word in
-        # a comment), and the error shows only there: point at the quote's opening line.
-        problem = f"the quote opened on this line closes only on line {line + 1}"
-        line, fix = opened, "close the quote on this line, or put the whole value on one line"
-    return f"{path} line {line + 1}: not valid YAML ({problem}): {fix}"
-
-
-def _quote_closing_on(text: str, line: int) -> int | None:
-    """The 0-based line a quoted string that ends on `line` (0-based) began on, if it spans lines."""
-    try:
-        for token in yaml.scan(text, Loader=yaml.SafeLoader):
-            if token.start_mark.line > line:
-                break
-            if (isinstance(token, yaml.ScalarToken) and token.style in ('"', "'")
-                    and token.start_mark.line < line == token.end_mark.line):
-                return token.start_mark.line
-    except yaml.YAMLError:
-        pass  # the scan stops at the same error: no quoted string ended on `line` before it
-    return None
 
 
 # --- the checker --------------------------------------------------------------------------
@@ -308,7 +234,7 @@ def check_fields(raw, fields: list[dict], prefix: str, notes: list, ignored=froz
         if key in ignored:
             notes.append(f"{prefix}{key}: DiGiT setting, ignored here")
         elif key not in known:
-            raise ConfigError(f"{where}: unknown key '{key}'{_did_you_mean(key, known)}; known keys: {', '.join(sorted(known))}")
+            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(key, known)}; known keys: {', '.join(sorted(known))}")
     return {f["name"]: check_value(raw.get(f["name"]), f, f"{prefix}{f['name']}") for f in fields}
 
 
@@ -340,7 +266,7 @@ def value_problem(value, spec: dict) -> str | None:
         return None
     choices = kind.split("|")
     if len(choices) > 1:
-        return f"expected one of {', '.join(choices)}, got {value!r}{_did_you_mean(value, choices)}"
+        return f"expected one of {', '.join(choices)}, got {value!r}{did_you_mean(value, choices)}"
     got = MASK if is_secret_name(spec.get("name", "")) else repr(value)  # an api_key of the wrong type is still a key
     return f"expected {describe(spec)}, got {got}"
 
@@ -363,7 +289,7 @@ def closest(word, choices) -> str | None:
     return close[0] if close else None
 
 
-def _did_you_mean(word, choices) -> str:
+def did_you_mean(word, choices) -> str:
     close = closest(word, choices)
     return f" (did you mean '{close}'?)" if close else ""
 
@@ -419,27 +345,6 @@ def _override(section: dict, specs: dict, overrides: dict) -> None:
             section[spec["name"]] = check_value(overrides[key], spec, f"{key} (override)")
 
 
-def _quality(task: dict, path, notes: list) -> dict:
-    """The `quality:` section as quality.settings, with lm/user/guided's `closing_cues` among the phrases."""
-    section = check_fields(task["quality"], QUALITY_FIELDS, f"{path}: quality.", notes)
-    for name, on in section["gates"].items():
-        if name not in quality.GATE_NAMES:
-            raise ConfigError(f"{path}: quality.gates.{name}: unknown gate{_did_you_mean(name, quality.GATE_NAMES)}; "
-                              f"known gates: {', '.join(quality.GATE_NAMES)}")
-        check_value(on, field(name, "bool", REQUIRED, "true or false"), f"{path}: quality.gates.{name}")
-    phrases = dict(section["phrases"])
-    for name, added in phrases.items():
-        if name not in quality.PHRASES:
-            raise ConfigError(f"{path}: quality.phrases.{name}: unknown phrase list{_did_you_mean(name, quality.PHRASES)}; "
-                              f"known lists: {', '.join(quality.PHRASES)}")
-        if not isinstance(added, list) or not all(isinstance(phrase, str) and phrase.strip() for phrase in added):
-            raise ConfigError(f"{path}: quality.phrases.{name}: expected a list of words or phrases, got {added!r}")
-    cues = [cue for s in task["iteration_stages"] if s["name"] == "lm/user/guided" for cue in s["closing_cues"]]
-    phrases["closing_cues"] = [*phrases.get("closing_cues", []), *cues]
-    thresholds = {key: value for key, value in section.items() if key not in ("gates", "phrases")}
-    return quality.settings(section["gates"], phrases, **thresholds)
-
-
 def _stage(raw, where: str, task: dict, path, notes: list) -> dict:
     if isinstance(raw, str):
         raw = {"name": raw}
@@ -447,7 +352,7 @@ def _stage(raw, where: str, task: dict, path, notes: list) -> dict:
         raise ConfigError(f"{path}: {where}: expected a mapping with a 'name' key, got {raw!r}")
     name = raw["name"]
     if name not in STAGES:
-        raise ConfigError(f"{path}: {where}.name: unknown stage '{name}'{_did_you_mean(name, STAGES)}; "
+        raise ConfigError(f"{path}: {where}.name: unknown stage '{name}'{did_you_mean(name, STAGES)}; "
                           f"known stages: {', '.join(STAGES)}; a stage of your own: list the Python file that "
                           "registers it (@stage) under stage_modules in the task file")
     if name not in BUILT_IN:
@@ -524,7 +429,7 @@ def _flow_controller(stage: dict, prefix: str, notes: list) -> None:
     for name in terminations:
         if name not in names:
             raise ConfigError(f"{prefix}termination_patterns: '{name}' is not one of the patterns"
-                              f"{_did_you_mean(name, names)}: add a pattern with that name")
+                              f"{did_you_mean(name, names)}: add a pattern with that name")
     if not any(p["weight"] > 0 and p["name"] not in terminations for p in patterns):
         raise ConfigError(f"{prefix}patterns: at least one non-termination pattern needs a weight > 0")
     stage["patterns"] = patterns
@@ -582,7 +487,7 @@ def load_personas(path: Path) -> list[dict]:
             raise ConfigError(f"{at}personality: expected an object like {{\"openness\": 0.5}}, got {personality!r}")
         for trait, value in personality.items():
             if trait not in BIG_FIVE:
-                raise ConfigError(f"{at}personality.{trait}: unknown trait{_did_you_mean(trait, BIG_FIVE)}; known: {', '.join(BIG_FIVE)}")
+                raise ConfigError(f"{at}personality.{trait}: unknown trait{did_you_mean(trait, BIG_FIVE)}; known: {', '.join(BIG_FIVE)}")
             check_value(value, TRAIT_FIELD, f"{at}personality.{trait}")
         persona.update(goals=goals, personality={t: float(personality.get(t) or 0.0) for t in BIG_FIVE})
         personas.append(persona)
@@ -618,24 +523,3 @@ def load_seed_scenarios(path: Path) -> list[str]:
     if not scenarios:
         raise ConfigError(f"{path}: no seed examples: add one conversation record per line")
     return scenarios
-
-
-# --- the key reference (docs/task-file.md) -----------------------------------------------------------
-
-def key_reference() -> str:
-    """The Markdown tables of every task-file key, as docs/task-file.md shows them (a test compares)."""
-    sections = [("top level", TASK_FIELDS), ("engine", ENGINE_FIELDS), ("quality", QUALITY_FIELDS),
-                ("seed_datastore, persona_store", DATA_STORE_FIELDS)]
-    sections += [(f"stage `{name}`", fields) for name, fields in STAGE_FIELDS.items() if fields]
-    sections += [("each of the flow controller's `patterns`", PATTERN_FIELDS)]
-    lines = []
-    for title, fields in sections:
-        lines += [f"**{title}**", "", "| key | type | default | doc |", "| --- | --- | --- | --- |"]
-        for spec in fields:
-            default = "required" if spec["default"] is REQUIRED else \
-                f"`{yaml.safe_dump(spec['default']).replace(chr(10) + '...', '').strip()}`"
-            flag = f" (flag `{spec['flag']}`)" if spec["flag"] else \
-                f" (no flag: `{spec['override']}=` of `load_task` and `run`)" if spec["override"] else ""
-            lines.append(f"| `{spec['name']}` | {describe(spec)} | {default} | {spec['doc']}{flag} |")
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"

@@ -1,4 +1,4 @@
-"""Load control (chitchat_gen/load.py): routing, the adaptive limit, pacing and health, as units;
+"""Load control (chitchat_gen/ratelimit.py): routing, the adaptive limit, pacing and health, as units;
 then the three cases of issue 12 against the fake server through the real CLI, asserting counts."""
 
 import heapq
@@ -8,93 +8,95 @@ from conftest import outputs, run_cli
 from fake_lm import FakeServer
 from test_engines import free_port_url
 
-from chitchat_gen import load
-from chitchat_gen.config import load_task
-from chitchat_gen.engines import check_engine, make_pool
+from chitchat_gen import ratelimit as load
+from chitchat_gen.chat import backoff
+from chitchat_gen.preflight import check_engine
+from chitchat_gen.ratelimit import make_pool
+from chitchat_gen.task import load_task
 
 A, B = "http://a:1", "http://b:1"
 
 
 def endpoint(pool, url=A):
-    return next(e for e in pool["endpoints"] if e["url"] == url)
+    return next(e for e in pool.endpoints if e["url"] == url)
 
 
 def test_calls_go_where_they_finish_soonest():
     # Virtual time: 24 calls always in flight over two endpoints, one 4x slower.
-    pool, latency = load.new_pool([A, B], concurrency=24), {A: 0.1, B: 0.4}
+    pool, latency = load.Pool([A, B], concurrency=24), {A: 0.1, B: 0.4}
     now, running, calls = 0.0, [], {A: 0, B: 0}
     for i in range(24):
-        ticket = load.acquire(pool)
+        ticket = pool.acquire()
         heapq.heappush(running, (now + latency[ticket["url"]], i, ticket))
     for i in range(24, 3000):
         now, _, ticket = heapq.heappop(running)
-        load.release(pool, ticket, "ok", status=200, seconds=latency[ticket["url"]])
+        pool.release(ticket, "ok", status=200, seconds=latency[ticket["url"]])
         calls[ticket["url"]] += 1
-        ticket = load.acquire(pool)
+        ticket = pool.acquire()
         heapq.heappush(running, (now + latency[ticket["url"]], i, ticket))
     assert calls[A] > 3 * calls[B] > 0
 
 
 def test_an_endpoint_not_yet_measured_gets_a_call():
-    pool = load.new_pool([A, B], concurrency=4)
-    load.release(pool, load.acquire(pool), "ok", status=200, seconds=0.5)
-    assert load.acquire(pool)["url"] == B
+    pool = load.Pool([A, B], concurrency=4)
+    pool.release(pool.acquire(), "ok", status=200, seconds=0.5)
+    assert pool.acquire()["url"] == B
 
 
 def test_a_burst_of_slow_downs_halves_the_limit_once_then_it_grows_back():
-    pool = load.new_pool([A], concurrency=8)
-    tickets = [load.acquire(pool) for _ in range(8)]
-    assert load.acquire(pool, timeout=0) is None  # 8 in flight: the limit is full
+    pool = load.Pool([A], concurrency=8)
+    tickets = [pool.acquire() for _ in range(8)]
+    assert pool.acquire(timeout=0) is None  # 8 in flight: the limit is full
     for ticket in tickets[:5]:
-        load.release(pool, ticket, "busy", status=503)
+        pool.release(ticket, "busy", status=503)
     assert endpoint(pool)["limit"] == 4  # five answers of one burst: one halving
     for ticket in tickets[5:]:
-        load.release(pool, ticket, "ok", status=200, seconds=0.1)
+        pool.release(ticket, "ok", status=200, seconds=0.1)
     for _ in range(20):
-        load.release(pool, load.acquire(pool), "ok", status=200, seconds=0.1)
+        pool.release(pool.acquire(), "ok", status=200, seconds=0.1)
     assert endpoint(pool)["limit"] > 4
 
 
 def test_near_the_level_of_the_last_slow_down_the_limit_grows_slowly():
-    pool = load.new_pool([A], concurrency=8)
+    pool = load.Pool([A], concurrency=8)
     e = endpoint(pool)
     e["limit"] = 4.0
-    load.release(pool, load.acquire(pool), "busy", status=503)
+    pool.release(pool.acquire(), "busy", status=503)
     assert (e["limit"], e["ceiling"]) == (2.0, 4.0)
     successes = 0
     while e["limit"] < 3:
-        load.release(pool, load.acquire(pool), "ok", status=200, seconds=0.1)
+        pool.release(pool.acquire(), "ok", status=200, seconds=0.1)
         successes += 1
     assert successes <= 3  # about +1 per `limit` successes, far below the ceiling
     while e["limit"] < 4:
-        load.release(pool, load.acquire(pool), "ok", status=200, seconds=0.1)
+        pool.release(pool.acquire(), "ok", status=200, seconds=0.1)
         successes += 1
     assert successes - 3 >= 2 * load.SLOW_PROBE  # the last step, to where it broke, is SLOW_PROBE x slower
 
 
 def test_a_429_paces_the_endpoint_at_the_rate_that_got_through_and_pauses_it():
-    pool = load.new_pool([A], concurrency=32)
+    pool = load.Pool([A], concurrency=32)
     for _ in range(12):
-        load.release(pool, load.acquire(pool), "ok", status=200, seconds=0.01)
-    load.release(pool, load.acquire(pool), "busy", status=429, retry_after=30)
+        pool.release(pool.acquire(), "ok", status=200, seconds=0.01)
+    pool.release(pool.acquire(), "busy", status=429, retry_after=30)
     e = endpoint(pool)
     assert e["requests"]["rate"] == 12
-    assert load.acquire(pool, timeout=0) is None  # paused for Retry-After
+    assert pool.acquire(timeout=0) is None  # paused for Retry-After
     e["pause_until"] = 0.0
     e["requests"]["level"] = 1.0
-    assert load.acquire(pool, timeout=0) is not None
-    assert load.acquire(pool, timeout=0) is None  # the next one waits for its token (1/12 s)
+    assert pool.acquire(timeout=0) is not None
+    assert pool.acquire(timeout=0) is None  # the next one waits for its token (1/12 s)
 
 
 def test_the_users_max_rpm_paces_calls():
-    pool = load.new_pool([A], concurrency=32, max_rpm=60)  # one call a second
-    assert load.acquire(pool, timeout=0) is not None
-    assert load.acquire(pool, timeout=0) is None
+    pool = load.Pool([A], concurrency=32, max_rpm=60)  # one call a second
+    assert pool.acquire(timeout=0) is not None
+    assert pool.acquire(timeout=0) is None
 
 
 def test_openai_rate_headers_set_the_pace_and_a_zero_remaining_waits_for_the_reset():
-    pool = load.new_pool([A], concurrency=32)
-    load.release(pool, load.acquire(pool), "ok", status=200, seconds=0.1,
+    pool = load.Pool([A], concurrency=32)
+    pool.release(pool.acquire(), "ok", status=200, seconds=0.1,
                  headers={"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "0",
                           "x-ratelimit-reset-requests": "2s", "x-ratelimit-limit-tokens": "60000"})
     e = endpoint(pool)
@@ -103,28 +105,28 @@ def test_openai_rate_headers_set_the_pace_and_a_zero_remaining_waits_for_the_res
 
 
 def test_a_failing_endpoint_is_taken_out_then_probed_with_one_call():
-    pool = load.new_pool([A, B], concurrency=8)
+    pool = load.Pool([A, B], concurrency=8)
     for _ in range(3):
-        ticket = load.acquire(pool)
+        ticket = pool.acquire()
         while ticket["url"] != A:  # park calls on B until A is picked
-            ticket = load.acquire(pool)
-        load.release(pool, ticket, "failed", status=500)
+            ticket = pool.acquire()
+        pool.release(ticket, "failed", status=500)
     e = endpoint(pool)
     assert e["down_until"] > load.time.monotonic()
-    assert all(load.acquire(pool)["url"] == B for _ in range(3))
+    assert all(pool.acquire()["url"] == B for _ in range(3))
     e["down_until"] = 0.0  # its time out is over
-    probe = load.acquire(pool)
+    probe = pool.acquire()
     assert probe["url"] == A
-    assert load.acquire(pool)["url"] == B  # one probe at a time
-    load.release(pool, probe, "ok", status=200, seconds=0.01)
-    assert e["cooldown"] == 0 and load.acquire(pool)["url"] == A  # back in rotation
+    assert pool.acquire()["url"] == B  # one probe at a time
+    pool.release(probe, "ok", status=200, seconds=0.01)
+    assert e["cooldown"] == 0 and pool.acquire()["url"] == A  # back in rotation
 
 
 def test_with_every_endpoint_out_calls_still_go_to_the_one_due_back_first():
-    pool = load.new_pool([A, B], concurrency=8)
+    pool = load.Pool([A, B], concurrency=8)
     for url, due in ((A, 50.0), (B, 10.0)):
         endpoint(pool, url).update(down_until=load.time.monotonic() + due, cooldown=due)
-    assert load.acquire(pool, timeout=0)["url"] == B
+    assert pool.acquire(timeout=0)["url"] == B
 
 
 def test_props_total_slots_start_the_limit():
@@ -133,7 +135,7 @@ def test_props_total_slots_start_the_limit():
                 "concurrency": 40, "max_rpm": None, "max_tpm": None}
         engine = check_engine(task)
         assert engine["slots"] == {server.url: 6}
-        assert make_pool(engine)["endpoints"][0]["limit"] == 6
+        assert make_pool(engine).endpoints[0]["limit"] == 6
 
 
 # --- the three cases of issue 12, through the CLI -----------------------------------------
@@ -193,42 +195,42 @@ def test_client_side_limits_are_flags_and_task_keys(task_dir, flag):
 
 def test_a_lone_endpoint_that_fails_some_calls_keeps_its_full_limit():
     # Taking an endpoint out routes around it; with nobody to route to, one probe at a time only stalls.
-    pool = load.new_pool([A], concurrency=8)
+    pool = load.Pool([A], concurrency=8)
     for _ in range(3):
-        load.release(pool, load.acquire(pool), "failed", status=500)
+        pool.release(pool.acquire(), "failed", status=500)
     assert endpoint(pool)["cooldown"]
-    assert all(load.acquire(pool, timeout=0) is not None for _ in range(8))
+    assert all(pool.acquire(timeout=0) is not None for _ in range(8))
 
 
 def test_a_failed_call_is_retried_soon_while_its_endpoint_answers_others():
-    pool = load.new_pool([A], concurrency=8)
-    ticket = load.acquire(pool)
-    load.release(pool, ticket, "failed", status=500)
-    assert not load.answering(pool, ticket)
-    assert max(load.backoff(1, load.answering(pool, ticket)) for _ in range(50)) > 0.05  # nothing answered: wait longer
-    load.release(pool, load.acquire(pool), "ok", status=200, seconds=0.1)
-    assert load.answering(pool, ticket)
-    assert all(load.backoff(1, load.answering(pool, ticket)) <= 0.05 for _ in range(50))  # a sporadic fault
+    pool = load.Pool([A], concurrency=8)
+    ticket = pool.acquire()
+    pool.release(ticket, "failed", status=500)
+    assert not pool.answering(ticket)
+    assert max(backoff(1, pool.answering(ticket)) for _ in range(50)) > 0.05  # nothing answered: wait longer
+    pool.release(pool.acquire(), "ok", status=200, seconds=0.1)
+    assert pool.answering(ticket)
+    assert all(backoff(1, pool.answering(ticket)) <= 0.05 for _ in range(50))  # a sporadic fault
 
 
 def test_timeouts_show_on_the_progress_line_and_a_silent_fleet_is_named():
-    pool = load.new_pool([A], concurrency=4, timeout=0.01)
-    ticket = load.acquire(pool)
-    load.release(pool, ticket, "timeout")
-    assert "NOT ANSWERING (1 timed out after 0.01s)" in load.describe(load.report(pool))
-    assert load.silent(pool) is None  # one timeout may be bad luck
+    pool = load.Pool([A], concurrency=4, timeout=0.01)
+    ticket = pool.acquire()
+    pool.release(ticket, "timeout")
+    assert "NOT ANSWERING (1 timed out after 0.01s)" in load.describe(pool.report())
+    assert pool.silent() is None  # one timeout may be bad luck
     load.time.sleep(0.03)
-    load.release(pool, load.acquire(pool), "timeout")
-    assert "2 calls to http://a:1 timed out after 0.01 s each" in load.silent(pool)
-    load.release(pool, load.acquire(pool), "busy", status=429)
-    assert load.silent(pool) is None and "NOT ANSWERING" not in load.describe(load.report(pool))  # an answer
+    pool.release(pool.acquire(), "timeout")
+    assert "2 calls to http://a:1 timed out after 0.01 s each" in pool.silent()
+    pool.release(pool.acquire(), "busy", status=429)
+    assert pool.silent() is None and "NOT ANSWERING" not in load.describe(pool.report())  # an answer
 
 
 def test_a_call_waiting_long_shows_on_the_progress_line_with_the_timeout():
-    pool = load.new_pool([A], concurrency=4, timeout=120)
-    ticket = load.acquire(pool)
-    assert "longest wait" not in load.describe(load.report(pool))
+    pool = load.Pool([A], concurrency=4, timeout=120)
+    ticket = pool.acquire()
+    assert "longest wait" not in load.describe(pool.report())
     endpoint(pool)["sent"][id(ticket)] -= 95  # sent 95 s ago
-    assert "longest wait 95s of 120s" in load.describe(load.report(pool))
-    load.release(pool, ticket, "ok", status=200, seconds=95)
-    assert "longest wait" not in load.describe(load.report(pool))
+    assert "longest wait 95s of 120s" in load.describe(pool.report())
+    pool.release(ticket, "ok", status=200, seconds=95)
+    assert "longest wait" not in load.describe(pool.report())

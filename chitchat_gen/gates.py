@@ -18,149 +18,24 @@ the same table over a dataset, so the figures mean what the gates mean.
     >>> is_closing("Thanks a lot, talk soon!")
     True
 
-The phrase lists are English; a task adds its own under `quality.phrases` (config.py).
+The phrase lists (phrases.py) are English; a task adds its own under `quality.phrases`.
 """
 
 from __future__ import annotations
 
-import collections
-import itertools
-import math
+import functools
 import re
-import threading
 from functools import lru_cache
 
+from . import task as task_file
+from .dedupe import COPY_SHARE, CopyIndex, pinned
+from .errors import ConfigError
+from .phrases import MENTIONED, PHRASES, THANKS
 from .text import jaccard, normalise, shingles, words
-
-# --- the phrase lists ------------------------------------------------------------------------
-# Each list is named data a task extends under `quality.phrases.<list>`; how a list's entries
-# match is said above it. Entries of ours may be regular expressions; a task's are plain text.
-
-# Regex fragments, matched case-insensitively after "[" or "<": slots a template meant to be
-# filled ("[insert location here]", "[Your name]", "<name>"); "{{...}}" always is one.
-PLACEHOLDERS = ("insert", "add", "enter", "your", "name", "placeholder", "topic", "location", "date", "user", "city")
-# Regex fragments: a label at the very start of a reply; the content after it is the reply. Kin
-# and titles may carry a capitalised name ("Auntie Jane:", "Dr Patel:"): a model that writes a
-# transcript names its speakers. "The person:" opens a scenario that copies lm/scenario's line on
-# its persona: the rest is a scenario for that person.
-SPEAKER_LABELS = ("user", "assistant", "human", "ai", "me", "scenario", "message", "instruction", "your message", "reply",
-                  "the person", "auntie", "aunt", "uncle", "grandma", "granny", "grandpa", "mom", "mum", "dad", "mr", "mrs", "ms",
-                  "miss", "dr", "doctor", "professor", "chef", "coach", "captain")
-# Regex fragments: a line that starts with one of these and a colon copies the shape of our
-# prompts (or makes one up): "Situation: ...", "Your last message: ...", "Chat to: writer123".
-LEAKED_LABELS = ("situation", "scenario", "persona", "instruction", "hint", "context", "note", "who you are", "sender",
-                 "general instruction", r"(chat|conversation)( \w+){0,3}", r"(\w+ )?(your|my) (\w+ ){0,2}message",
-                 r"the next one( is)?", r"(your|my) (answer|response|reply)", "the user", "role",
-                 "instruction for your next message", r"this is (your|my) (last|final) message",
-                 r"here'?s (a|an|your|my) ([\w-]+ ){0,2}(message|response|reply)", "one short sentence")
-# Regex fragments: words in parentheses or brackets that make them a note about the chat, not
-# part of it: "(next message to the assistant is ...)", "(reminder: don't include yourself in this chat)".
-META_NOTES = ("assistant", "chatbot", "the user", r"reminder\s*:", r"note\s*:", "instructions?", "persona", "scenario",
-              "continuation", "in character", "role-?play", r"(the|next|last|previous|this|my|your) message",
-              r"(this|the) (chat|conversation)")
-# Regex fragments: a sentence that starts like this is about the message: "Here is a continuation of the previous message."
-META_LINES = (r"here('s| is) (a |the |my )?(continuation|rest|next part)\b", r"(this is )?(a |the )?continuation of\b",
-              r"continuing (from )?(the|my|your) (previous|last)", r"\(?continued\)?$",
-              r"the following is (the|a|my|your) (message|reply|response)", r"the (original|last|next|previous) message (was|is)\b",
-              r"the message is\s*:", r"please feel free to remove this",
-              r"(please )?(modify|rewrite|revise|edit|change|continue|adjust|update) (the|this|your|my) "
-              r"(conversation|dialogue|chat|message|response|reply) (to|so|by|with)\b")
-# Plain words, and their -s, -ed and -ing forms: parentheses or asterisks that start with one
-# are a stage direction or a role-play action ("(laughs)", "(smiling knowingly)", "*leans back in chair*").
-STAGE_DIRECTIONS = ("laugh", "chuckle", "giggle", "smile", "grin", "sigh", "nod", "wink", "shrug", "pause", "gasp",
-                    "cough", "lean", "wave", "blush", "beam", "smirk", "sob", "hug", "whisper", "shout", "exclaim",
-                    "glance", "yawn", "stretch", "clap", "gesture", "snicker", "scratch", "tilt", "sip", "sniff",
-                    "frown", "blink", "mutter", "grumble", "wipe", "squeal", "cheer", "beaming", "clears", "looks",
-                    "point", "notice", "gaze", "stare")
-# Regex fragments: a user message saying these talks as the assistant.
-ASSISTANT_VOICE = (
-    r"as an ai", r"i'?m an ai", r"as a (large )?language model", r"how (can|may) i (help|assist)(?! (?!you\b)\w)",
-    r"i'?m here to (help|assist)", r"(i'?ll|i'?m|to) be your (\w+ ){0,2}assistant",
-    r"(i'?d|i would|i'?m|i am|i'?ll) (be )?(so |very |really |more than )?(happy|glad|delighted|pleased|thrilled|excited) "
-    r"to (help|assist)", r"assist you with", r"i'?m (a|an|your) (\w+ ){0,2}(ai|assistant|chatbot|language model)",
-    r"let me know if (you|there'?s)", r"feel free to (ask|reach out)", r"is there anything else i can",
-    r"happy to help", r"i hope (this|that) helps", r"(happy|glad) to be of (service|help)", r"at your service",
-    r"what can i (do|help you with)( for you)?", r"how can i be of (help|assistance|service)",
-    r"what would you like to (talk|chat) about", r"is there (anything|something) i can (do|help)",
-)
-# Regex fragments, matched on the words of one clause of a sentence (lower case, no punctuation):
-# what a closing says. A closing takes leave, thanks, or wishes well (is_closing), and people say
-# each in many words, so these name the forms, not the idioms: a verb of leaving after a "have
-# to" ("gotta go", "I should get going", "need to run"), "nice/great/fun ... talking/chatting",
-# "see/talk to/catch you ...". What is not a closing stays out by form too: "have a great day"
-# only as a wish (alone or after "you", "hope you", "and": not "I have a great day so far"),
-# "take care" not "of", "see you" not after "to" ("I'd love to see you there"), "thanks" not
-# "thanks to the rain", "grateful" only for something ("grateful for the people who inspire me"
-# is no goodbye). A cue after "no", "not", "don't" ... in its clause is not said ("No, no thanks").
-_MODAL = (r"(?:gotta|got to|have to|has to|need to|should|must|better|had better|ought to|gonna|gonna have to|"
-          r"going to have to|will have to|i'll have to|time to|time for me to|about to|going to|i'm going to)")
-_LEAVE = (r"(?:go|go now|run|leave|split|jet|bounce|dash|scoot|scat|blast|fly|head out|head off|head home|head to \w+|"
-          r"get going|get goin|be going|be off|get off|get back to \w+|get to (?!know\b)\w+|sign off|sign out|log off|log out|hop off|take off|"
-          r"peace out|get ready for \w+|go to bed|go to sleep|head to bed|let you go|leave you to it|"
-          r"(?:end|close) (?:it|this|the chat|this chat|the conversation|this conversation|out))")
-_PARTING = r"(?:again|soon|sometime|some time|another time|in the future|later|tomorrow|around|next time)"
-TAKING_LEAVE = (
-    rf"{_MODAL}(?: \w+)? {_LEAVE}", r"gtg|g2g|ttyl|ttys", r"(?:i'm|im|i am) (?:off|out|outta here|leaving|done for (?:the day|today|now))",
-    r"(?:heading|signing|logging|hopping) (?:out|off)", r"(?:i'm|im|i am) (?:going|off|headed|heading) to (?:bed|sleep|class|work)",
-    r"bye+|bye bye|byebye|goodbye|good bye|buh bye|farewell|adios|adieu|ciao|cheerio|toodles|peace out|^peace$|cheers",
-    r"(?<!\bto )(?:see|c) (?:you|ya|yah|u|y'all)(?! there)", r"cya|seeya|^(?:\w+ )?laters?$", r"until next time|till next time|til next time",
-    rf"(?:talk|chat|speak)(?: (?:to|with) (?:you|ya|u))? {_PARTING}", rf"catch (?:you|ya|u|each other)(?: \w+){{0,3}} {_PARTING}|catch you on the flip side",
-    rf"(?:connect|reconnect|meet|run into (?:you|each other)|bump into (?:you|each other)|cross paths)(?: \w+)? {_PARTING}",
-    r"(?:i'll|i will|we'll|we will) (?:talk|chat) (?:to|with) (?:you|ya)", r"until we meet again",
-    r"good ?night|nighty? night|night night|^night$|^nite$",
-    r"take care(?! of)", r"(?:cut|cutting) (?:this|it|our \w+|the \w+) short", r"(?:it was|it's been|it has been|been|what) a pleasure",
-    r"(?:nice|great|good|fun|lovely|awesome|cool|wonderful|fantastic|amazing|a pleasure|pleasure|a blast|a joy) "
-    r"(?:talking|chatting|speaking|meeting you|getting to know you|talkin|chattin|to talk|to chat|to speak)",
-    r"(?:nice|great|good|fun|lovely|awesome|wonderful|interesting|long|fun little) (?:chat|conversation|convo|talk|discussion)",
-    r"(?:this (?:was|has been|'s been)|it (?:has|'s) been) (?:so |really |very |super |a lot of |such )?"
-    r"(?:fun|great|lovely|nice|helpful|a pleasure|a blast|awesome|wonderful|fantastic)(?= ?\w*$| talking| chatting)",
-    r"(?:enjoyed|loved|liked|love|enjoy) (?:talking|chatting|our chat|the chat|this chat|our conversation|the conversation|this conversation)",
-)
-THANKS = (
-    r"thank (?:you|u|ya|ye|yall|y'all)", r"thankyou|thanku|thanx|thnx|thx|tysm|tyvm|many thanks|much appreciated",
-    r"thanks(?! to (?!you|u\b))", r"can't thank you enough", r"appreciate (?:it|that|this|you|your \w+|the \w+|all)",
-    r"(?:i'm|i am|so|very|really) grateful|grateful for (?:your|the|this|our|all) (?:\w+ )?(?:help|time|chat|advice|tips|conversation|ideas|support|patience)",
-)
-WISHES = (
-    r"(?:^|(?:you|u|ya|and|now|so|also|ok|okay|well|please|hope you|wish you|alright|then|oh|yeah) )"
-    r"have (?:an? (?:\w+ ){0,4}(?:day|night|evening|morning|afternoon|week|weekend|one|time|trip|flight|summer|semester|"
-    r"holiday|holidays|break|lunch|dinner|meal|class|test|exam|game|shift|vacation|\w+day)|fun|a blast)",
-    r"^(?:and |so |now |also )?enjoy\b|hope (?:you|u) (?:have|enjoy|feel better|get some rest|sleep well|do well|win)|hope (?:all|it|everything|things) goes? well",
-    r"good ?luck|best of luck|all the best|best wishes|wishing you|take it easy|stay safe|be safe|be well|rest well|sleep well|"
-    r"sweet dreams|feel better soon|good day to you|wish you (?:\w+ )?(?:luck|the best|well)",
-    r"^(?:\w+ )?(?:and )?(?:you|u) too$",
-)
-CLOSING_CUES = (*TAKING_LEAVE, *THANKS, *WISHES)
-# Plain words: a cue in a clause after one of these (up to four words before it) is denied or
-# supposed, not said: "No need to say goodbye", "I don't have to go", "if you want to talk again later".
-NEGATIONS = ("no", "not", "don't", "dont", "never", "won't", "wont", "didn't", "doesn't", "without", "nor", "cannot", "if")
-# Plain words: a cue right after one of these is talked about, not said ("a note that says thank you").
-MENTIONED = ("says", "saying", "said")
-# Plain words: a user message whose list items (two or more) all open with one of these restates
-# its instruction ("1. Open a new topic.\n2. Ask an open question."); a user's own list names
-# things or asks ("- tent\n- stove", "1. How long should I rest the dough?").
-INSTRUCTION_VERBS = ("write", "ask", "open", "share", "tell", "say", "keep", "mention", "reply", "respond", "pick", "use",
-                     "include", "avoid", "thank", "express", "follow", "introduce", "continue", "stay", "end", "start",
-                     "focus", "add", "greet", "talk", "discuss", "offer", "make", "be", "show", "give", "provide")
-# Regex fragments: an assistant reply saying these speaks as one of the user's kind, in the
-# user's voice ("Fellow carpenters!", "As a fellow gardener, I ...").
-USER_VOICE = (r"^\W*(?:(?:hey|hi|hello|greetings|dear|oh|well|welcome)\W+)?(?:my )?fellow \w+", r"\bas a fellow\b",
-              r"\bi'?m a fellow\b")
-# Plain words: a scenario that opens with one of these speaks as someone (I, you, we), greets or
-# answers: "I'm so glad I could help!" is a reply, not a scenario.
-NOT_A_SCENARIO = ("i", "i'm", "i'd", "i'll", "i've", "im", "me", "my", "we", "we're", "we'll", "our", "us", "you",
-                  "you're", "your", "thanks", "thank", "sure", "hello", "hi", "hey", "yes", "no", "okay", "ok", "wow",
-                  "oh", "here", "here's", "how", "what", "let's", "glad", "great", "absolutely", "certainly")
-PHRASES = {"placeholders": PLACEHOLDERS, "speaker_labels": SPEAKER_LABELS, "leaked_labels": LEAKED_LABELS,
-           "meta_notes": META_NOTES, "meta_lines": META_LINES, "stage_directions": STAGE_DIRECTIONS,
-           "assistant_voice": ASSISTANT_VOICE, "instruction_verbs": INSTRUCTION_VERBS, "user_voice": USER_VOICE,
-           "closing_cues": CLOSING_CUES, "mentioned": MENTIONED, "negations": NEGATIONS,
-           "not_a_scenario": NOT_A_SCENARIO}
 
 # --- thresholds (a task sets them under `quality:`) ------------------------------------------
 THRESHOLDS = {
-    # A scenario copies an earlier one when either holds this share of the other's word weight (CopyIndex).
-    "copy_share": 0.9,
+    "copy_share": COPY_SHARE,  # dedupe.CopyIndex
     "echo_share": 0.6,  # share of the user's 3-grams that an assistant reply repeats to count as echoing it
     "parrot_words": 5,  # words in a row copied from the instruction that make a message a parroted instruction
     # A bound on a closing that runs away, not its usual length: most are a sentence or two, but
@@ -537,143 +412,11 @@ def copy(text: str, about: dict) -> bool:
     return about["earlier"].copy_of(text, about["given"]["copy_share"]) is not None
 
 
-def pinned(texts) -> CopyIndex:
-    """A CopyIndex holding `texts` for good and nothing else: a fixed list, built once, checked many times
-    (`stats` against the seeds; `review` given a list).
-
-    >>> seeds = pinned(["A retired teacher wants to chat about astronomy."])
-    >>> seeds.copy_of("A retired teacher wants to chat about astronomy. She has a new telescope.")
-    'A retired teacher wants to chat about astronomy.'
-    """
-    index = CopyIndex(limit=0)
-    index.pin(texts)
-    return index
-
-
 def near_duplicate(text: str, about: dict) -> bool:
     threshold, grams = about["near_duplicate"], shingles(text)
     return threshold is not None and any(jaccard(grams, other) >= threshold
                                          for other in map(shingles, about["earlier"].texts(pinned=True)))
 
-
-KEYS = 8  # a text's rarest words, filed by pairs: a copy that changes two of them keeps the other six's 15 pairs
-
-
-class CopyIndex:
-    """Earlier texts for the copy check, each kept as its set of words and found by its rare words.
-
-    A copy is a text that holds at least `share` (THRESHOLDS' copy_share) of an earlier one's word weight, or whose
-    own weight the earlier one holds (a seed copied, with a sentence added, or cut short). A
-    word weighs more the fewer texts held here use it (IDF: 1 + ln((texts + 1) / (texts with
-    it + 1))), so the frame most scenarios share ("a ... wants to chat about") counts little
-    and the topic much: "A retired teacher wants to chat about birdwatching." is not a copy of
-    "... about astronomy.", while a long seed with a word changed is.
-
-    Each text is filed under the pairs of its KEYS rarest words when it is added. A check looks
-    up the pairs of the new text's words and weighs only the texts whose rare words it holds
-    all but two of (a copy changes a word or two): it reads the texts that share rare words
-    with it, never every text held, and no text's words are split again. Pinned texts (a task's
-    seeds) stay; the others are kept up to `limit`, the oldest going first. A class for its lock
-    only: worker threads add and check at once, and Ray pickles the memory to its workers (each
-    gets a lock of its own).
-
-    >>> index = CopyIndex(limit=1000)
-    >>> index.pin(["A nervous new cat owner wants to stop her kitten from shredding the living-room sofa."])
-    >>> index.add("A retired teacher wants to chat about astronomy.")
-    >>> index.copy_of("A retired teacher wants to chat about birdwatching.") is None
-    True
-    >>> index.copy_of("A nervous new cat owner wants to stop her kitten from scratching the living-room sofa.")
-    'A nervous new cat owner wants to stop her kitten from shredding the living-room sofa.'
-    """
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.lock = threading.Lock()
-        self.held = {}  # id -> (text, its words, its key pairs, how many of them a copy keeps)
-        self.used = collections.Counter()  # word -> how many held texts use it
-        self.by_pair = {}  # (word, word) -> ids of the texts it is a key pair of
-        self.pinned = set()  # texts never dropped (a task's seeds)
-        self.order = collections.deque()  # ids of the other texts, oldest first
-        self.recent = collections.deque()  # their texts, in step with `order` (texts() is one C-level copy)
-        self.next_id = 0
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "lock"}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, lock=threading.Lock())
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def texts(self, pinned: bool = False) -> list[str]:
-        """The texts added, oldest first; with `pinned`, the pinned ones before them."""
-        with self.lock:
-            return [*self.pinned, *self.recent] if pinned else list(self.recent)
-
-    def pin(self, texts) -> None:
-        """Hold `texts` for good (a text already pinned is skipped, so a stage can pin its seeds on every call)."""
-        with self.lock:
-            for text in texts:
-                if text not in self.pinned:
-                    self.pinned.add(text)
-                    self._hold(text)
-
-    def add(self, text: str) -> None:
-        with self.lock:
-            self.order.append(self._hold(text))
-            self.recent.append(text)
-            while len(self.order) > self.limit:
-                self._drop(self.order.popleft())
-                self.recent.popleft()
-
-    def copy_of(self, text: str, share: float = THRESHOLDS["copy_share"]) -> str | None:
-        """The earlier text that `text` copies (holding `share` of its word weight, or it of ours), or None."""
-        found = frozenset(words(text))
-        with self.lock:
-            shared_pairs = collections.Counter(itertools.chain.from_iterable(
-                self.by_pair[pair] for pair in pairs(found) if pair in self.by_pair))
-            weights = {}
-            total = self._weight(found, weights)
-            close = sorted(i for i, shared in shared_pairs.items() if shared >= self.held[i][3])
-            for i in close:  # sorted: the oldest copy is named, whatever order the index holds them in
-                earlier, held, _, _ = self.held[i]
-                if self._weight(found & held, weights) >= share * min(total, self._weight(held, weights)):
-                    return earlier
-        return None
-
-    def _hold(self, text: str) -> int:
-        held = frozenset(words(text))
-        self.used.update(held)
-        keys = sorted(held, key=lambda word: (self.used[word], word))[:KEYS]  # ties: by the word, not set order
-        i, self.next_id = self.next_id, self.next_id + 1
-        self.held[i] = (text, held, pairs(keys), math.comb(max(2, len(keys) - 2), 2))  # a copy keeps all but two keys
-        for pair in self.held[i][2]:
-            self.by_pair.setdefault(pair, set()).add(i)
-        return i
-
-    def _drop(self, i: int) -> None:
-        _, held, keys, _ = self.held.pop(i)
-        self.used.subtract(held)
-        for word in held:
-            if not self.used[word]:
-                del self.used[word]
-        for pair in keys:
-            self.by_pair[pair].discard(i)
-            if not self.by_pair[pair]:
-                del self.by_pair[pair]
-
-    def _weight(self, found, weights: dict) -> float:
-        """The words' summed weight; `weights` keeps each word's, computed once per check."""
-        for word in found - weights.keys():
-            weights[word] = 1 + math.log((len(self.held) + 1) / (self.used[word] + 1))
-        return sum(weights[word] for word in found)
-
-
-def pairs(found) -> list[tuple]:
-    """The pairs of words in `found`, each in sorted order (a text of one word is its own pair)."""
-    ordered = sorted(found)
-    return list(itertools.combinations(ordered, 2)) or [tuple(ordered)]
 
 
 # --- the gate table ----------------------------------------------------------------------------
@@ -721,13 +464,13 @@ DEFAULTS = settings()
 
 
 def review(text: str, kind: str, given: dict | None = None, previous: str = "", instruction: str | None = None,
-           earlier: CopyIndex | list[str] | None = None, near_duplicate: float | None = None) -> tuple[str, list[str], list[str]]:
+           earlier=None, seeds=(), near_duplicate: float | None = None) -> tuple[str, list[str], list[str]]:
     r"""What is wrong with one message: (the text cleaned, labels of what went, labels of the problems left).
 
     `kind` is one of KINDS; `given` the task's settings (`task["quality"]`, else the defaults);
     `previous` the message it answers (echoes); `instruction` what the user was told (parroting)
-    and `earlier` the seeds and earlier scenarios, a CopyIndex or a list (None: the gates that
-    need them do not run);
+    `earlier` the earlier scenarios (a CopyIndex, a list, or anything with texts(); None: the
+    gates that need them do not run) and `seeds` the task's, which count as earlier too;
     `near_duplicate` lm/scenario's threshold.
 
     >>> review('User: "Nice! What next?"\nAssistant: Well...', "user")
@@ -737,8 +480,10 @@ def review(text: str, kind: str, given: dict | None = None, previous: str = "", 
     >>> review("Your message:\nMe: Thanks, bye!", "closing")[:2]  # two labels: cleaned until none is left
     ('Thanks, bye!', ['speaker label'])
     """
-    if earlier is not None and not isinstance(earlier, CopyIndex):
-        earlier = pinned(earlier)
+    if isinstance(earlier, CopyIndex):
+        earlier.pin(seeds)  # a seed already pinned is skipped: the stage passes them on every call
+    elif earlier is not None:
+        earlier = pinned([*seeds, *(earlier.texts() if hasattr(earlier, "texts") else earlier)])
     given = given or DEFAULTS
     about = {"kind": kind, "given": given, "previous": previous, "instruction": instruction, "earlier": earlier,
              "near_duplicate": near_duplicate}
@@ -758,3 +503,60 @@ def review(text: str, kind: str, given: dict | None = None, previous: str = "", 
         if text == before:
             break
     return text, fixes, found + [row["label"] for row in rows if not row["cleans"] and row["check"](text, about)]
+
+
+# --- a task's settings ----------------------------------------------------------------------
+
+QUALITY_FIELDS = [
+    task_file.field("gates", "mapping", {}, "`name: false` turns a gate off (`true` on); names: " + ", ".join(GATE_NAMES)),
+    task_file.field("phrases", "mapping", {}, "`list: [phrase, ...]` adds plain phrases to a phrase list of phrases.py; lists: "
+          + ", ".join(PHRASES)),
+    task_file.field("copy_share", "number", THRESHOLDS["copy_share"],
+          "share of a seed's or an earlier scenario's word weight (rare words weigh more) that makes a scenario "
+          "its copy, or the reverse (docs/quality.md)", above=0, high=1),
+    task_file.field("echo_share", "number", THRESHOLDS["echo_share"],
+          "share of the user's 3-grams an assistant reply repeats to be an echo of the user", above=0, high=1),
+    task_file.field("parrot_words", "int", THRESHOLDS["parrot_words"],
+          "words in a row copied from the instruction that make a user message a copied instruction", low=2),
+    task_file.field("closing_sentences", "int", THRESHOLDS["closing_sentences"],
+          "most sentences a closing message may have and pass the closing check", low=1),
+    task_file.field("closing_words", "int", THRESHOLDS["closing_words"],
+          "most words a closing message may have and pass the closing check", low=1),
+]
+
+
+def settings_for(task: dict) -> dict:
+    """The task's `quality:` section checked and resolved as `settings`, with lm/user/guided's
+    `closing_cues` among the phrases; a problem is a ConfigError naming the file and the key.
+
+    >>> settings_for({"path": "task.yaml", "quality": {"echo_share": 0.8}, "iteration_stages": []})["echo_share"]
+    0.8
+    """
+    path, check = task["path"], task_file.check_value
+    section = task_file.check_fields(task["quality"], QUALITY_FIELDS, f"{path}: quality.", [])
+    for name, on in section["gates"].items():
+        if name not in GATE_NAMES:
+            raise ConfigError(f"{path}: quality.gates.{name}: unknown gate{task_file.did_you_mean(name, GATE_NAMES)}; "
+                              f"known gates: {', '.join(GATE_NAMES)}")
+        check(on, task_file.field(name, "bool", task_file.REQUIRED, "true or false"), f"{path}: quality.gates.{name}")
+    phrases = dict(section["phrases"])
+    for name, added in phrases.items():
+        if name not in PHRASES:
+            raise ConfigError(f"{path}: quality.phrases.{name}: unknown phrase list{task_file.did_you_mean(name, PHRASES)}; "
+                              f"known lists: {', '.join(PHRASES)}")
+        if not isinstance(added, list) or not all(isinstance(phrase, str) and phrase.strip() for phrase in added):
+            raise ConfigError(f"{path}: quality.phrases.{name}: expected a list of words or phrases, got {added!r}")
+    cues = [cue for s in task["iteration_stages"] if s["name"] == "lm/user/guided" for cue in s["closing_cues"]]
+    phrases["closing_cues"] = [*phrases.get("closing_cues", []), *cues]
+    thresholds = {key: value for key, value in section.items() if key not in ("gates", "phrases")}
+    return settings(section["gates"], phrases, **thresholds)
+
+
+def reviewer(task: dict):
+    """The review hook of the task's stages (`ctx["review"]`): `review` with the task's settings.
+
+    >>> reviewer({"path": "task.yaml", "quality": {}, "iteration_stages": []})("*smiles* Hi!", "user")
+    ('Hi!', ['stage direction'], [])
+    """
+    given = settings_for(task)
+    return functools.partial(review, given=given)

@@ -1,7 +1,8 @@
 """Load control: which endpoint gets the next call, and when it may go. No HTTP here.
 
-engines.py asks `acquire(pool, tokens)` before each request and tells `release(pool, ticket,
-outcome, ...)` how it went. In between, this module keeps for every endpoint (base URL):
+The core's HTTP chat (chat.py) takes a `pool`: it asks `pool.acquire(tokens)` before each request
+and tells `pool.release(ticket, outcome, ...)` how it went. `Pool` here is the real one (the
+core's own, chat.RoundRobin, sends each call to the next URL and keeps no figures). In between, this module keeps for every endpoint (base URL):
 
 - **a limit on calls in flight** (AIMD, as TCP does): halved when the server says "slow down"
   (429, 503, 529) or a call times out, at most once per burst of such answers; then grown by one
@@ -25,37 +26,158 @@ outcome, ...)` how it went. In between, this module keeps for every endpoint (ba
 Routing: of the endpoints that may take a call now, the one with the least `(in flight + 1) x
 mean latency`: calls flow to where they finish soonest (an endpoint 4x slower gets ~4x fewer).
 
-    >>> pool = new_pool(["http://a:8000", "http://b:8000"], concurrency=64)
-    >>> ticket = acquire(pool, tokens=700)     # blocks until a call may go
+    >>> pool = Pool(["http://a:8000", "http://b:8000"], concurrency=64)
+    >>> ticket = pool.acquire(tokens=700)      # blocks until a call may go
     >>> ticket["url"]                          # POST there, then say how it went
     'http://a:8000'
-    >>> release(pool, ticket, "ok", seconds=0.4, used_tokens=612)
-    >>> describe(report(pool))
+    >>> pool.release(ticket, "ok", seconds=0.4, used_tokens=612)
+    >>> pool.describe()
     'a:8000 1 requests 0 busy limit 64 0.40s; b:8000 0 requests 0 busy limit 64 0.00s'
 """
 
 from __future__ import annotations
 
 import collections
-import random
 import re
 import threading
 import time
 
+from .chat import BUSY_STATUS, concurrency_of
 from .redact import redact_url
 
-BUSY_STATUS = {429, 503, 529}  # "slow down": backpressure, not failure
 OUTCOMES = ("ok", "busy", "timeout", "failed", "refused", "rejected")  # rejected: the request was refused (4xx)
 SLOW_PROBE = 20  # successes per unit of limit before probing above the level of the last "slow down"
 LONG_WAIT = 10.0  # seconds a call in flight has waited before the progress line shows it (and the timeout)
 
 
-def new_pool(urls: list[str], *, concurrency: int, slots: dict | None = None,
-             max_rpm: float | None = None, max_tpm: float | None = None, timeout: float = 120.0) -> dict:
-    """Endpoints for `urls`; `slots` maps a URL to the parallel slots its server reported;
-    `timeout` is the seconds a request may take (engine.timeout), for `silent`."""
-    return {"lock": threading.Condition(), "timeout": timeout,
-            "endpoints": [_endpoint(url, concurrency, (slots or {}).get(url), max_rpm, max_tpm) for url in urls]}
+
+def make_pool(engine: dict) -> Pool:
+    """The load control of an HTTP engine's endpoints (`engine` as chat.check_engine returns it)."""
+    return Pool(engine["base_urls"], concurrency=concurrency_of(engine), slots=engine.get("slots"),
+                max_rpm=engine["max_rpm"], max_tpm=engine["max_tpm"], timeout=engine["timeout"])
+
+
+class Pool:
+    """The endpoints of one engine and what load control knows of each (the chat's `pool`)."""
+
+    def __init__(self, urls: list[str], *, concurrency: int, slots: dict | None = None,
+                 max_rpm: float | None = None, max_tpm: float | None = None, timeout: float = 120.0):
+        """Endpoints for `urls`; `slots` maps a URL to the parallel slots its server reported;
+        `timeout` is the seconds a request may take (engine.timeout), for `silent`."""
+        self.lock, self.timeout = threading.Condition(), timeout
+        self.endpoints = [_endpoint(url, concurrency, (slots or {}).get(url), max_rpm, max_tpm) for url in urls]
+
+    def acquire(self, tokens: float = 0.0, timeout: float = float("inf")) -> dict | None:
+        """Wait until some endpoint may take a call of about `tokens` tokens; return the call's ticket.
+
+        The ticket ({"endpoint", "url", "epoch", "tokens"}) goes back to `release` when the call ends.
+        None when no endpoint could take it within `timeout` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while True:
+                now = time.monotonic()
+                up = [e for e in self.endpoints if e["down_until"] <= now]
+                # subtle: with every endpoint out, calls go on (to the one due back first) and fail there,
+                # so a dead fleet stops the run through the retries instead of hanging it.
+                candidates = up or [min(self.endpoints, key=lambda e: e["down_until"])]
+                # One probe at a time only while a healthy endpoint carries the other calls.
+                probing = any(not e["cooldown"] for e in up)
+                waits = [_wait(e, tokens, now, probing) for e in candidates]
+                ready = [e for e, wait in zip(candidates, waits) if wait <= 0]
+                if ready:
+                    known = [e["latency"] for e in self.endpoints if e["latency"] is not None]
+                    typical = sum(known) / len(known) if known else 1.0  # an endpoint not yet measured
+                    # Ties (equal cost) go to the endpoint with fewer calls so far: each one gets measured.
+                    chosen = min(ready, key=lambda e: ((e["in_flight"] + 1) * (e["latency"] or typical), e["calls"]))
+                    chosen["in_flight"] += 1
+                    chosen["calls"] += 1
+                    if chosen["answered_at"] is None:
+                        chosen["answered_at"] = now
+                    for bucket, amount in ((chosen["requests"], 1), (chosen["tokens"], tokens)):
+                        bucket["level"] -= amount if bucket["rate"] else 0
+                    ticket = {"endpoint": chosen, "url": chosen["url"], "epoch": chosen["epoch"], "tokens": tokens}
+                    chosen["sent"][id(ticket)] = now
+                    return ticket
+                if now >= deadline:
+                    return None
+                # Wake when a pause ends or a bucket refills, or earlier when a release frees a place.
+                self.lock.wait(timeout=min(min(waits), 1.0, deadline - now))
+
+    def release(self, ticket: dict, outcome: str, *, seconds: float = 0.0, status: int | None = None,
+                retry_after: float | None = None, headers=None, used_tokens: float | None = None) -> None:
+        """Record how a call ended: `outcome` is one of OUTCOMES; `status` the HTTP status if any."""
+        e = ticket["endpoint"]
+        with self.lock:
+            now = time.monotonic()
+            e["in_flight"] -= 1
+            e["sent"].pop(id(ticket), None)
+            e["answers"][status or outcome] += 1
+            if used_tokens is not None and e["tokens"]["rate"]:
+                e["tokens"]["level"] += ticket["tokens"] - used_tokens  # the estimate, corrected by the reply's usage
+            _read_rate_headers(e, headers or {}, now)
+            if status is not None:  # any answer, even an error, shows the server is there
+                e["timeouts"], e["answered_at"] = 0, now
+            elif outcome == "timeout":
+                e["timeouts"] += 1
+            if outcome == "ok":
+                e["failures"], e["cooldown"] = 0, 0.0
+                e["seconds"] += seconds
+                e["latency"] = seconds if e["latency"] is None else 0.8 * e["latency"] + 0.2 * seconds
+                e["successes"].append(now)
+                while e["successes"][0] < now - 1.0:
+                    e["successes"].popleft()
+                _grow(e)
+            if outcome in ("busy", "timeout") and ticket["epoch"] == e["epoch"]:
+                # subtle: the other answers of the same burst were sent before this cut; they must not cut again.
+                e["ceiling"], e["limit"], e["epoch"] = e["limit"], max(1.0, e["limit"] / 2), e["epoch"] + 1
+            if status == 429:
+                _slow_pace(e, now, retry_after)
+            elif retry_after:
+                e["pause_until"] = max(e["pause_until"], now + retry_after)
+            if outcome in ("failed", "timeout", "refused"):
+                e["failures"] += 1
+                if e["failures"] >= 3 or outcome == "refused":
+                    e["cooldown"] = min(30.0, max(1.0, 2 * e["cooldown"]))
+                    e["down_until"] = now + e["cooldown"]
+            self.lock.notify_all()
+
+    def answering(self, ticket: dict) -> bool:
+        """Whether the call's endpoint answered another call well in the last second: then a 500 or a
+        reset is a sporadic fault, likely to pass on the next try, not a server down or restarting."""
+        with self.lock:
+            successes = ticket["endpoint"]["successes"]
+            return bool(successes) and successes[-1] >= time.monotonic() - 1.0
+
+    def silent(self) -> str | None:
+        """What to say when no endpoint answers: each timing out, with no answer for two timeouts; else None."""
+        with self.lock:
+            now, limit = time.monotonic(), self.timeout
+            if not all(e["timeouts"] >= 2 and now - e["answered_at"] >= 2 * limit for e in self.endpoints):
+                return None
+            timeouts = sum(e["timeouts"] for e in self.endpoints)
+            quiet = min(now - e["answered_at"] for e in self.endpoints)
+            urls = ", ".join(redact_url(e["url"]) for e in self.endpoints)
+        return (f"{timeouts} calls to {urls} timed out after {limit:g} s each, and nothing answered for {quiet:.0f} s: "
+                f"the server takes calls but does not answer them; if it is only slow, raise --timeout "
+                f"(engine.timeout, now {limit:g} s)")
+
+    def report(self) -> list[dict]:
+        """Per endpoint: url (credentials masked: the rows are printed and logged), calls, answers by
+        status, busy (429/503/529 answers), limit, mean latency, down, timeouts since the last answer,
+        the timeout, and how long the oldest call in flight has waited."""
+        with self.lock:
+            now = time.monotonic()
+            return [{"url": redact_url(e["url"]), "calls": e["calls"], "answers": dict(e["answers"]),
+                     "busy": sum(n for status, n in e["answers"].items() if status in BUSY_STATUS),
+                     "limit": int(e["limit"]), "pace_rpm": round(e["requests"]["rate"] * 60) if e["requests"]["rate"] else None,
+                     "latency": round(e["seconds"] / max(1, e["answers"][200] + e["answers"]["ok"]), 3),
+                     "down": e["down_until"] > now, "timeouts": e["timeouts"], "timeout": self.timeout,
+                     "waiting": round(now - min(e["sent"].values()), 1) if e["sent"] else 0.0}
+                    for e in self.endpoints]
+
+    def describe(self) -> str:
+        return describe(self.report())
 
 
 def _endpoint(url: str, concurrency: int, slots: int | None, max_rpm, max_tpm) -> dict:
@@ -89,44 +211,6 @@ def _ready_in(bucket: dict, need: float) -> float:
     return max(0.0, (need - bucket["level"]) / bucket["rate"])
 
 
-def acquire(pool: dict, tokens: float = 0.0, timeout: float = float("inf")) -> dict | None:
-    """Wait until some endpoint may take a call of about `tokens` tokens; return the call's ticket.
-
-    The ticket ({"endpoint", "url", "epoch", "tokens"}) goes back to `release` when the call ends.
-    None when no endpoint could take it within `timeout` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    with pool["lock"]:
-        while True:
-            now = time.monotonic()
-            up = [e for e in pool["endpoints"] if e["down_until"] <= now]
-            # subtle: with every endpoint out, calls go on (to the one due back first) and fail there,
-            # so a dead fleet stops the run through the retries instead of hanging it.
-            candidates = up or [min(pool["endpoints"], key=lambda e: e["down_until"])]
-            # One probe at a time only while a healthy endpoint carries the other calls.
-            probing = any(not e["cooldown"] for e in up)
-            waits = [_wait(e, tokens, now, probing) for e in candidates]
-            ready = [e for e, wait in zip(candidates, waits) if wait <= 0]
-            if ready:
-                known = [e["latency"] for e in pool["endpoints"] if e["latency"] is not None]
-                typical = sum(known) / len(known) if known else 1.0  # an endpoint not yet measured
-                # Ties (equal cost) go to the endpoint with fewer calls so far: each one gets measured.
-                chosen = min(ready, key=lambda e: ((e["in_flight"] + 1) * (e["latency"] or typical), e["calls"]))
-                chosen["in_flight"] += 1
-                chosen["calls"] += 1
-                if chosen["answered_at"] is None:
-                    chosen["answered_at"] = now
-                for bucket, amount in ((chosen["requests"], 1), (chosen["tokens"], tokens)):
-                    bucket["level"] -= amount if bucket["rate"] else 0
-                ticket = {"endpoint": chosen, "url": chosen["url"], "epoch": chosen["epoch"], "tokens": tokens}
-                chosen["sent"][id(ticket)] = now
-                return ticket
-            if now >= deadline:
-                return None
-            # Wake when a pause ends or a bucket refills, or earlier when a release frees a place.
-            pool["lock"].wait(timeout=min(min(waits), 1.0, deadline - now))
-
-
 def _wait(e: dict, tokens: float, now: float, probing: bool = True) -> float:
     """Seconds before endpoint `e` may take a call (inf: when a call in flight there ends)."""
     _refill(e["requests"], now)
@@ -135,74 +219,6 @@ def _wait(e: dict, tokens: float, now: float, probing: bool = True) -> float:
     full = e["in_flight"] >= (1 if e["cooldown"] and probing else max(1, int(e["limit"])))
     return max(e["pause_until"] - now, _ready_in(e["requests"], 1.0), _ready_in(e["tokens"], tokens),
                float("inf") if full else 0.0)
-
-
-def release(pool: dict, ticket: dict, outcome: str, *, seconds: float = 0.0, status: int | None = None,
-            retry_after: float | None = None, headers=None, used_tokens: float | None = None) -> None:
-    """Record how a call ended: `outcome` is one of OUTCOMES; `status` the HTTP status if any."""
-    e = ticket["endpoint"]
-    with pool["lock"]:
-        now = time.monotonic()
-        e["in_flight"] -= 1
-        e["sent"].pop(id(ticket), None)
-        e["answers"][status or outcome] += 1
-        if used_tokens is not None and e["tokens"]["rate"]:
-            e["tokens"]["level"] += ticket["tokens"] - used_tokens  # the estimate, corrected by the reply's usage
-        _read_rate_headers(e, headers or {}, now)
-        if status is not None:  # any answer, even an error, shows the server is there
-            e["timeouts"], e["answered_at"] = 0, now
-        elif outcome == "timeout":
-            e["timeouts"] += 1
-        if outcome == "ok":
-            e["failures"], e["cooldown"] = 0, 0.0
-            e["seconds"] += seconds
-            e["latency"] = seconds if e["latency"] is None else 0.8 * e["latency"] + 0.2 * seconds
-            e["successes"].append(now)
-            while e["successes"][0] < now - 1.0:
-                e["successes"].popleft()
-            _grow(e)
-        if outcome in ("busy", "timeout") and ticket["epoch"] == e["epoch"]:
-            # subtle: the other answers of the same burst were sent before this cut; they must not cut again.
-            e["ceiling"], e["limit"], e["epoch"] = e["limit"], max(1.0, e["limit"] / 2), e["epoch"] + 1
-        if status == 429:
-            _slow_pace(e, now, retry_after)
-        elif retry_after:
-            e["pause_until"] = max(e["pause_until"], now + retry_after)
-        if outcome in ("failed", "timeout", "refused"):
-            e["failures"] += 1
-            if e["failures"] >= 3 or outcome == "refused":
-                e["cooldown"] = min(30.0, max(1.0, 2 * e["cooldown"]))
-                e["down_until"] = now + e["cooldown"]
-        pool["lock"].notify_all()
-
-
-def answering(pool: dict, ticket: dict) -> bool:
-    """Whether the call's endpoint answered another call well in the last second: then a 500 or a
-    reset is a sporadic fault, likely to pass on the next try, not a server down or restarting."""
-    with pool["lock"]:
-        successes = ticket["endpoint"]["successes"]
-        return bool(successes) and successes[-1] >= time.monotonic() - 1.0
-
-
-def backoff(failures: int, sporadic: bool) -> float:
-    """Seconds before the next attempt of a call that failed `failures` times, with full jitter
-    (threads must not retry in lockstep): short for a `sporadic` fault (its endpoint is `answering`), else longer."""
-    base = 0.05 if sporadic else 0.5
-    return random.uniform(0, min(8.0, base * 2 ** (failures - 1)))
-
-
-def silent(pool: dict) -> str | None:
-    """What to say when no endpoint answers: each timing out, with no answer for two timeouts; else None."""
-    with pool["lock"]:
-        now, limit = time.monotonic(), pool["timeout"]
-        if not all(e["timeouts"] >= 2 and now - e["answered_at"] >= 2 * limit for e in pool["endpoints"]):
-            return None
-        timeouts = sum(e["timeouts"] for e in pool["endpoints"])
-        quiet = min(now - e["answered_at"] for e in pool["endpoints"])
-        urls = ", ".join(redact_url(e["url"]) for e in pool["endpoints"])
-    return (f"{timeouts} calls to {urls} timed out after {limit:g} s each, and nothing answered for {quiet:.0f} s: "
-            f"the server takes calls but does not answer them; if it is only slow, raise --timeout "
-            f"(engine.timeout, now {limit:g} s)")
 
 
 def _grow(e: dict) -> None:
@@ -267,21 +283,6 @@ def parse_duration(text: str) -> float:
     """
     units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
     return sum(float(number) * units[unit] for number, unit in re.findall(r"([\d.]+)(ms|h|m|s)", text))
-
-
-def report(pool: dict) -> list[dict]:
-    """Per endpoint: url (credentials masked: the rows are printed and logged), calls, answers by
-    status, busy (429/503/529 answers), limit, mean latency, down, timeouts since the last answer,
-    the timeout, and how long the oldest call in flight has waited."""
-    with pool["lock"]:
-        now = time.monotonic()
-        return [{"url": redact_url(e["url"]), "calls": e["calls"], "answers": dict(e["answers"]),
-                 "busy": sum(n for status, n in e["answers"].items() if status in BUSY_STATUS),
-                 "limit": int(e["limit"]), "pace_rpm": round(e["requests"]["rate"] * 60) if e["requests"]["rate"] else None,
-                 "latency": round(e["seconds"] / max(1, e["answers"][200] + e["answers"]["ok"]), 3),
-                 "down": e["down_until"] > now, "timeouts": e["timeouts"], "timeout": pool["timeout"],
-                 "waiting": round(now - min(e["sent"].values()), 1) if e["sent"] else 0.0}
-                for e in pool["endpoints"]]
 
 
 def describe(rows: list[dict]) -> str:

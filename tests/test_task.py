@@ -6,11 +6,12 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from chitchat_gen import config
-from chitchat_gen.config import load_task
+from chitchat_gen import task as config
 from chitchat_gen.errors import ConfigError
+from chitchat_gen.gates import settings_for
 from chitchat_gen.prompts import render_persona
 from chitchat_gen.stages import BUILT_IN
+from chitchat_gen.task import load_task
 
 
 def write_task(task_dir, change):
@@ -87,7 +88,7 @@ def test_a_tasks_quality_section_tunes_the_gates(task_dir):
     def change(raw):
         raw["quality"] = {"gates": {"stage_direction": False}, "phrases": {"closing_cues": ["a presto"]}, "echo_share": 0.8}
         next(s for s in raw["iteration_stages"] if s["name"] == "lm/user/guided")["closing_cues"] = ["ciao"]
-    given = load_task(write_task(task_dir, change))["quality"]
+    given = settings_for(load_task(write_task(task_dir, change)))
     assert given["gates"]["stage_direction"] is False and given["gates"]["echo"] is True
     assert given["phrases"]["closing_cues"][-2:] == ("a presto", "ciao") and given["echo_share"] == 0.8
     assert given["parrot_words"] == 5  # the default
@@ -167,7 +168,7 @@ TASK_CASES = [
 def test_bad_task_files_name_the_problem(task_dir, name, change, message):
     path = write_task(task_dir, change)
     with pytest.raises(ConfigError) as error:
-        load_task(path)
+        settings_for(load_task(path))  # the task as a run reads it: its `quality:` section is the gates' to check
     assert message in str(error.value)
     assert "\n" not in str(error.value)
 
