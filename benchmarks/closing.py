@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from chitchat_gen import load_task, make_chat  # noqa: E402
+from chitchat_gen.gates import review, settings_for  # noqa: E402
 from chitchat_gen.preflight import check_engine  # noqa: E402
 from chitchat_gen.prompts import render  # noqa: E402
-from chitchat_gen.gates import review, settings_for  # noqa: E402
 from chitchat_gen.record import messages  # noqa: E402
 from chitchat_gen.stages import CLOSING_MAX_TOKENS, transcript  # noqa: E402
 

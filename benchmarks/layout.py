@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from chitchat_gen import load_task, make_chat  # noqa: E402
-from chitchat_gen.preflight import check_engine  # noqa: E402
+from chitchat_gen.card import model_name  # noqa: E402
 from chitchat_gen.pipeline import new_memory  # noqa: E402
+from chitchat_gen.preflight import check_engine  # noqa: E402
 from chitchat_gen.prompts import check_override  # noqa: E402
 from chitchat_gen.stages import STAGES  # noqa: E402
-from chitchat_gen.stats import model_name  # noqa: E402
 
 KINDS = ("user", "closing", "assistant")
 

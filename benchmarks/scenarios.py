@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from chitchat_gen import load_task, make_chat  # noqa: E402
-from chitchat_gen.preflight import check_engine  # noqa: E402
 from chitchat_gen.pipeline import new_memory  # noqa: E402
+from chitchat_gen.preflight import check_engine  # noqa: E402
 from chitchat_gen.prompts import SCENARIO_USER  # noqa: E402
 from chitchat_gen.stages import STAGES  # noqa: E402
 from chitchat_gen.stats import near_duplicates  # noqa: E402

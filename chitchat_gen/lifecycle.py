@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from . import plug
+from .card import model_name, run_cost, write_card
 from .chat import HTTP_ENGINES, concurrency_of
 from .errors import ConfigError, LMError, WriteError
 from .gates import language_note, reviewer
@@ -40,7 +41,6 @@ from .ray_executor import connect, disconnect, generate_on_ray
 from .record import read_jsonl
 from .redact import redact_for
 from .stages import OPENERS_KEPT
-from .stats import model_name, run_cost, write_card
 from .store import FINAL, append, clear, close, count_existing, log_run, open_store, read_runs, tail_offset, timestamp
 from .task import load_task
 

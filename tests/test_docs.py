@@ -2,8 +2,11 @@
 task: documentation that cannot rot. Also: a task file naming a custom stage, end to end."""
 
 import ast
+import json
 import random
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -104,15 +107,43 @@ def test_no_module_imports_one_that_imports_it_back():
     assert [m for m in imports if reaches(m, m)] == []
 
 
-def test_the_error_classes_sit_in_a_leaf_module():
-    # Any module may raise them: taking them from config.py would put the engines, the store, the
-    # export and the viewer above the config tables and, through them, the stage registry.
+# The core of the design card: the record, the stages in their registry, the loop, the LM over
+# HTTP and the task file. Every other module is a capability that imports it (docs/layout.md).
+CORE = {"__init__", "errors", "record", "text", "prompts", "redact", "task", "yaml_errors", "chat", "stages", "pipeline"}
+CORE_LINES = 2100  # what `import chitchat_gen.pipeline` + `from chitchat_gen import load_task` may load
+
+
+def test_no_core_module_imports_a_capability():
     imports = package_imports()
-    assert imports["errors"] == set()
-    assert [m for m in ("engines", "store", "export", "view", "ray_executor") if "config" in imports[m]] == []
+    assert imports["errors"] == set()  # any module may raise them
+    assert {m: sorted(imports[m] - CORE) for m in CORE if imports[m] - CORE} == {}
 
 
-def test_the_readme_key_reference_is_made_from_the_config_tables():
+def test_the_core_loads_alone_and_runs_with_a_stand_in_chat(tmp_path):
+    # In a fresh interpreter: what the core loads, and a conversation made with it alone.
+    script = """
+import json, pathlib, sys
+import chitchat_gen.pipeline as pipeline
+from chitchat_gen import load_task
+task = load_task("task.yaml")
+def chat(messages, json_schema=None, **options):
+    return "A retired sailor wants to talk about knots." if "scenario" in messages[-1]["content"] else "Thanks, bye!"
+records = list(pipeline.generate(task, 2, chat=chat, seed=1))
+loaded = sorted(m.removeprefix("chitchat_gen.") for m in sys.modules if m.startswith("chitchat_gen."))
+lines = sum(len(pathlib.Path(sys.modules[m].__file__).read_text().splitlines()) for m in sys.modules
+            if m == "chitchat_gen" or m.startswith("chitchat_gen."))
+print(json.dumps({"loaded": loaded, "lines": lines, "records": len(records),
+                  "heavy": [m for m in ("argparse", "http.server", "ray") if m in sys.modules]}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert set(found["loaded"]) <= CORE and found["heavy"] == [] and found["records"] == 2
+    assert "yaml_errors" not in found["loaded"]  # read only for a task file PyYAML refuses
+    assert found["lines"] <= CORE_LINES, f"the core grew to {found['lines']} lines: keep it to the design card"
+
+
+def test_the_key_reference_is_made_from_the_field_tables():
     reference = (ROOT / "docs/task-file.md").read_text()
     block = re.search(r"<!-- keys: begin -->\n(.*?)<!-- keys: end -->", reference, re.S)
     assert block, "docs/task-file.md lacks the <!-- keys: begin --> ... <!-- keys: end --> block"

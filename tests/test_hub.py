@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import ROOT, outputs, read_jsonl, run_cli
 
-from chitchat_gen.stats import size_category
+from chitchat_gen.card import size_category
 
 FOLDER = "output/public/examples/chit_chat"
 

@@ -5,9 +5,10 @@ import json
 import pytest
 from conftest import read_jsonl, run_cli
 
+from chitchat_gen.card import model_name
 from chitchat_gen.gates import GATES
 from chitchat_gen.record import last_step
-from chitchat_gen.stats import add_message, chi_square, dataset_stats, distinct, model_name, near_duplicates, new_tally
+from chitchat_gen.stats import add_message, chi_square, dataset_stats, distinct, near_duplicates, new_tally
 from chitchat_gen.task import load_task
 
 
