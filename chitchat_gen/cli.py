@@ -248,7 +248,7 @@ def _exit_now(code: int):
 
 
 def run_task(task: dict, args) -> dict:
-    """One task's run (run.py), with this process's progress line, notes and summary around it."""
+    """One task's run (lifecycle.py), with this process's progress line, notes and summary around it."""
     summary = run(task, args.num_outputs_to_generate, output_dir=args.output_dir, restart=args.restart, mix=args.mix,
                   shard=args.shard, ray=args.ray, ray_workers=args.ray_workers, grace=args.grace,
                   command=_command(), on_note=lambda text: print(f"note: {text}", file=sys.stderr),

@@ -1,7 +1,7 @@
 """The failures a user sees as one `Error:` line: the run cannot start, the model failed, a write failed.
 
 A leaf module (it imports nothing of the package), so any module can raise them without
-importing the config tables or the engines.
+importing the settings tables or the engines.
 
     >>> try:
     ...     raise ConfigError("task.yaml: max_turns: expected a whole number >= 1, got 0")

@@ -41,6 +41,7 @@ import collections
 import re
 import threading
 import time
+from typing import TypedDict
 
 from .chat import BUSY_STATUS, concurrency_of
 from .redact import redact_url
@@ -180,16 +181,46 @@ class Pool:
         return describe(self.report())
 
 
-def _endpoint(url: str, concurrency: int, slots: int | None, max_rpm, max_tpm) -> dict:
+class Endpoint(TypedDict):
+    """What load control knows of one base URL (the pool's lock guards every field)."""
+
+    url: str
+    limit: float  # calls in flight allowed now (AIMD)
+    max_limit: int  # never above: the conversations in flight
+    ceiling: float | None  # the limit at the last "slow down": growth slows near it
+    epoch: int  # bumped at each cut, so one burst of "slow down" answers cuts once
+    in_flight: int
+    calls: int  # HTTP attempts sent
+    answers: collections.Counter  # by HTTP status, or by outcome where there was none
+    seconds: float  # summed latency of the successes
+    latency: float | None  # moving mean of a success's seconds, for routing
+    failures: int  # in a row: three take the endpoint out
+    down_until: float  # out of rotation until then (time.monotonic)
+    cooldown: float  # the last time out's length; 0 when healthy
+    pause_until: float  # Retry-After, or a stated rate limit's reset
+    timeouts: int  # since the last answer of any kind
+    answered_at: float | None  # when that answer came (or the first call went)
+    sent: dict  # id(ticket) -> when that call went, for the progress line's longest wait
+    requests: dict  # token bucket of requests per second
+    tokens: dict  # token bucket of LM tokens per second
+    rate_cap: float | None  # requests per second never exceeded: max_rpm, or a stated limit
+    adaptive: bool  # the request pace was learned from 429s
+    rate_ceiling: float | None  # the pace at the last 429
+    cut_at: float  # when the pace was last cut (one cut per second)
+    stated_requests: float | None  # the rates the server's x-ratelimit-limit-* headers state
+    stated_tokens: float | None
+    successes: collections.deque  # when the last second's successes came
+
+
+def _endpoint(url: str, concurrency: int, slots: int | None, max_rpm, max_tpm) -> Endpoint:
     start = min(slots, concurrency) if slots else concurrency
-    return {"url": url, "limit": float(start), "max_limit": concurrency, "ceiling": None, "epoch": 0,
-            "in_flight": 0, "calls": 0, "answers": collections.Counter(), "seconds": 0.0, "latency": None,
-            "failures": 0, "down_until": 0.0, "cooldown": 0.0, "pause_until": 0.0,
-            "timeouts": 0, "answered_at": None,  # timeouts since the last answer; when it came (or the first call went)
-            "sent": {},  # id(ticket) -> when that call went, for the progress line's longest wait
-            "requests": _bucket(max_rpm / 60 if max_rpm else None), "tokens": _bucket(max_tpm / 60 if max_tpm else None),
-            "rate_cap": max_rpm / 60 if max_rpm else None, "adaptive": False, "rate_ceiling": None, "cut_at": 0.0,
-            "stated_requests": None, "stated_tokens": None, "successes": collections.deque()}
+    rate = max_rpm / 60 if max_rpm else None
+    return Endpoint(url=url, limit=float(start), max_limit=concurrency, ceiling=None, epoch=0, in_flight=0, calls=0,
+                    answers=collections.Counter(), seconds=0.0, latency=None, failures=0, down_until=0.0,
+                    cooldown=0.0, pause_until=0.0, timeouts=0, answered_at=None, sent={}, requests=_bucket(rate),
+                    tokens=_bucket(max_tpm / 60 if max_tpm else None), rate_cap=rate, adaptive=False,
+                    rate_ceiling=None, cut_at=0.0, stated_requests=None, stated_tokens=None,
+                    successes=collections.deque())
 
 
 def _bucket(rate: float | None) -> dict:

@@ -3,7 +3,7 @@
 A stage appends steps to the conversation record and returns it, or returns a string: the
 reason to drop the conversation. `ctx` is per conversation and holds:
 
-    task    the validated task (config.load_task)     stage   this stage's entry in the task
+    task    the validated task (task.load_task)       stage   this stage's entry in the task
     chat    the LM: chat(messages, json_schema=None, **options) -> str
     rng     the conversation's random.Random          turn    the turn number, from 1
     memory  shared across the run: {"scenarios": recent generated scenarios, "first_users": ...}
@@ -385,6 +385,6 @@ def claim_opener(openers: dict, opener: str, conversation_id: str) -> str:
     return owner
 
 
-# The stages registered above. A user's @stage comes later and is not one: config.py checks a
+# The stages registered above. A user's @stage comes later and is not one: task.py checks a
 # built-in stage's settings against its STAGE_FIELDS row and leaves a user's to the user.
 BUILT_IN = frozenset(STAGES)

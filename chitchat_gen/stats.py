@@ -185,7 +185,7 @@ def add_record(totals: dict, record: dict, given: dict) -> None:
 
 
 def dataset_stats(path: Path, task: dict | None = None, text_figures: bool = True) -> dict:
-    """Figures of a final_data.jsonl; `task` (config.load_task) adds weights and persona totals.
+    """Figures of a final_data.jsonl; `task` (task.load_task) adds weights and persona totals.
 
     Memory stays flat in N. The figures the dataset card keeps beside the data (`saved_totals`)
     are taken from there when they still describe the file, and counted for the lines after.

@@ -1,4 +1,4 @@
-"""The quality gates (chitchat_gen/quality.py) on their own, then in the stages with a scripted
+"""The quality gates (chitchat_gen/gates.py) on their own, then in the stages with a scripted
 chat function, the judge, and the duplicate memory a resumed run starts from."""
 
 import collections

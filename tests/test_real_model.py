@@ -57,7 +57,7 @@ def test_local_engine_end_to_end(task_dir):
 
 
 def local_engine(**settings):
-    """The settings make_chat takes for the embedded model (what config.py resolves a task to)."""
+    """The settings make_chat takes for the embedded model (what task.py resolves a task to)."""
     return {"type": "local", "model": _local_model_path(None), "n_ctx": 512, "concurrency": 2, "base_urls": [],
             "temperature": 0.7, "max_tokens": 8, **settings}
 
