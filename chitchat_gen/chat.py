@@ -237,47 +237,21 @@ def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple
             response = session.post(endpoint_url(ticket["url"], path), json=body, headers=headers, timeout=engine["timeout"],
                                     **_environment(session, ticket["url"]))
         except requests.RequestException as exc:  # refused, reset (also mid-body), timed out, ...
-            refused = isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower()
-            outcome = "timeout" if isinstance(exc, requests.Timeout) else "refused" if refused else "failed"
-            pool.release(ticket, outcome)
-            if outcome == "timeout" and (verdict := pool.silent()):
-                raise NoAnswer(verdict)
-            problem = f"{type(exc).__name__} from {url}" + (f" after {engine['timeout']:g} s" if outcome == "timeout" else "")
+            problem = _unanswered(exc, pool, ticket, url, engine)
         else:
             status, text = response.status_code, response.text
             if status == 200:
-                try:
-                    reply, usage = parse(response.json())
-                    # An empty message is the server's fault, not the conversation's: another try may pass.
-                    problem = None if reply.strip() else f"{url} answered 200 with an empty message"
-                except ValueError:
-                    problem = f"{url} answered 200 with a body that is not JSON: {text[:120]!r}"
-                except LMError:  # JSON without the reply's text: a bad reply, not retried
-                    pool.release(ticket, "rejected", status=status)
-                    raise
-                if problem:
-                    pool.release(ticket, "failed", status=status)
-                else:
-                    pool.release(ticket, "ok", status=status, seconds=time.monotonic() - sent,
-                                 headers=response.headers, used_tokens=usage[0] + usage[1])
-                    return reply, usage
+                answer, problem = _answered(response, text, parse, pool, ticket, url, sent)
+                if problem is None:
+                    return answer
             elif status in BUSY_STATUS and "response_format" not in text:
-                wait = _retry_after(response)
-                pool.release(ticket, "busy", status=status, retry_after=wait, headers=response.headers)
-                wait = wait if wait is not None else random.uniform(0.05, min(4.0, 0.25 * 2 ** busy))
+                wait = _busy_wait(response, text, pool, ticket, url, engine, waited, busy)
                 busy += 1
-                if waited + wait > engine["max_wait"]:
-                    raise LMError(f"HTTP {status} from {url} for {waited + wait:.0f} s, past engine.max_wait "
-                                  f"({engine['max_wait']:g} s): {text[:160]}")
                 time.sleep(wait)
                 waited += wait
                 continue
             else:
-                retry = status in RETRY_STATUS and "response_format" not in text
-                pool.release(ticket, "failed" if retry else "rejected", status=status)
-                if not retry:
-                    raise LMError(f"HTTP {status} from {url}: {text[:200]}")
-                problem = f"HTTP {status} from {url}: {text[:200]}"
+                problem = _refused(status, text, pool, ticket, url)
         failures += 1
         # A server that answers other calls meanwhile sends sporadic faults: a call that met a few of
         # them still gets through on more tries, where dropping it would remake its whole conversation.
@@ -285,6 +259,65 @@ def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple
         if failures > engine["retries"] * (2 if sporadic else 1):
             raise LMError(problem)
         time.sleep(backoff(failures, sporadic))
+
+
+def _unanswered(exc: requests.RequestException, pool, ticket: dict, url: str, engine: dict) -> str:
+    """A request that got no HTTP reply: tell load control how it failed; return the problem to retry on.
+
+    NoAnswer when it timed out and no server answers at all: the run stops rather than wait on each call.
+    """
+    refused = isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower()
+    outcome = "timeout" if isinstance(exc, requests.Timeout) else "refused" if refused else "failed"
+    pool.release(ticket, outcome)
+    if outcome == "timeout" and (verdict := pool.silent()):
+        raise NoAnswer(verdict)
+    return f"{type(exc).__name__} from {url}" + (f" after {engine['timeout']:g} s" if outcome == "timeout" else "")
+
+
+def _answered(response, text: str, parse, pool, ticket: dict, url: str, sent: float):
+    """A 200 reply: ((text, usage), None) when it holds a message, else (None, the problem to retry on).
+
+    JSON without the reply's text raises LMError at once: a bad reply, which another try would repeat.
+    """
+    status = response.status_code
+    try:
+        reply, usage = parse(response.json())
+        # An empty message is the server's fault, not the conversation's: another try may pass.
+        problem = None if reply.strip() else f"{url} answered 200 with an empty message"
+    except ValueError:
+        problem = f"{url} answered 200 with a body that is not JSON: {text[:120]!r}"
+    except LMError:  # JSON without the reply's text: a bad reply, not retried
+        pool.release(ticket, "rejected", status=status)
+        raise
+    if problem:
+        pool.release(ticket, "failed", status=status)
+        return None, problem
+    pool.release(ticket, "ok", status=status, seconds=time.monotonic() - sent,
+                 headers=response.headers, used_tokens=usage[0] + usage[1])
+    return (reply, usage), None
+
+
+def _busy_wait(response, text: str, pool, ticket: dict, url: str, engine: dict, waited: float, busy: int) -> float:
+    """Seconds to wait out a busy reply (429, 503, 529), the `busy`-th of this call: `Retry-After`,
+    else a short growing backoff. LMError when that wait would pass engine.max_wait in all."""
+    status = response.status_code
+    wait = _retry_after(response)
+    pool.release(ticket, "busy", status=status, retry_after=wait, headers=response.headers)
+    wait = wait if wait is not None else random.uniform(0.05, min(4.0, 0.25 * 2 ** busy))
+    if waited + wait > engine["max_wait"]:
+        raise LMError(f"HTTP {status} from {url} for {waited + wait:.0f} s, past engine.max_wait "
+                      f"({engine['max_wait']:g} s): {text[:160]}")
+    return wait
+
+
+def _refused(status: int, text: str, pool, ticket: dict, url: str) -> str:
+    """Any other status: 408 and 5xx are retried (the problem returned); the rest (404, 400, ...)
+    raise LMError at once. A complaint about response_format is never retried: chat steps down a form."""
+    retry = status in RETRY_STATUS and "response_format" not in text
+    pool.release(ticket, "failed" if retry else "rejected", status=status)
+    if not retry:
+        raise LMError(f"HTTP {status} from {url}: {text[:200]}")
+    return f"HTTP {status} from {url}: {text[:200]}"
 
 
 def _environment(session, url: str) -> dict:

@@ -39,64 +39,97 @@ NOT_FOR = {"trace": {"--concurrency", "--license"}}
 
 
 def build_parser(command: str = "generate") -> argparse.ArgumentParser:
-    if command == "stats":
-        parser = _parser("stats", "Figures of a dataset: turns, closing exchanges, patterns vs weights, duplicates, distinct-n.")
-        parser.add_argument("path", metavar="PATH", help="a final_data.jsonl, or the output folder holding one")
-        parser.add_argument("--task-paths", nargs=1, metavar="PATH",
-                            help="the task file, to compare pattern picks with its weights")
-        parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        return parser
-    if command == "export":
-        parser = _parser("export", "Write an output folder's conversations in another training format, streaming.")
-        parser.add_argument("path", metavar="OUTPUT_DIR", help="an output folder (or its final_data.jsonl)")
-        parser.add_argument("--format", required=True, choices=list(FORMATS),
-                            help="openai: {\"messages\": [...]} for OpenAI fine-tuning; "
-                                 "sharegpt: {\"conversations\": [{\"from\", \"value\"}]}")
-        parser.add_argument("--system", metavar="TEXT", help="a system message to put first in every conversation")
-        parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
-        return parser
-    if command == "view":
-        parser = _parser("view", "See the runs and conversations of an output folder in the browser (a local page).")
-        parser.add_argument("path", metavar="OUTPUT_DIR", help="an output folder (a run's --output-dir, or one task's folder)")
-        parser.add_argument("--port", type=_checked({"kind": "int", "low": 0, "high": 65535}), default=8765,
-                            help="port to serve on (default: 8765; 0 picks a free one)")
-        parser.add_argument("--host", default="127.0.0.1",
-                            help="address to bind (default: 127.0.0.1, this machine only)")
-        parser.add_argument("--open", action="store_true", help="open the page in your web browser")
-        parser.add_argument("--html", metavar="FILE", help="write the page as one static file, data inlined, and exit")
-        return parser
-    if command == "trace":
-        parser = _parser("trace", "Run ONE conversation and print every prompt, reply and stage decision. Writes no file.")
-        parser.add_argument("--task-paths", nargs=1, default=["task.yaml"], metavar="PATH",
-                            help="the task file (default: ./task.yaml)")
-    else:
-        parser = _parser("", "Generate persona-driven multi-turn chit-chat conversations with an LM.")
-        parser.epilog = ("Also: 'python -m chitchat_gen trace --help' (one conversation, stage by stage), "
-                         "'python -m chitchat_gen stats --help' (figures of a dataset), "
-                         "'python -m chitchat_gen export --help' (OpenAI / ShareGPT files), "
-                         "'python -m chitchat_gen view --help' (runs and conversations in the browser).")
-        parser.add_argument("--task-paths", nargs="+", default=["task.yaml"], metavar="PATH",
-                            help="task file(s) to run, one after another (default: ./task.yaml)")
-        parser.add_argument("-n", "--num-outputs-to-generate", type=_checked({"kind": "int", "low": 1}), default=10,
-                            metavar="N", help="accepted conversations wanted per task (default: 10)")
-        parser.add_argument("--restart", action="store_true",
-                            help="delete this task's previous outputs and start from zero (default: resume)")
-        parser.add_argument("--mix", action="store_true",
-                            help="resume into a folder whose conversations another task made (other patterns, turn "
-                                 "bounds, personas, seed examples, prompts or stages); without it that is refused")
-        parser.add_argument("--output-dir", default="output", metavar="DIR",
-                            help="outputs go to DIR/<task_name>/ (default: output)")
-        parser.add_argument("--shard", metavar="I/K", type=_shard,
-                            help="generate shard I of K (1-based): this machine's share of N, in DIR/<task_name>/shard-I-of-K/")
-        parser.add_argument("--ray", nargs="?", const="local", type=_ray_address, metavar="ADDRESS",
-                            help="run the conversations on Ray workers (extra 'ray'): alone, a local Ray instance; "
-                                 "'auto' or ray://HOST:10001 joins a cluster. The driver writes the files")
-        parser.add_argument("--ray-workers", type=_checked({"kind": "int", "low": 1}), metavar="K",
-                            help="Ray workers (actors), each running its share of --concurrency (default: one per node)")
-        parser.add_argument("--quiet", action="store_true", help="no progress line")
-        parser.add_argument("--grace", type=_checked({"kind": "number", "low": 0}), default=DEFAULT_GRACE,
-                            metavar="SECONDS", help="on SIGTERM or Ctrl-C, how long the conversations in flight "
-                            f"may take to finish and be kept (default: {DEFAULT_GRACE:g}; a second signal stops at once)")
+    """The parser of one command: stats, export and view have flags of their own; trace and
+    generate (any other `command`) add the config rows' flags, the task file's overrides."""
+    if command in OWN_FLAGS_ONLY:
+        return OWN_FLAGS_ONLY[command]()
+    parser = _trace_parser() if command == "trace" else _generate_parser()
+    _add_config_flags(parser, command)
+    return parser
+
+
+def _stats_parser() -> argparse.ArgumentParser:
+    """`stats PATH`: the figures of a dataset, as a table or JSON."""
+    parser = _parser("stats", "Figures of a dataset: turns, closing exchanges, patterns vs weights, duplicates, distinct-n.")
+    parser.add_argument("path", metavar="PATH", help="a final_data.jsonl, or the output folder holding one")
+    parser.add_argument("--task-paths", nargs=1, metavar="PATH",
+                        help="the task file, to compare pattern picks with its weights")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    """`export OUTPUT_DIR --format F`: an output folder's conversations in a training format."""
+    parser = _parser("export", "Write an output folder's conversations in another training format, streaming.")
+    parser.add_argument("path", metavar="OUTPUT_DIR", help="an output folder (or its final_data.jsonl)")
+    parser.add_argument("--format", required=True, choices=list(FORMATS),
+                        help="openai: {\"messages\": [...]} for OpenAI fine-tuning; "
+                             "sharegpt: {\"conversations\": [{\"from\", \"value\"}]}")
+    parser.add_argument("--system", metavar="TEXT", help="a system message to put first in every conversation")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+    return parser
+
+
+def _view_parser() -> argparse.ArgumentParser:
+    """`view OUTPUT_DIR`: the local web page, served or written as one file."""
+    parser = _parser("view", "See the runs and conversations of an output folder in the browser (a local page).")
+    parser.add_argument("path", metavar="OUTPUT_DIR", help="an output folder (a run's --output-dir, or one task's folder)")
+    parser.add_argument("--port", type=_checked({"kind": "int", "low": 0, "high": 65535}), default=8765,
+                        help="port to serve on (default: 8765; 0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--open", action="store_true", help="open the page in your web browser")
+    parser.add_argument("--html", metavar="FILE", help="write the page as one static file, data inlined, and exit")
+    return parser
+
+
+# The commands whose parser takes none of the config rows' flags.
+OWN_FLAGS_ONLY = {"stats": _stats_parser, "export": _export_parser, "view": _view_parser}
+
+
+def _trace_parser() -> argparse.ArgumentParser:
+    """`trace`: one task file (the config rows' flags come after)."""
+    parser = _parser("trace", "Run ONE conversation and print every prompt, reply and stage decision. Writes no file.")
+    parser.add_argument("--task-paths", nargs=1, default=["task.yaml"], metavar="PATH",
+                        help="the task file (default: ./task.yaml)")
+    return parser
+
+
+def _generate_parser() -> argparse.ArgumentParser:
+    """The run itself: which tasks, how many, where, resume or restart, shards, Ray, the stop signal."""
+    parser = _parser("", "Generate persona-driven multi-turn chit-chat conversations with an LM.")
+    parser.epilog = ("Also: 'python -m chitchat_gen trace --help' (one conversation, stage by stage), "
+                     "'python -m chitchat_gen stats --help' (figures of a dataset), "
+                     "'python -m chitchat_gen export --help' (OpenAI / ShareGPT files), "
+                     "'python -m chitchat_gen view --help' (runs and conversations in the browser).")
+    parser.add_argument("--task-paths", nargs="+", default=["task.yaml"], metavar="PATH",
+                        help="task file(s) to run, one after another (default: ./task.yaml)")
+    parser.add_argument("-n", "--num-outputs-to-generate", type=_checked({"kind": "int", "low": 1}), default=10,
+                        metavar="N", help="accepted conversations wanted per task (default: 10)")
+    parser.add_argument("--restart", action="store_true",
+                        help="delete this task's previous outputs and start from zero (default: resume)")
+    parser.add_argument("--mix", action="store_true",
+                        help="resume into a folder whose conversations another task made (other patterns, turn "
+                             "bounds, personas, seed examples, prompts or stages); without it that is refused")
+    parser.add_argument("--output-dir", default="output", metavar="DIR",
+                        help="outputs go to DIR/<task_name>/ (default: output)")
+    parser.add_argument("--shard", metavar="I/K", type=_shard,
+                        help="generate shard I of K (1-based): this machine's share of N, in DIR/<task_name>/shard-I-of-K/")
+    parser.add_argument("--ray", nargs="?", const="local", type=_ray_address, metavar="ADDRESS",
+                        help="run the conversations on Ray workers (extra 'ray'): alone, a local Ray instance; "
+                             "'auto' or ray://HOST:10001 joins a cluster. The driver writes the files")
+    parser.add_argument("--ray-workers", type=_checked({"kind": "int", "low": 1}), metavar="K",
+                        help="Ray workers (actors), each running its share of --concurrency (default: one per node)")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--grace", type=_checked({"kind": "number", "low": 0}), default=DEFAULT_GRACE,
+                        metavar="SECONDS", help="on SIGTERM or Ctrl-C, how long the conversations in flight "
+                        f"may take to finish and be kept (default: {DEFAULT_GRACE:g}; a second signal stops at once)")
+    return parser
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """--verbose, then one flag per config row that has one, in two groups (task, engine); the
+    rows a command goes without (`NOT_FOR`) are left out."""
     parser.add_argument("--verbose", action="store_true", help="also print notes on ignored settings")
     for title, specs in (("task (overrides the task file)", TASK_OVERRIDES),
                          ("engine (overrides the task file)", ENGINE_OVERRIDES)):
@@ -104,7 +137,6 @@ def build_parser(command: str = "generate") -> argparse.ArgumentParser:
         for key, spec in specs.items():
             if spec["flag"] and spec["flag"] not in NOT_FOR.get(command, ()):
                 _add_flag(group, key, spec)
-    return parser
 
 
 def _add_flag(group, key: str, spec: dict) -> None:

@@ -27,6 +27,8 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import plug
@@ -78,11 +80,7 @@ def run(task: dict | str | Path, n: int, *, output_dir: str | Path = "output", r
         if on_note:
             on_note(text)
 
-    summary = {"task_name": task["task_name"], "folder": str(folder), "wanted": wanted, "existing": 0,
-               "accepted": 0, "dropped": {}, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0,
-               "cost_usd": None,
-               "seconds": 0.0, "seed": None, "engine": None, "model": None, "stopped": None, "nothing_to_do": False,
-               "notes": notes, "endpoints": []}
+    summary = _new_summary(task, folder, wanted, notes)
     if wanted == 0:
         return {**summary, "nothing_to_do": True}
     if text := language_note(task):
@@ -92,6 +90,33 @@ def run(task: dict | str | Path, n: int, *, output_dir: str | Path = "output", r
     existing = 0 if restart else count_existing(folder)
     if existing >= wanted:
         return {**summary, **_tidy(folder, task, note), "nothing_to_do": True}
+    engine = _checked_engine(task, folder, existing, chat, mix, note)
+    if ray:
+        connect(ray)  # before the folder is touched: a missing ray or a silent cluster changes nothing
+    options = RunOptions(wanted=wanted, part=part, folder=folder, restart=restart, ray=ray, ray_workers=ray_workers,
+                         grace=grace, chat=chat, command=command, progress=progress)
+    try:
+        return _generate(task, engine, summary, note, options)
+    finally:
+        if ray:
+            disconnect()
+
+
+def _new_summary(task: dict, folder: Path, wanted: int, notes: list[str]) -> dict:
+    """A run's summary before it makes anything: every key `run` documents, its figures at zero."""
+    return {"task_name": task["task_name"], "folder": str(folder), "wanted": wanted, "existing": 0,
+            "accepted": 0, "dropped": {}, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0,
+            "cost_usd": None,
+            "seconds": 0.0, "seed": None, "engine": None, "model": None, "stopped": None, "nothing_to_do": False,
+            "notes": notes, "endpoints": []}
+
+
+def _checked_engine(task: dict, folder: Path, existing: int, chat, mix: bool, note) -> dict:
+    """The engine this run uses, checked (a start-up check: before the folder is touched).
+
+    A resume into a folder another task made is refused unless `mix`; another engine or model
+    than the folder's last run is allowed, and said, as is a server down among several.
+    """
     earlier = _last_made(folder) if existing else None
     if earlier and not mix:
         _same_makings(folder, existing, earlier, task)
@@ -105,26 +130,42 @@ def run(task: dict | str | Path, n: int, *, output_dir: str | Path = "output", r
                  f"with {engine['type']} {model}: the dataset holds both (runs.jsonl and the card name each run's)")
     for problem in engine.get("unreachable", ()):
         note(f"{problem.split(': start it')[0]}: the other servers carry the run; it is tried again as it goes")
-    if ray:
-        connect(ray)  # before the folder is touched: a missing ray or a silent cluster changes nothing
-    try:
-        return _generate(task, wanted, part, folder, engine, chat, summary, note, restart=restart, ray=ray,
-                         ray_workers=ray_workers, grace=grace, command=command, progress=progress)
-    finally:
-        if ray:
-            disconnect()
+    return engine
 
 
-def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restart, ray, ray_workers, grace,
-              command, progress) -> dict:
+@dataclass
+class RunOptions:
+    """What `run` settled before the folder is touched, for `_generate`: what to make, where, and how.
+
+    `wanted`: conversations this run's folder should hold (its shard's share); `part`: the shard's
+    sub-folder ("" for the whole job), also its seed tag; `chat`: the caller's own LM function, or
+    None for the task's engine; `command`: how the run was asked for, for runs.jsonl; `progress`:
+    as for `run`. The rest are `run`'s arguments of the same names.
+    """
+
+    wanted: int
+    part: str
+    folder: Path
+    restart: bool = False
+    ray: str | None = None
+    ray_workers: int | None = None
+    grace: float = DEFAULT_GRACE
+    chat: Callable | None = None
+    command: str = ""
+    progress: Callable | None = None
+
+
+def _generate(task: dict, engine: dict, summary: dict, note, options: RunOptions) -> dict:
+    """Open the folder, make the conversations into it, and close it however the run ends (a
+    signal, a failed write, a hopeless LM); return `summary` with the run's figures."""
     http = engine["type"] in HTTP_ENGINES
-    stats, pool = new_stats(), make_pool(engine) if http and not (ray or chat) else None  # Ray workers hold their own
-    own_chat = chat
-    chat = chat or plug.make_chat(engine, on_usage=usage_counter(lambda: stats), pool=pool)
+    # Ray workers hold their own load control
+    stats, pool = new_stats(), make_pool(engine) if http and not (options.ray or options.chat) else None
+    chat = options.chat or plug.make_chat(engine, on_usage=usage_counter(lambda: stats), pool=pool)
     control, caught = new_control(), []
-    restore = _drain_on_signals(control, caught, grace)
+    restore = _drain_on_signals(control, caught, options.grace)
     try:
-        store = open_store(folder)
+        store = open_store(options.folder)
     except BaseException:
         restore()
         raise
@@ -136,26 +177,13 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
     try:
         for text in store["notes"]:
             note(text)
-        if restart:
+        if options.restart:
             clear(store)
         existing = store["existing"]
-        if progress:
-            stop_progress = progress(stats, pool, wanted - existing)
+        if options.progress:
+            stop_progress = options.progress(stats, pool, options.wanted - existing)
         try:
-            # subtle: a resumed run with the same seed must not replay the first run's personas and patterns.
-            derived = f"{seed}/{part}/{existing}"
-            # The duplicate checks also know what earlier runs wrote (bounded: the latest on disk,
-            # read from the file's end).
-            latest = tail_offset(folder / FINAL, max(SCENARIOS_KEPT, OPENERS_KEPT)) if existing else 0
-            on_disk = read_jsonl(folder / FINAL, latest) if existing else ()
-            memory = plug.new_memory(value for _, _, value, _ in on_disk)
-            concurrency = concurrency_of(engine) if not own_chat else engine["concurrency"] or 1
-            records = (generate_on_ray(task, wanted - existing, chat=own_chat, engine=None if own_chat else engine,
-                                       workers=ray_workers, seed=derived,
-                                       concurrency=concurrency, stats=stats, memory=memory, control=control)
-                       if ray else
-                       plug.generate(task, wanted - existing, chat=chat, seed=derived, concurrency=concurrency,
-                                stats=stats, memory=memory, control=control))
+            records = _conversations(task, engine, chat, options, seed, existing, stats, control)
             try:
                 for record in records:
                     append(store, record)
@@ -174,17 +202,47 @@ def _generate(task, wanted, part, folder, engine, chat, summary, note, *, restar
         restore()
         if caught and not ended:
             ended = signal.Signals(caught[0]).name
-        dropped = collections.Counter()  # reasons that differed only in a secret add up
-        for reason, count in stats["dropped"].items():
-            dropped[redact_for(reason, [task])] += count
-        model = _model(engine, task, own_chat)
-        summary.update(existing=existing, accepted=written, dropped=dict(dropped), calls=stats["calls"],
-                       prompt_tokens=stats["prompt_tokens"], completion_tokens=stats["completion_tokens"],
-                       cached_tokens=stats["cached_tokens"], cost_usd=run_cost(stats, engine),
-                       seconds=round(time.monotonic() - start, 1), seed=seed, engine=engine["type"], model=model,
-                       stopped=ended and redact_for(ended, [task]), endpoints=pool.report() if pool else [])
-        _close(store, task, summary, command, note)
+        summary.update(existing=existing, accepted=written, **_figures(task, engine, options.chat, stats, pool),
+                       seconds=round(time.monotonic() - start, 1), seed=seed,
+                       stopped=ended and redact_for(ended, [task]))
+        _close(store, task, summary, options.command, note)
     return summary
+
+
+def _conversations(task: dict, engine: dict, chat, options: RunOptions, seed: int, existing: int, stats: dict,
+                   control: dict):
+    """The accepted records still wanted, as they complete: on threads, or on Ray workers.
+
+    `chat` is the run's (the caller's own, or the engine's client); Ray workers build their own
+    client unless the caller gave one.
+    """
+    # subtle: a resumed run with the same seed must not replay the first run's personas and patterns.
+    derived = f"{seed}/{options.part}/{existing}"
+    # The duplicate checks also know what earlier runs wrote (bounded: the latest on disk,
+    # read from the file's end).
+    final = options.folder / FINAL
+    latest = tail_offset(final, max(SCENARIOS_KEPT, OPENERS_KEPT)) if existing else 0
+    on_disk = read_jsonl(final, latest) if existing else ()
+    memory = plug.new_memory(value for _, _, value, _ in on_disk)
+    own_chat, left = options.chat, options.wanted - existing
+    concurrency = concurrency_of(engine) if not own_chat else engine["concurrency"] or 1
+    if options.ray:
+        return generate_on_ray(task, left, chat=own_chat, engine=None if own_chat else engine,
+                               workers=options.ray_workers, seed=derived, concurrency=concurrency, stats=stats,
+                               memory=memory, control=control)
+    return plug.generate(task, left, chat=chat, seed=derived, concurrency=concurrency, stats=stats, memory=memory,
+                         control=control)
+
+
+def _figures(task: dict, engine: dict, own_chat, stats: dict, pool) -> dict:
+    """The summary's figures from the run's stats and load control: drops, calls, tokens, cost, model, endpoints."""
+    dropped = collections.Counter()  # reasons that differed only in a secret add up
+    for reason, count in stats["dropped"].items():
+        dropped[redact_for(reason, [task])] += count
+    return {"dropped": dict(dropped), "calls": stats["calls"], "prompt_tokens": stats["prompt_tokens"],
+            "completion_tokens": stats["completion_tokens"], "cached_tokens": stats["cached_tokens"],
+            "cost_usd": run_cost(stats, engine), "engine": engine["type"], "model": _model(engine, task, own_chat),
+            "endpoints": pool.report() if pool else []}
 
 
 def _model(engine: dict, task: dict, chat) -> str | None:

@@ -193,7 +193,7 @@ def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None
     ray = _ray()
     connected_here = connect(address)
     stats = fill_stats(stats)
-    actors: dict = {}  # actor -> conversations in flight on it
+    crew = None
     try:
         if chat is None and engine is None:
             engine = check_engine(task["engine"])
@@ -201,65 +201,93 @@ def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None
         workers = min(workers or sum(1 for node in ray.nodes() if node["Alive"]), concurrency)
         if engine:  # --max-rpm / --max-tpm are the whole run's pace: each worker gets its share
             engine = {**engine, **{key: engine[key] / workers for key in ("max_rpm", "max_tpm") if engine.get(key)}}
-        stages = {cfg["name"]: STAGES[cfg["name"]]
-                  for key, stage_list in task.items() if key.endswith("_stages") for cfg in stage_list}
-        # num_cpus=0: a worker waits on HTTP, it does not compute; SPREAD puts one on each node first.
-        worker = ray.remote(Worker)
-        options = {"num_cpus": 0, "max_concurrency": math.ceil(concurrency / workers), "scheduling_strategy": "SPREAD"}
-        task_ref = ray.put(task)
-        run_name, numbers = f"chitchat_gen-{random.randrange(16**8):08x}", itertools.count(1)
-
-        def hire():  # named, so `ray list actors` shows whose they are (and a test can find one to kill)
-            name = f"{run_name}-worker-{next(numbers)}"
-            actors[worker.options(name=name, **options).remote(task_ref, engine, chat, stages, memory)] = 0
-
+        crew = Crew(ray, task, engine, chat, memory, stats, workers, concurrency)
         for _ in range(workers):
-            hire()
-        on_actor: dict = {}  # ref -> the actor running it
-        deaths = {"in_a_row": 0, "max": 2 * workers + 3}
-
-        def start(conversation_seed: int):
-            actor = min(actors, key=actors.get)  # the least busy worker
-            actors[actor] += 1
-            ref = actor.run_one.remote(conversation_seed)
-            on_actor[ref] = actor
-            return ref
-
-        def wait_some(refs: list, timeout: float) -> list:
-            return ray.wait(refs, num_returns=1, timeout=timeout)[0]
-
-        def finish(ref):
-            actor = on_actor.pop(ref)
-            try:
-                record, reason, figures = ray.get(ref)
-            except ray.exceptions.RayTaskError as exc:
-                if isinstance(exc.cause, NoAnswer):  # the servers went silent: one line, not the worker's traceback
-                    raise NoAnswer(str(exc.cause)) from None
-                raise
-            except ray.exceptions.RayActorError as exc:
-                stats["dropped"]["Ray worker lost (run again)"] += 1
-                if actor in actors:  # its other in-flight calls fail the same way: replace it once
-                    del actors[actor]
-                    hire()
-                    deaths["in_a_row"] += 1
-                if deaths["in_a_row"] >= deaths["max"]:
-                    raise LMError(f"{deaths['in_a_row']} Ray workers in a row died; last: {_cause(exc)}")
-                return None  # the driver runs it again, same seed
-            if actor in actors:
-                actors[actor] -= 1
-            for key, value in figures.items():
-                stats[key] += value
-            if record is not None:
-                deaths["in_a_row"] = 0
-            return record, reason
-
-        yield from drive(n, {"start": start, "wait": wait_some, "finish": finish},
-                         seed=task.get("seed") if seed is None else seed, concurrency=concurrency,
+            crew.hire()
+        yield from drive(n, crew.executor(), seed=task.get("seed") if seed is None else seed, concurrency=concurrency,
                          stats=stats, control=control)
     finally:
         # subtle: also when the consumer stops early or the driver is interrupted: no worker goes on
         # spending LM calls for a run that has ended.
-        for actor in actors:
-            ray.kill(actor)
+        if crew:
+            crew.dismiss()
         if connected_here:
             ray.shutdown()
+
+
+class Crew:
+    """The run's Ray workers, seen from the driver: pipeline.drive's executor on Ray.
+
+    Each conversation starts on the least busy worker; a worker that dies is replaced once (its
+    other calls fail the same way) and its conversations run again, until too many die in a row.
+    """
+
+    def __init__(self, ray, task: dict, engine: dict | None, chat, memory: dict | None, stats: dict,
+                 workers: int, concurrency: int):
+        self.ray, self.stats, self.engine, self.chat, self.memory = ray, stats, engine, chat, memory
+        self.actors: dict = {}  # actor -> conversations in flight on it
+        self.on_actor: dict = {}  # ref -> the actor running it
+        self.deaths = {"in_a_row": 0, "max": 2 * workers + 3}
+        self.stages = {cfg["name"]: STAGES[cfg["name"]]
+                       for key, stage_list in task.items() if key.endswith("_stages") for cfg in stage_list}
+        # num_cpus=0: a worker waits on HTTP, it does not compute; SPREAD puts one on each node first.
+        self.worker = ray.remote(Worker)
+        self.options = {"num_cpus": 0, "max_concurrency": math.ceil(concurrency / workers),
+                        "scheduling_strategy": "SPREAD"}
+        self.task_ref = ray.put(task)
+        self.run_name, self.numbers = f"chitchat_gen-{random.randrange(16**8):08x}", itertools.count(1)
+
+    def executor(self) -> dict:
+        return {"start": self.start, "wait": self.wait, "finish": self.finish}
+
+    def hire(self) -> None:
+        """One more worker, named, so `ray list actors` shows whose they are (and a test can find one to kill)."""
+        name = f"{self.run_name}-worker-{next(self.numbers)}"
+        actor = self.worker.options(name=name, **self.options).remote(self.task_ref, self.engine, self.chat,
+                                                                      self.stages, self.memory)
+        self.actors[actor] = 0
+
+    def start(self, conversation_seed: int):
+        actor = min(self.actors, key=self.actors.get)  # the least busy worker
+        self.actors[actor] += 1
+        ref = actor.run_one.remote(conversation_seed)
+        self.on_actor[ref] = actor
+        return ref
+
+    def wait(self, refs: list, timeout: float) -> list:
+        return self.ray.wait(refs, num_returns=1, timeout=timeout)[0]
+
+    def finish(self, ref):
+        """(record, drop reason) of a finished conversation, its figures added to the run's; None when its worker died."""
+        actor = self.on_actor.pop(ref)
+        try:
+            record, reason, figures = self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, NoAnswer):  # the servers went silent: one line, not the worker's traceback
+                raise NoAnswer(str(exc.cause)) from None
+            raise
+        except self.ray.exceptions.RayActorError as exc:
+            self.replace(actor, exc)
+            return None  # the driver runs it again, same seed
+        if actor in self.actors:
+            self.actors[actor] -= 1
+        for key, value in figures.items():
+            self.stats[key] += value
+        if record is not None:
+            self.deaths["in_a_row"] = 0
+        return record, reason
+
+    def replace(self, actor, exc: Exception) -> None:
+        """A worker died under a conversation: count the loss, hire its successor; LMError after too many in a row."""
+        self.stats["dropped"]["Ray worker lost (run again)"] += 1
+        if actor in self.actors:  # its other in-flight calls fail the same way: replace it once
+            del self.actors[actor]
+            self.hire()
+            self.deaths["in_a_row"] += 1
+        if self.deaths["in_a_row"] >= self.deaths["max"]:
+            raise LMError(f"{self.deaths['in_a_row']} Ray workers in a row died; last: {_cause(exc)}")
+
+    def dismiss(self) -> None:
+        """Kill every worker: the run has ended, however it ended."""
+        for actor in self.actors:
+            self.ray.kill(actor)

@@ -287,88 +287,113 @@ def _reason_kind(reason: str) -> str:
 
 # --- the server ------------------------------------------------------------------------------
 
-def make_handler(root: Path, indexes: dict, loopback: bool):
-    page = PAGE.read_bytes()
+def make_handler(root: Path, indexes: dict, loopback: bool) -> type[BaseHTTPRequestHandler]:
+    """The request handler class for one viewed folder: `ViewHandler` bound to `root`, the files'
+    `indexes` (shared by its threads) and, when `loopback`, the Host check of a local address."""
+    return type("Handler", (ViewHandler,), {"root": root, "indexes": indexes, "loopback": loopback,
+                                        "page": PAGE.read_bytes()})
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass  # one line per poll would bury the terminal
 
-        def do_GET(self):
-            url = urlsplit(self.path)
-            params = {key: values[-1] for key, values in parse_qs(url.query).items()}
-            host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
-            if loopback and host not in LOOPBACK:
-                # A page on another site must not read your data by pointing its name at 127.0.0.1.
-                return self._send(403, {"error": f"host {host!r} refused: open http://127.0.0.1:PORT/"})
-            try:
-                if url.path == "/":
-                    return self._send(200, page, "text/html; charset=utf-8")
-                if url.path.startswith("/files/"):
-                    return self._file(unquote(url.path[len("/files/"):]))
-                if url.path == "/api/tasks":
-                    return self._send(200, [task_summary(root, t, indexes) for t in find_tasks(root)])
-                task = params.get("task", "")
-                if not self._known(task):
-                    return
-                number, final = int(params.get("page", 0)), data_file(root, task, FINAL)
-                if number < 0 or params.get("order", "newest") not in ("newest", "oldest"):
-                    raise ValueError("page is a number >= 0, order is newest or oldest")
-                if url.path == "/api/stats":
-                    return self._send(200, dataset_figures(indexes, final) if final else {})
-                if url.path == "/api/conversations":
-                    if not final:
-                        return self._send(200, {"total": 0, "matched": 0, "page": 0, "page_size": PAGE_SIZE, "items": []})
-                    turns = int(params["turns"]) if params.get("turns") else None
-                    return self._send(200, conversation_page(indexes, final, number, params.get("q", ""),
-                                                             params.get("pattern", ""), turns,
-                                                             params.get("order", "newest")))
-                if url.path == "/api/rejected":
-                    return self._send(200, rejected_page(data_file(root, task, REJECTED), number,
-                                                         params.get("reason", "")))
-                self._send(404, {"error": f"no such page: {url.path}"})
-            except ValueError as exc:
-                self._send(400, {"error": f"bad parameter: {exc}"})
+# The pages of one task folder, after the task and the page number are checked: each takes the
+# same arguments (`final` is the task's final_data.jsonl, None before there is one) and returns JSON.
+def _stats_page(root: Path, indexes: dict, task: str, final: Path | None, number: int, params: dict) -> dict:
+    return dataset_figures(indexes, final) if final else {}
 
-        def _known(self, task: str) -> bool:
-            """True for a task folder under root; else answers 403 (outside) or 404 (no such task)."""
-            if resolve(root, task) is None:
-                self._send(403, {"error": f"{task!r} is not under the viewed folder"})
-                return False
-            if task not in find_tasks(root):
-                self._send(404, {"error": f"no task folder {task!r}"})
-                return False
-            return True
 
-        def _file(self, relative: str) -> None:
-            path = resolve(root, relative)
-            if path is None:
-                return self._send(403, {"error": f"{relative!r} is not under the viewed folder"})
-            if not path.is_file():
-                return self._send(404, {"error": f"no file {relative!r}"})
-            # Plain text whatever the name: a .html someone dropped in the folder is not run as a page.
-            # Streamed, and only the bytes there when it was opened (a run may be appending).
-            with open(path, "rb") as data:
-                left = os.fstat(data.fileno()).st_size
-                self._headers(200, "text/plain; charset=utf-8", left)
-                while left and (chunk := data.read(min(1 << 20, left))):
-                    self.wfile.write(chunk)
-                    left -= len(chunk)
+def _conversations_page(root: Path, indexes: dict, task: str, final: Path | None, number: int, params: dict) -> dict:
+    if not final:
+        return {"total": 0, "matched": 0, "page": 0, "page_size": PAGE_SIZE, "items": []}
+    turns = int(params["turns"]) if params.get("turns") else None
+    return conversation_page(indexes, final, number, params.get("q", ""), params.get("pattern", ""), turns,
+                             params.get("order", "newest"))
 
-        def _send(self, status: int, body, kind: str = "application/json") -> None:
-            data = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
-            self._headers(status, kind, len(data))
-            self.wfile.write(data)
 
-        def _headers(self, status: int, kind: str, length: int) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(length))
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
+def _rejected_page(root: Path, indexes: dict, task: str, final: Path | None, number: int, params: dict) -> dict:
+    return rejected_page(data_file(root, task, REJECTED), number, params.get("reason", ""))
 
-    return Handler
+
+TASK_PAGES = {"/api/stats": _stats_page, "/api/conversations": _conversations_page, "/api/rejected": _rejected_page}
+
+
+class ViewHandler(BaseHTTPRequestHandler):
+    """The viewer's requests over `root` (set by `make_handler`, with `indexes`, `loopback` and
+    `page`, the bytes of view.html): the page, the files, the JSON endpoints of the module's docstring."""
+
+    root: Path
+    indexes: dict
+    loopback: bool
+    page: bytes
+
+    def log_message(self, *args):
+        pass  # one line per poll would bury the terminal
+
+    def do_GET(self):
+        url = urlsplit(self.path)
+        params = {key: values[-1] for key, values in parse_qs(url.query).items()}
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
+        if self.loopback and host not in LOOPBACK:
+            # A page on another site must not read your data by pointing its name at 127.0.0.1.
+            return self._send(403, {"error": f"host {host!r} refused: open http://127.0.0.1:PORT/"})
+        try:
+            self._answer(url.path, params)
+        except ValueError as exc:
+            self._send(400, {"error": f"bad parameter: {exc}"})
+
+    def _answer(self, path: str, params: dict) -> None:
+        """Route one GET: the page, a file, the task list, else a task's page (task and page number checked first)."""
+        if path == "/":
+            return self._send(200, self.page, "text/html; charset=utf-8")
+        if path.startswith("/files/"):
+            return self._file(unquote(path[len("/files/"):]))
+        if path == "/api/tasks":
+            return self._send(200, [task_summary(self.root, t, self.indexes) for t in find_tasks(self.root)])
+        task = params.get("task", "")
+        if not self._known(task):
+            return
+        number, final = int(params.get("page", 0)), data_file(self.root, task, FINAL)
+        if number < 0 or params.get("order", "newest") not in ("newest", "oldest"):
+            raise ValueError("page is a number >= 0, order is newest or oldest")
+        if path in TASK_PAGES:
+            return self._send(200, TASK_PAGES[path](self.root, self.indexes, task, final, number, params))
+        self._send(404, {"error": f"no such page: {path}"})
+
+    def _known(self, task: str) -> bool:
+        """True for a task folder under root; else answers 403 (outside) or 404 (no such task)."""
+        if resolve(self.root, task) is None:
+            self._send(403, {"error": f"{task!r} is not under the viewed folder"})
+            return False
+        if task not in find_tasks(self.root):
+            self._send(404, {"error": f"no task folder {task!r}"})
+            return False
+        return True
+
+    def _file(self, relative: str) -> None:
+        path = resolve(self.root, relative)
+        if path is None:
+            return self._send(403, {"error": f"{relative!r} is not under the viewed folder"})
+        if not path.is_file():
+            return self._send(404, {"error": f"no file {relative!r}"})
+        # Plain text whatever the name: a .html someone dropped in the folder is not run as a page.
+        # Streamed, and only the bytes there when it was opened (a run may be appending).
+        with open(path, "rb") as data:
+            left = os.fstat(data.fileno()).st_size
+            self._headers(200, "text/plain; charset=utf-8", left)
+            while left and (chunk := data.read(min(1 << 20, left))):
+                self.wfile.write(chunk)
+                left -= len(chunk)
+
+    def _send(self, status: int, body, kind: str = "application/json") -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
+        self._headers(status, kind, len(data))
+        self.wfile.write(data)
+
+    def _headers(self, status: int, kind: str, length: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(length))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
 
 
 def serve(root: Path, host: str = "127.0.0.1", port: int = 8765, open_page: bool = False) -> None:

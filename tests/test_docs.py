@@ -168,3 +168,25 @@ def test_the_readme_layout_names_every_module_with_its_job():
     listed = re.findall(r"^  (\w+\.py) +\S", section("README.md", "Layout"), re.M)
     modules = sorted(path.name for path in (ROOT / "chitchat_gen").glob("*.py"))
     assert sorted(listed) == modules, "README.md's Layout: one line per chitchat_gen/*.py module, '  name.py   its job'"
+
+
+MAX_FUNCTION_LINES = 60  # a function a reader takes in at once; its nested functions count as part of it
+
+
+def outer_functions(tree: ast.AST):
+    """The module's functions and methods (of classes at any depth), not those nested in a function."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+        elif not isinstance(node, ast.Lambda):
+            yield from outer_functions(node)
+
+
+def test_no_function_is_longer_than_60_lines():
+    too_long = []
+    for path in sorted((ROOT / "chitchat_gen").glob("*.py")):
+        for function in outer_functions(ast.parse(path.read_text(), str(path))):
+            lines = function.end_lineno - function.lineno + 1  # from the def line: decorators left out
+            if lines > MAX_FUNCTION_LINES:
+                too_long.append(f"{path.name}:{function.lineno} {function.name} ({lines} lines)")
+    assert too_long == [], f"split these functions into steps of at most {MAX_FUNCTION_LINES} lines: {too_long}"
