@@ -21,13 +21,13 @@ from pathlib import Path
 from .errors import ConfigError, LMError, WriteError
 from .export import FORMATS, export
 from .lifecycle import DEFAULT_GRACE, run
-from .plug import generate, make_chat
-from .preflight import check_engine
+from .plug import generate
 from .ray_executor import check_address
 from .redact import redact_command, redact_for
+from .stages import engines_of
 from .stats import dataset_stats, render_table
 from .store import FINAL, FORMATTED
-from .task import ENGINE_OVERRIDES, TASK_OVERRIDES, closest, load_task, value_problem
+from .task import ENGINE_FIELDS, ENGINE_OVERRIDES, TASK_OVERRIDES, closest, did_you_mean, load_task, value_problem
 from .trace import make_printer
 from .view import serve, write_html
 
@@ -137,6 +137,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
         for key, spec in specs.items():
             if spec["flag"] and spec["flag"] not in NOT_FOR.get(command, ()):
                 _add_flag(group, key, spec)
+    group.add_argument("--engine-set", dest="engine_set", type=_engine_set, action="append", metavar="NAME.KEY=VALUE",
+                       help="set a key of the task's engine NAME (one under `engines:`), e.g. "
+                            "strong.base_url=http://gpu2:8000 or strong.model=my-model; repeat it for more "
+                            "(the flags above set the default engine)")
 
 
 def _add_flag(group, key: str, spec: dict) -> None:
@@ -193,6 +197,19 @@ def _checked(spec: dict):
     return convert
 
 
+def _engine_set(text: str) -> tuple[str, str, object]:
+    """--engine-set's NAME.KEY=VALUE, the value checked as the key's row checks it in task.yaml."""
+    name, dot, rest = text.partition(".")
+    key, equals, value = rest.partition("=")
+    if not (name and dot and key and equals):
+        raise argparse.ArgumentTypeError(f"expected NAME.KEY=VALUE (e.g. strong.base_url=http://gpu2:8000), got {text!r}")
+    specs = {spec["name"]: spec for spec in ENGINE_FIELDS if spec["flag"]}  # api_key has no flag: shells keep history
+    if key not in specs:
+        raise argparse.ArgumentTypeError(f"{key}: not an engine key a flag may set{did_you_mean(key, specs)}; "
+                                         f"known: {', '.join(specs)}")
+    return name, key, _checked(specs[key])(value)
+
+
 def _ray_address(text: str) -> str:
     try:
         return check_address(text)
@@ -238,13 +255,18 @@ def _main(argv: list[str] | None) -> int:
             return run_view(args)
         # Load every task first, so a broken second task file stops the run before any work.
         overrides = {key: getattr(args, key, None) for key in (*TASK_OVERRIDES, *ENGINE_OVERRIDES)}
+        overrides["engines"] = {}
+        for name, key, value in getattr(args, "engine_set", None) or ():
+            overrides["engines"].setdefault(name, {})[key] = value
         tasks = [load_task(path, **overrides) for path in args.task_paths]
         for note in (note for task in tasks for note in task["notes"] if args.verbose):
             print(f"note: {note}", file=sys.stderr)
         for task in tasks:
-            if task["engine"]["api_key"]:
-                print(f"note: {task['path']}: engine.api_key: a key in a task file travels with it (shared, "
-                      "committed): delete it and export OPENAI_API_KEY instead", file=sys.stderr)
+            for name, engine in engines_of(task).items():
+                if engine["api_key"]:
+                    where = "engine" if name == "default" else f"engines.{name}"
+                    print(f"note: {task['path']}: {where}.api_key: a key in a task file travels with it (shared, "
+                          "committed): delete it and export OPENAI_API_KEY instead", file=sys.stderr)
         for task in tasks:
             if command == "trace":
                 run_trace(task)
@@ -333,12 +355,13 @@ def run_view(args) -> int:
 
 
 def run_trace(task: dict) -> None:
-    for _ in generate(task, 1, chat=make_chat(check_engine(task["engine"])), concurrency=1, trace=make_printer()):
+    for _ in generate(task, 1, concurrency=1, trace=make_printer()):  # every engine checked first
         pass
 
 
-def _progress(stats: dict, pool: dict | None, wanted: int):
-    """Print a progress line on stderr until the returned function is called."""
+def _progress(stats: dict, pools: dict, wanted: int):
+    """Print a progress line on stderr until the returned function is called; `pools` is each HTTP
+    engine's load control by name."""
     done, start = threading.Event(), time.monotonic()
     tty = sys.stderr.isatty()
     # When the latest acceptance was seen: at the loop's tick (0.5 s on a terminal, 10 s in a log),
@@ -356,7 +379,7 @@ def _progress(stats: dict, pool: dict | None, wanted: int):
         # attempt, so a call retried after a 500 or sent again after a 429 is one call and several requests.
         return (f"accepted {accepted}/{wanted}  dropped {dropped}  LM calls {stats['calls']}  "
                 f"{rate * 60:.1f} accepted/min  ETA {'?' if left is None else f'{left:.0f}s'}"
-                + (f"  [{pool.describe()}]" if pool else ""))
+                + "".join(f"  [{'' if len(pools) == 1 else name + ': '}{pool.describe()}]" for name, pool in pools.items()))
 
     def loop():
         while not done.wait(0.5 if tty else 10):
@@ -383,6 +406,11 @@ def eta(wanted: int, accepted: int, elapsed_at_last: float, since_last: float) -
     return max(0.0, elapsed_at_last / accepted * (wanted - accepted) - since_last)
 
 
+def _prices(engine: dict) -> str:
+    return ", ".join(f"{engine[key]:g} {label}" for key, label in (("price_in", "in"), ("price_cached", "cached"),
+                                                                   ("price_out", "out")) if engine[key] is not None)
+
+
 def _summary(summary: dict, task: dict) -> None:
     accepted, existing, calls = summary["accepted"], summary["existing"], summary["calls"]
     tokens = summary["prompt_tokens"] + summary["completion_tokens"]
@@ -393,18 +421,24 @@ def _summary(summary: dict, task: dict) -> None:
           + f", {sum(summary['dropped'].values())} dropped, {calls} LM calls{per}, "
           f"{tokens} tokens ({summary['prompt_tokens']} prompt, {summary['cached_tokens']} of them cached, "
           f"+ {summary['completion_tokens']} completion{tokens_per}), {summary['seconds']:.1f}s")
-    cost = summary["cost_usd"]
+    cost, engines = summary["cost_usd"], engines_of(task)
     if cost is not None:
-        engine = task["engine"]
-        prices = ", ".join(f"{engine[key]:g} {label}" for key, label in (("price_in", "in"), ("price_cached", "cached"),
-                                                                         ("price_out", "out")) if engine[key] is not None)
+        prices = _prices(task["engine"]) if len(engines) == 1 else "each engine's (below)"
         print(f"  cost: {cost:.4f} USD" + (f" ({cost / accepted:.6f} per accepted)" if accepted else "")
               + f" at USD per million tokens: {prices}")
+    if len(engines) > 1:
+        for name, used in summary["engines"].items():
+            print(f"  engine {name} ({used['type']} {used['model']}; {', '.join(used['stages']) or 'no stage'}): "
+                  f"{used['calls']} LM calls, {used['prompt_tokens'] + used['completion_tokens']} tokens "
+                  f"({used['prompt_tokens']} prompt, {used['cached_tokens']} cached, + {used['completion_tokens']} "
+                  "completion)" + ("" if used["cost_usd"] is None else
+                                   f", {used['cost_usd']:.4f} USD at {_prices(engines[name])}"))
     for reason, count in collections.Counter(summary["dropped"]).most_common():
         print(f"  dropped {count}: {reason}")
     for row in summary["endpoints"]:
         answers = ", ".join(f"{n} x {status}" for status, n in sorted(row["answers"].items(), key=str))
-        print(f"  {row['url']}: {row['calls']} requests ({answers}), limit {row['limit']}"
+        print(f"  {row['url']}" + (f" (engine {row['engine']})" if len(engines) > 1 else "")
+              + f": {row['calls']} requests ({answers}), limit {row['limit']}"
               + (f", paced at {row['pace_rpm']}/min" if row["pace_rpm"] else "") + f", mean latency {row['latency']:.2f}s")
     folder = Path(summary["folder"])
     print(f"  {folder / FINAL}\n  {folder / FORMATTED}\n  {folder / 'README.md'} (dataset card)")

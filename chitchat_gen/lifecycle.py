@@ -33,16 +33,14 @@ from pathlib import Path
 
 from . import plug
 from .card import model_name, run_cost, write_card
-from .chat import HTTP_ENGINES, concurrency_of
+from .chat import concurrency_of
 from .errors import ConfigError, LMError, WriteError
 from .gates import language_note, reviewer
-from .pipeline import SCENARIOS_KEPT, new_control, new_stats, usage_counter
-from .preflight import check_engine
-from .ratelimit import make_pool
+from .pipeline import COUNTS, SCENARIOS_KEPT, new_control, new_stats
 from .ray_executor import connect, disconnect, generate_on_ray
 from .record import read_jsonl
 from .redact import redact_for
-from .stages import OPENERS_KEPT
+from .stages import DEFAULT_ENGINE, OPENERS_KEPT, engines_of
 from .store import FINAL, append, clear, close, count_existing, log_run, open_store, read_runs, tail_offset, timestamp
 from .task import load_task
 
@@ -61,7 +59,7 @@ def run(task: dict | str | Path, n: int, *, output_dir: str | Path = "output", r
     made (`makings` differ) is refused unless `mix`. `ray` is an address ("local", "auto",
     "ray://HOST:10001") to run on Ray workers. `shard=(i, k)` makes this machine's share of `n`.
     `chat` is your own LM function (as for `generate`) instead of the task's engine.
-    `on_note(text)` hears what the run noticed (repairs, a server down); `progress(stats, pool,
+    `on_note(text)` hears what the run noticed (repairs, a server down); `progress(stats, pools,
     wanted)` is called once the run starts and returns a function called when it ends.
     The summary: folder, wanted, existing (before), accepted, dropped ({reason: count}), calls,
     prompt_tokens, completion_tokens, cached_tokens, cost_usd (None without prices), seconds, seed,
@@ -90,13 +88,13 @@ def run(task: dict | str | Path, n: int, *, output_dir: str | Path = "output", r
     existing = 0 if restart else count_existing(folder)
     if existing >= wanted:
         return {**summary, **_tidy(folder, task, note), "nothing_to_do": True}
-    engine = _checked_engine(task, folder, existing, chat, mix, note)
+    engines = _checked_engines(task, folder, existing, chat, mix, note)
     if ray:
         connect(ray)  # before the folder is touched: a missing ray or a silent cluster changes nothing
     options = RunOptions(wanted=wanted, part=part, folder=folder, restart=restart, ray=ray, ray_workers=ray_workers,
                          grace=grace, chat=chat, command=command, progress=progress)
     try:
-        return _generate(task, engine, summary, note, options)
+        return _generate(task, engines, summary, note, options)
     finally:
         if ray:
             disconnect()
@@ -108,11 +106,11 @@ def _new_summary(task: dict, folder: Path, wanted: int, notes: list[str]) -> dic
             "accepted": 0, "dropped": {}, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0,
             "cost_usd": None,
             "seconds": 0.0, "seed": None, "engine": None, "model": None, "stopped": None, "nothing_to_do": False,
-            "notes": notes, "endpoints": []}
+            "notes": notes, "endpoints": [], "engines": {}}
 
 
-def _checked_engine(task: dict, folder: Path, existing: int, chat, mix: bool, note) -> dict:
-    """The engine this run uses, checked (a start-up check: before the folder is touched).
+def _checked_engines(task: dict, folder: Path, existing: int, chat, mix: bool, note) -> dict:
+    """The engines this run uses by name, checked (a start-up check: before the folder is touched).
 
     A resume into a folder another task made is refused unless `mix`; another engine or model
     than the folder's last run is allowed, and said, as is a server down among several.
@@ -120,17 +118,29 @@ def _checked_engine(task: dict, folder: Path, existing: int, chat, mix: bool, no
     earlier = _last_made(folder) if existing else None
     if earlier and not mix:
         _same_makings(folder, existing, earlier, task)
-    # Your own chat function stands for the engine: nothing to check, and the run log names it.
-    engine = check_engine(task["engine"]) if chat is None else {
-        **task["engine"], "type": "function", "model": getattr(chat, "__name__", "chat")}
+    # Your own chat function stands for every engine: nothing to check, and the run log names it.
+    engines = plug.checked_engines(task) if chat is None else {
+        name: {**engine, "type": "function", "model": getattr(chat, "__name__", "chat")}
+        for name, engine in engines_of(task).items()}
     if earlier:
-        model = _model(engine, task, chat)
-        if (earlier["engine"], earlier["model"]) != (engine["type"], model):
-            note(f"{folder}'s conversations so far were made with {earlier['engine']} {earlier['model']}, this run's "
-                 f"with {engine['type']} {model}: the dataset holds both (runs.jsonl and the card name each run's)")
-    for problem in engine.get("unreachable", ()):
-        note(f"{problem.split(': start it')[0]}: the other servers carry the run; it is tried again as it goes")
-    return engine
+        before = {name: (e["type"], e["model"]) for name, e in earlier.get("engines", {}).items()} or \
+            {DEFAULT_ENGINE: (earlier["engine"], earlier["model"])}
+        for name, engine in engines.items():
+            now = (engine["type"], _model(engine, task, name, chat))
+            if name in before and before[name] != now:
+                note(f"{folder}'s conversations so far were made with {' '.join(map(str, before[name]))}"
+                     f"{_named(name)}, this run's with {' '.join(map(str, now))}: the dataset holds both "
+                     "(runs.jsonl and the card name each run's)")
+    for name, engine in engines.items():
+        for problem in engine.get("unreachable", ()):
+            note(f"{problem.split(': start it')[0]}{_named(name)}: the other servers carry the run; it is tried "
+                 "again as it goes")
+    return engines
+
+
+def _named(name: str) -> str:
+    """How a note names an engine: nothing for the default one, " (engine NAME)" for another."""
+    return "" if name == DEFAULT_ENGINE else f" (engine {name})"
 
 
 @dataclass
@@ -155,13 +165,12 @@ class RunOptions:
     progress: Callable | None = None
 
 
-def _generate(task: dict, engine: dict, summary: dict, note, options: RunOptions) -> dict:
+def _generate(task: dict, engines: dict, summary: dict, note, options: RunOptions) -> dict:
     """Open the folder, make the conversations into it, and close it however the run ends (a
     signal, a failed write, a hopeless LM); return `summary` with the run's figures."""
-    http = engine["type"] in HTTP_ENGINES
     # Ray workers hold their own load control
-    stats, pool = new_stats(), make_pool(engine) if http and not (options.ray or options.chat) else None
-    chat = options.chat or plug.make_chat(engine, on_usage=usage_counter(lambda: stats), pool=pool)
+    stats, pools = new_stats(), {} if options.ray or options.chat else plug.make_pools(engines)
+    chat = options.chat or plug.make_chats(engines, lambda: stats, pools)
     control, caught = new_control(), []
     restore = _drain_on_signals(control, caught, options.grace)
     try:
@@ -181,9 +190,9 @@ def _generate(task: dict, engine: dict, summary: dict, note, options: RunOptions
             clear(store)
         existing = store["existing"]
         if options.progress:
-            stop_progress = options.progress(stats, pool, options.wanted - existing)
+            stop_progress = options.progress(stats, pools, options.wanted - existing)
         try:
-            records = _conversations(task, engine, chat, options, seed, existing, stats, control)
+            records = _conversations(task, engines, chat, options, seed, existing, stats, control)
             try:
                 for record in records:
                     append(store, record)
@@ -202,19 +211,20 @@ def _generate(task: dict, engine: dict, summary: dict, note, options: RunOptions
         restore()
         if caught and not ended:
             ended = signal.Signals(caught[0]).name
-        summary.update(existing=existing, accepted=written, **_figures(task, engine, options.chat, stats, pool),
+        summary.update(existing=existing, accepted=written, **_figures(task, engines, options.chat, stats, pools),
                        seconds=round(time.monotonic() - start, 1), seed=seed,
                        stopped=ended and redact_for(ended, [task]))
         _close(store, task, summary, options.command, note)
     return summary
 
 
-def _conversations(task: dict, engine: dict, chat, options: RunOptions, seed: int, existing: int, stats: dict,
+def _conversations(task: dict, engines: dict, chat, options: RunOptions, seed: int, existing: int, stats: dict,
                    control: dict):
     """The accepted records still wanted, as they complete: on threads, or on Ray workers.
 
-    `chat` is the run's (the caller's own, or the engine's client); Ray workers build their own
-    client unless the caller gave one.
+    `chat` is the run's (the caller's own, or each engine's client by name); Ray workers build
+    their own clients unless the caller gave one. As many conversations are in flight as the
+    default engine takes (`engine.concurrency`, or its default).
     """
     # subtle: a resumed run with the same seed must not replay the first run's personas and patterns.
     derived = f"{seed}/{options.part}/{existing}"
@@ -224,36 +234,47 @@ def _conversations(task: dict, engine: dict, chat, options: RunOptions, seed: in
     latest = tail_offset(final, max(SCENARIOS_KEPT, OPENERS_KEPT)) if existing else 0
     on_disk = read_jsonl(final, latest) if existing else ()
     memory = plug.new_memory(value for _, _, value, _ in on_disk)
-    own_chat, left = options.chat, options.wanted - existing
+    own_chat, left, engine = options.chat, options.wanted - existing, engines[DEFAULT_ENGINE]
     concurrency = concurrency_of(engine) if not own_chat else engine["concurrency"] or 1
     if options.ray:
-        return generate_on_ray(task, left, chat=own_chat, engine=None if own_chat else engine,
+        return generate_on_ray(task, left, chat=own_chat, engines=None if own_chat else engines,
                                workers=options.ray_workers, seed=derived, concurrency=concurrency, stats=stats,
                                memory=memory, control=control)
     return plug.generate(task, left, chat=chat, seed=derived, concurrency=concurrency, stats=stats, memory=memory,
                          control=control)
 
 
-def _figures(task: dict, engine: dict, own_chat, stats: dict, pool) -> dict:
-    """The summary's figures from the run's stats and load control: drops, calls, tokens, cost, model, endpoints."""
+def _figures(task: dict, engines: dict, own_chat, stats: dict, pools: dict) -> dict:
+    """The summary's figures from the run's stats and load control: drops, calls, tokens, cost, the
+    models, endpoints; and the same for each engine by name, with the stages it served."""
     dropped = collections.Counter()  # reasons that differed only in a secret add up
     for reason, count in stats["dropped"].items():
         dropped[redact_for(reason, [task])] += count
-    return {"dropped": dict(dropped), "calls": stats["calls"], "prompt_tokens": stats["prompt_tokens"],
-            "completion_tokens": stats["completion_tokens"], "cached_tokens": stats["cached_tokens"],
-            "cost_usd": run_cost(stats, engine), "engine": engine["type"], "model": _model(engine, task, own_chat),
-            "endpoints": pool.report() if pool else []}
+    stages = [cfg for key in ("initialization_stages", "iteration_stages", "finalization_stages") for cfg in task[key]]
+    each = {}
+    for name, engine in engines.items():
+        counts = stats["engines"].get(name, dict.fromkeys(COUNTS, 0))
+        endpoints = [{**row, "engine": name} for row in pools[name].report()] if name in pools else []
+        each[name] = {"type": engine["type"], "model": _model(engine, task, name, own_chat), **counts,
+                      "cost_usd": run_cost(counts, engine), "endpoints": endpoints,
+                      "stages": [cfg["name"] for cfg in stages if cfg.get("engine", DEFAULT_ENGINE) == name]}
+    costs = [e["cost_usd"] for e in each.values() if e["cost_usd"] is not None]
+    default = each[DEFAULT_ENGINE]
+    return {"dropped": dict(dropped), **{key: stats[key] for key in COUNTS},
+            "cost_usd": round(sum(costs), 6) if costs else None, "engine": default["type"], "model": default["model"],
+            "endpoints": [row for e in each.values() for row in e["endpoints"]], "engines": each}
 
 
-def _model(engine: dict, task: dict, chat) -> str | None:
-    return engine["model"] if chat else model_name(engine["type"], task["engine"]["model"], engine["model"])
+def _model(engine: dict, task: dict, name: str, chat) -> str | None:
+    asked = engines_of(task)[name]["model"]
+    return engine["model"] if chat else model_name(engine["type"], asked, engine["model"])
 
 
 # What makes a conversation, part by part: a resume whose task differs in one of them would mix
 # two datasets in one folder. Another engine or model is allowed (and said), so the settings that
 # follow the engine by default are left out: reply caps, judge_eligibility and generate_hint.
 MAKING_STAGE_KEYS_LEFT_OUT = {"where", "persona_store", "patterns", "termination_patterns", "judge_eligibility",
-                              "generate_hint", "max_tokens"}
+                              "generate_hint", "max_tokens", "engine"}
 
 
 def makings(task: dict) -> dict:
@@ -300,7 +321,8 @@ def _close(store: dict, task: dict, summary: dict, command: str, note) -> None:
              "tokens": summary["prompt_tokens"] + summary["completion_tokens"],
              **{key: summary[key] for key in ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd")},
              "seconds": summary["seconds"],
-             "stopped": summary["stopped"], "endpoints": summary["endpoints"], "makings": makings(task)}
+             "stopped": summary["stopped"], "endpoints": summary["endpoints"], "engines": summary["engines"],
+             "makings": makings(task)}
     try:
         try:
             runs = log_run(store, entry)

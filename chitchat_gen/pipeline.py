@@ -17,9 +17,9 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import TypedDict
 
 from .chat import make_chat
-from .errors import LMError, NoAnswer
+from .errors import ConfigError, LMError, NoAnswer
 from .record import last_step, messages, new_record, turns
-from .stages import STAGES, claim_opener
+from .stages import DEFAULT_ENGINE, STAGES, claim_opener, engines_of
 from .text import normalise
 
 
@@ -61,6 +61,8 @@ def run_stages(stages: list[dict], record: dict, ctx: dict) -> str | None:
     """Run stages in order; return the drop reason of the first stage that drops."""
     for cfg in stages:
         ctx["stage"] = cfg
+        if "chats" in ctx:  # the stage's engine answers its calls
+            ctx["chat"] = ctx["chats"][cfg.get("engine", DEFAULT_ENGINE)]
         before = len(record["steps"])
         result = STAGES[cfg["name"]](record, ctx)
         drop = result if isinstance(result, str) else None
@@ -77,6 +79,7 @@ class Figures(TypedDict):
     accepted, dropped ({reason: count}) and calls (each LM call as it completes, failed ones too)
     are kept by `generate` (`counted`); the tokens, where the engine's usage says them
     (`usage_counter`): cached_tokens are the prompt tokens the server's prefix cache served.
+    `engines` holds calls and tokens again for each engine by name ("default" for `engine:`).
     """
 
     accepted: int
@@ -85,49 +88,77 @@ class Figures(TypedDict):
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    engines: dict
 
 
 USAGE = ("prompt_tokens", "completion_tokens", "cached_tokens")  # the order chat's on_usage gives them in
+COUNTS = ("calls", *USAGE)  # what is counted for the run and for each engine
+# subtle: `+=` on a dict item is not atomic across threads, and several engines' chats count into one total.
+FIGURES_LOCK = threading.Lock()
 
 
 def new_stats() -> Figures:
     return Figures(accepted=0, dropped=collections.Counter(), calls=0, prompt_tokens=0, completion_tokens=0,
-                   cached_tokens=0)
+                   cached_tokens=0, engines={})
 
 
-def usage_counter(figures_of):
+def add_counts(figures: dict, engine: str, counts: dict) -> None:
+    """Add `counts` (any of COUNTS) to the run's totals and to `engine`'s own.
+
+    >>> figures = new_stats(); add_counts(figures, "strong", {"calls": 2, "prompt_tokens": 90})
+    >>> figures["calls"], figures["engines"]["strong"]["prompt_tokens"]
+    (2, 90)
+    """
+    with FIGURES_LOCK:
+        own = figures["engines"].setdefault(engine, dict.fromkeys(COUNTS, 0))
+        for key, value in counts.items():
+            figures[key] += value
+            own[key] += value
+
+
+def usage_counter(figures_of, engine: str = DEFAULT_ENGINE):
     """`on_usage` for chat.make_chat: each call's tokens added to the figures `figures_of()` returns.
 
     The run's are one dict for all its threads; a Ray worker's, each conversation's own (a thread-local).
     """
-    lock = threading.Lock()
-
     def on_usage(*usage: int) -> None:
-        figures = figures_of()
-        with lock:  # subtle: `+=` on a dict item is not atomic across threads
-            for key, tokens in zip(USAGE, usage):
-                figures[key] += tokens
+        add_counts(figures_of(), engine, dict(zip(USAGE, usage)))
 
     return on_usage
 
 
-def counted(chat, figures: dict, stop: threading.Event | None = None):
-    """`chat` that counts each call in figures["calls"] as it ends, and raises LMError once `stop` is set.
+def counted(chat, figures: dict, stop: threading.Event | None = None, engine: str = DEFAULT_ENGINE):
+    """`chat` that counts each call in figures["calls"] (and `engine`'s) as it ends, and raises
+    LMError once `stop` is set.
 
     Counted as each call ends, not when its conversation does: the progress line moves from the first reply.
     """
-    lock = threading.Lock()
-
     def counted_chat(messages, json_schema=None, **options):
         if stop is not None and stop.is_set():
             raise LMError("run stopped")
         try:
             return chat(messages, json_schema=json_schema, **options)
         finally:
-            with lock:
-                figures["calls"] += 1
+            add_counts(figures, engine, {"calls": 1})
 
     return counted_chat
+
+
+def chats_for(task: dict, chat=None, make=make_chat) -> dict:
+    """A chat for each of the task's engines by name: `chat` for all of them, `chat[name]` from a
+    dict (every engine named), or `make(engine)` (chat.make_chat) without one."""
+    engines = engines_of(task)
+    if isinstance(chat, dict):
+        if missing := [name for name in engines if name not in chat]:
+            raise ConfigError(f"chat: no function for the task's engine(s) {', '.join(missing)}: give one per engine "
+                              f"({', '.join(engines)}), or one function for all")
+        return {name: chat[name] for name in engines}
+    return {name: chat or make(engine) for name, engine in engines.items()}
+
+
+def counted_chats(chats: dict, figures: dict, stop: threading.Event | None = None) -> dict:
+    """Each engine's chat, counted under its name (`counted`)."""
+    return {name: counted(chat, figures, stop, name) for name, chat in chats.items()}
 
 
 # Scenarios a run remembers: the pool of earlier scenarios shown as examples, and what the copy
@@ -178,19 +209,18 @@ def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, co
     (`new_memory`) carries what the duplicate checks know from earlier runs; `review` is the
     stages' review hook (gates.reviewer(task); None: replies as written); `control`
     (`new_control`) drains the run early (see `drive`). `trace(event, **data)` is called on every
-    LM call and stage decision (see trace.py). Without `chat`, the task's engine is used as the
-    task file says it (plug.generate checks it first: preflight.py).
+    LM call and stage decision (see trace.py). `chat` is one function for every engine of the
+    task, or a dict of one per engine name (`chats_for`); without it, each engine's client as the
+    task file says it (plug.generate checks them first: preflight.py).
     """
-    if chat is None:
-        chat = make_chat(task["engine"])
     stats = fill_stats(stats)
     memory = new_memory() if memory is None else memory
     stop = threading.Event()
-    counted_chat = counted(chat, stats, stop)
+    chats = counted_chats(chats_for(task, chat), stats, stop)
     pool = ThreadPoolExecutor(max_workers=concurrency)
 
     def start(conversation_seed: int):
-        ctx = {"task": task, "memory": memory, "trace": trace, "chat": counted_chat,
+        ctx = {"task": task, "memory": memory, "trace": trace, "chats": chats, "chat": chats[DEFAULT_ENGINE],
                "rng": random.Random(conversation_seed), **({"review": review} if review else {})}
         return pool.submit(run_conversation, task, ctx)
 

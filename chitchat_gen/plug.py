@@ -18,8 +18,10 @@ from . import (
     pipeline,
 )
 from .dedupe import CopyIndex
+from .pipeline import usage_counter
 from .preflight import check_engine
 from .ratelimit import make_pool
+from .stages import engines_of
 
 
 def make_chat(engine: dict, on_usage=None, pool=None):
@@ -29,6 +31,24 @@ def make_chat(engine: dict, on_usage=None, pool=None):
     return core_chat.make_chat(engine, on_usage, pool)
 
 
+def checked_engines(task: dict) -> dict:
+    """Every engine of the task by name, each checked (preflight.check_engine) and resolved."""
+    return {name: check_engine(engine) for name, engine in engines_of(task).items()}
+
+
+def make_pools(engines: dict) -> dict:
+    """Load control for each HTTP engine by name: each keeps its own endpoints, limits and pace."""
+    return {name: make_pool(engine) for name, engine in engines.items() if engine["type"] in core_chat.HTTP_ENGINES}
+
+
+def make_chats(engines: dict, figures_of=None, pools: dict | None = None) -> dict:
+    """A client for each engine by name, behind its pool (`make_pools`, made here unless given);
+    with `figures_of`, each call's tokens are counted in the figures it returns, under the engine's name."""
+    pools = make_pools(engines) if pools is None else pools
+    return {name: make_chat(engine, usage_counter(figures_of, name) if figures_of else None, pools.get(name))
+            for name, engine in engines.items()}
+
+
 def new_memory(records=()) -> dict:
     """pipeline.new_memory whose scenarios are a dedupe.CopyIndex: the copy check's memory."""
     return pipeline.new_memory(records, scenarios=CopyIndex(limit=pipeline.SCENARIOS_KEPT))
@@ -36,12 +56,13 @@ def new_memory(records=()) -> dict:
 
 def generate(task: dict, n: int, *, chat=None, gates: bool = True, memory: dict | None = None, **options):
     """pipeline.generate with the gates (`gates=False`: replies as written), their memory, and
-    without `chat` the task's engine checked and behind load control. `options` are
+    without `chat` the task's engines checked and each behind its load control. `options` are
     pipeline.generate's (seed, concurrency, stats, control, trace). A bad `quality:` section or
-    a dead server raises ConfigError here, before the first record is asked for."""
+    a dead server (of any of the task's engines) raises ConfigError here, before the first
+    record is asked for."""
     review = quality_gates.reviewer(task) if gates else None
     if memory is None and gates:
         memory = new_memory()
     if chat is None:
-        chat = make_chat(check_engine(task["engine"]))
+        chat = make_chats(checked_engines(task))
     return pipeline.generate(task, n, chat=chat, review=review, memory=memory, **options)

@@ -32,9 +32,8 @@ from .chat import concurrency_of
 from .errors import ConfigError, LMError, NoAnswer
 from .gates import reviewer
 from .install import pip_install
-from .pipeline import USAGE, counted, drive, fill_stats, new_stats, run_conversation, usage_counter
-from .preflight import check_engine
-from .stages import STAGES
+from .pipeline import add_counts, chats_for, counted_chats, drive, fill_stats, new_stats, run_conversation
+from .stages import DEFAULT_ENGINE, STAGES
 
 ADDRESS_FORMS = "'auto', 'ray://HOST:10001' (Ray Client) or 'HOST:6379' (the head's GCS)"
 
@@ -154,36 +153,38 @@ def disconnect() -> None:
 
 
 class Worker:
-    """One Ray actor: its own LM client, its own memory of scenarios, conversations in its threads.
+    """One Ray actor: its own LM clients (one per engine), its own memory of scenarios, conversations in its threads.
 
     Made into an actor by `ray.remote(Worker)` at run time (so this module imports without ray).
     """
 
-    def __init__(self, task: dict, engine: dict | None, chat, stages: dict, memory: dict | None):
+    def __init__(self, task: dict, engines: dict | None, chat, stages: dict, memory: dict | None):
         STAGES.update(stages)  # custom stages registered on the driver (a notebook's @stage) run here too
         self.task, self.review = task, reviewer(task)
         # subtle: a conversation runs in one actor thread and the chat reports usage in the calling
         # thread, so a thread-local dict is this conversation's figures.
         self.running = threading.local()
-        self.chat = chat or plug.make_chat(engine, on_usage=usage_counter(lambda: self.running.figures))
+        self.chats = chats_for(task, chat) if chat else plug.make_chats(engines, lambda: self.running.figures)
         self.memory = memory or plug.new_memory()  # a resumed run's, from the driver; then this worker's own
 
     def run_one(self, seed: int) -> tuple[dict | None, str | None, dict]:
-        """Run one conversation: (record or None, drop reason, its LM calls and tokens)."""
+        """Run one conversation: (record or None, drop reason, its LM calls and tokens by engine)."""
         figures = self.running.figures = new_stats()
+        chats = counted_chats(self.chats, figures)
         ctx = {"task": self.task, "memory": self.memory, "trace": None, "rng": random.Random(seed),
-               "review": self.review, "chat": counted(self.chat, figures)}
+               "review": self.review, "chats": chats, "chat": chats[DEFAULT_ENGINE]}
         record, reason = run_conversation(self.task, ctx)
-        return record, reason, {key: figures[key] for key in ("calls", *USAGE)}
+        return record, reason, figures["engines"]
 
 
-def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None, address: str = "local",
+def generate_on_ray(task: dict, n: int, *, chat=None, engines: dict | None = None, address: str = "local",
                     workers: int | None = None, seed: int | str | None = None, concurrency: int | None = None,
                     stats: dict | None = None, memory: dict | None = None, control: dict | None = None):
     """Yield `n` accepted records made by Ray workers, with up to `concurrency` in flight in all.
 
     `chat` (any picklable callable, e.g. a module-level function) is shipped to every worker;
-    without it each worker builds the engine's client from `engine` (checked here if not given).
+    without it each worker builds every engine's client from `engines` (by name, as
+    plug.checked_engines gives them; checked here if not given).
     `workers` defaults to one per node of the cluster. Unless Ray is already connected, starts a
     local instance or joins `address` ("auto", "HOST:6379", "ray://HOST:10001"), and then
     disconnects at the end. `stats` gains `tokens` here (prompt_tokens, completion_tokens, cached_tokens),
@@ -195,13 +196,14 @@ def generate_on_ray(task: dict, n: int, *, chat=None, engine: dict | None = None
     stats = fill_stats(stats)
     crew = None
     try:
-        if chat is None and engine is None:
-            engine = check_engine(task["engine"])
-        concurrency = concurrency or (concurrency_of(engine) if engine else 1)
+        if chat is None and engines is None:
+            engines = plug.checked_engines(task)
+        concurrency = concurrency or (concurrency_of(engines[DEFAULT_ENGINE]) if engines else 1)
         workers = min(workers or sum(1 for node in ray.nodes() if node["Alive"]), concurrency)
-        if engine:  # --max-rpm / --max-tpm are the whole run's pace: each worker gets its share
-            engine = {**engine, **{key: engine[key] / workers for key in ("max_rpm", "max_tpm") if engine.get(key)}}
-        crew = Crew(ray, task, engine, chat, memory, stats, workers, concurrency)
+        if engines:  # --max-rpm / --max-tpm are the whole run's pace: each worker gets its share
+            engines = {name: {**e, **{key: e[key] / workers for key in ("max_rpm", "max_tpm") if e.get(key)}}
+                       for name, e in engines.items()}
+        crew = Crew(ray, task, engines, chat, memory, stats, workers, concurrency)
         for _ in range(workers):
             crew.hire()
         yield from drive(n, crew.executor(), seed=task.get("seed") if seed is None else seed, concurrency=concurrency,
@@ -222,9 +224,9 @@ class Crew:
     other calls fail the same way) and its conversations run again, until too many die in a row.
     """
 
-    def __init__(self, ray, task: dict, engine: dict | None, chat, memory: dict | None, stats: dict,
+    def __init__(self, ray, task: dict, engines: dict | None, chat, memory: dict | None, stats: dict,
                  workers: int, concurrency: int):
-        self.ray, self.stats, self.engine, self.chat, self.memory = ray, stats, engine, chat, memory
+        self.ray, self.stats, self.engines, self.chat, self.memory = ray, stats, engines, chat, memory
         self.actors: dict = {}  # actor -> conversations in flight on it
         self.on_actor: dict = {}  # ref -> the actor running it
         self.deaths = {"in_a_row": 0, "max": 2 * workers + 3}
@@ -243,7 +245,7 @@ class Crew:
     def hire(self) -> None:
         """One more worker, named, so `ray list actors` shows whose they are (and a test can find one to kill)."""
         name = f"{self.run_name}-worker-{next(self.numbers)}"
-        actor = self.worker.options(name=name, **self.options).remote(self.task_ref, self.engine, self.chat,
+        actor = self.worker.options(name=name, **self.options).remote(self.task_ref, self.engines, self.chat,
                                                                       self.stages, self.memory)
         self.actors[actor] = 0
 
@@ -271,8 +273,8 @@ class Crew:
             return None  # the driver runs it again, same seed
         if actor in self.actors:
             self.actors[actor] -= 1
-        for key, value in figures.items():
-            self.stats[key] += value
+        for engine, counts in figures.items():
+            add_counts(self.stats, engine, counts)
         if record is not None:
             self.deaths["in_a_row"] = 0
         return record, reason

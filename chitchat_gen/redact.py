@@ -99,8 +99,8 @@ def redact_text(text: str, secrets: Iterable[str | None] = ()) -> str:
 
 def redact_for(text: str, tasks: Iterable[dict] = ()) -> str:
     """`text` fit to leave the process during a run of `tasks`: URL credentials, secret flags and
-    the API keys in use masked (a server's error body may echo the key it was sent)."""
-    tasks = list(tasks)
-    keys = [os.environ.get("OPENAI_API_KEY")] + [task["engine"]["api_key"] for task in tasks]
-    keys += [key for task in tasks for url in task["engine"]["base_urls"] for key in url_secrets(url)]
+    the API keys in use masked (a server's error body may echo the key it was sent), of every engine."""
+    engines = [engine for task in tasks for engine in (task["engine"], *task.get("engines", {}).values())]
+    keys = [os.environ.get("OPENAI_API_KEY")] + [engine["api_key"] for engine in engines]
+    keys += [key for engine in engines for url in engine["base_urls"] for key in url_secrets(url)]
     return redact_text(text, secrets=keys)

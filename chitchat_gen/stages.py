@@ -4,7 +4,9 @@ A stage appends steps to the conversation record and returns it, or returns a st
 reason to drop the conversation. `ctx` is per conversation and holds:
 
     task    the validated task (task.load_task)       stage   this stage's entry in the task
-    chat    the LM: chat(messages, json_schema=None, **options) -> str
+    chat    the LM of this stage's engine: chat(messages, json_schema=None, **options) -> str
+    chats   every engine's chat by name ("default", and the task's `engines:`); the loop sets
+            `chat` from it before each stage, by the stage's `engine`
     rng     the conversation's random.Random          turn    the turn number, from 1
     memory  shared across the run: {"scenarios": recent generated scenarios, "first_users": ...}
     review  optional hook(text, kind, **context) -> (text, fixes, problems): the quality gates
@@ -42,18 +44,36 @@ def stage(name: str):
 
 # --- helpers shared by the stages ----------------------------------------------------------
 
+DEFAULT_ENGINE = "default"  # the name of `engine:` among the task's engines; DiGiT's default block is "generator"
+
+
+def engines_of(task: dict) -> dict:
+    """Every engine of the task by name, the default (`engine:`) first as "default"."""
+    return {DEFAULT_ENGINE: task["engine"], **task["engines"]}
+
+
+def engine_of(task: dict, stage: dict) -> dict:
+    """The engine settings a stage's calls go to: its `engine`, else the task's default.
+
+    >>> engine_of({"engine": {"type": "ollama"}, "engines": {}}, {"name": "lm/user/guided"})["type"]
+    'ollama'
+    """
+    return task["engines"].get(stage.get("engine"), task["engine"])
+
+
 def lm(ctx: dict, messages: list[dict], json_schema: dict | None = None, **options) -> str:
     """One LM call with a seed drawn from the conversation's rng (reproducible, never repeated)."""
     options.setdefault("seed", ctx["rng"].randrange(2**31))
     reply = ctx["chat"](messages, json_schema=json_schema, **options)
     if ctx.get("trace"):
-        ctx["trace"]("call", stage=ctx["stage"]["name"], messages=messages, reply=reply)
+        ctx["trace"]("call", stage=ctx["stage"]["name"], engine=ctx["stage"].get("engine", DEFAULT_ENGINE),
+                     messages=messages, reply=reply)
     return reply
 
 
 def retry(ctx: dict, attempt: int) -> dict:
     """Options for asking again: a little warmer, since a model asked the same way tends to repeat its mistake."""
-    return {"temperature": min(1.5, ctx["task"]["engine"]["temperature"] + 0.3)} if attempt else {}
+    return {"temperature": min(1.5, engine_of(ctx["task"], ctx["stage"])["temperature"] + 0.3)} if attempt else {}
 
 
 def ask(record: dict, ctx: dict, prompt, kind: str, role: str, *, attempts: int, warmer: bool = True,
@@ -225,7 +245,7 @@ def flow_controller(record: dict, ctx: dict) -> dict:
         reply = lm(ctx, user_side(record, ctx, "FLOW_SYSTEM", "FLOW_USER", turn=turn, patterns=patterns_text(candidates),
                                   names=", ".join(p["name"] for p in candidates)),
                    json_schema=eligibility_schema([p["name"] for p in candidates]),
-            max_tokens=task["engine"]["json_max_tokens"])
+            max_tokens=engine_of(task, cfg)["json_max_tokens"])
         named, reasoning = parse_eligibility(reply)
         eligible = [p for p in candidates if p["name"] in named] or candidates
         if len(eligible) == len(candidates) and not named:
@@ -336,7 +356,7 @@ def judge(record: dict, ctx: dict) -> dict | str:
               {"role": "user", "content": template(ctx, "JUDGE_USER", scenario=scenario_of(record, ctx),
                                                    persona=persona_of(record), history=transcript(record))}]
     for _ in range(2):
-        scores = parse_scores(lm(ctx, prompt, json_schema=schema, max_tokens=task["engine"]["json_max_tokens"]))
+        scores = parse_scores(lm(ctx, prompt, json_schema=schema, max_tokens=engine_of(task, cfg)["json_max_tokens"]))
         if scores:
             break
     else:

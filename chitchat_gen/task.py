@@ -27,7 +27,7 @@ from . import prompts
 from .errors import ConfigError
 from .record import STEP_ROLES, read_jsonl
 from .redact import MASK, is_secret_name, redact_url
-from .stages import BUILT_IN, STAGES
+from .stages import BUILT_IN, DEFAULT_ENGINE, STAGES, engine_of
 
 REQUIRED = object()  # a field's default when the field must be given
 
@@ -55,7 +55,9 @@ TASK_FIELDS = [
     field("min_turns", "int", 1, "shorter conversations are dropped, never written", low=1),
     field("close_at_max_turns", "bool", True, "at max_turns the flow controller must pick a termination pattern"),
     field("seed", "int", None, "seeds persona, pattern and example sampling and each call's seed", flag="--seed"),
-    field("engine", "mapping", {}, "the LM engine (keys below)"),
+    field("engine", "mapping", {}, "the LM engine (keys below): the default engine, every stage's unless it names another"),
+    field("engines", "mapping", {}, "more engines by name, each with the keys of `engine`; a stage's `engine: NAME` "
+          "(DiGiT's `generator: NAME`) has its calls go there (docs/engines.md, 'Several engines in one task')"),
     field("stage_modules", "list", [], "Python files (relative to the task file, ${VAR}s expand) or modules "
           "(e.g. my_pkg.stages) to import before the stages are checked: the ones whose @stage lines register "
           "this task's own stages"),
@@ -146,7 +148,8 @@ PATTERN_FIELDS = [
 IGNORED_KEYS = {"created_by", "data_builder", "formatter", "runner_config", "seed_batch_size",
                 "machine_batch_size", "generator"}
 # DiGiT lets its flow controller carry its own max_turns; here the task's max_turns alone bounds a conversation.
-IGNORED_STAGE_KEYS = IGNORED_KEYS | {"max_turns"}
+IGNORED_STAGE_KEYS = (IGNORED_KEYS - {"generator"}) | {"max_turns"}
+ENGINE_NAME = re.compile(r"[A-Za-z_][\w.-]*")
 BIG_FIVE = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
 # The settings a flag or a keyword of load_task overrides, by that keyword: made from the rows'
 # `flag=` and `override=`, so a new row with a flag is the only edit (cli.py builds its flags from these).
@@ -159,10 +162,14 @@ def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
 
     Overrides are the keys of TASK_OVERRIDES and ENGINE_OVERRIDES (the flags' names with
     underscores, e.g. engine, base_url as a str or list, max_rpm, seed; also api_key), checked
-    as the flags are; None leaves the task file's value. Returns a plain dict: the checked
-    settings with defaults filled in, `engine.base_urls`, and the data files loaded (`personas`,
-    `seed_scenarios`).
+    as the flags are; None leaves the task file's value. They set the default engine; `engines=
+    {"strong": {"base_url": ...}}` sets keys of a named one (the flag `--engine-set`). Returns a
+    plain dict: the checked settings with defaults filled in, `engine.base_urls`, `engines` (the
+    named ones, resolved alike), each stage's `engine` (a name, "default" for `engine:`), and the
+    data files loaded (`personas`, `seed_scenarios`).
     """
+    overrides = dict(overrides)
+    named = overrides.pop("engines", None) or {}  # {name: {key: value}}: a named engine pointed elsewhere
     for key in overrides:
         if key not in TASK_OVERRIDES and key not in ENGINE_OVERRIDES:
             known = [*TASK_OVERRIDES, *ENGINE_OVERRIDES]
@@ -188,7 +195,7 @@ def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
         task["seed_path"] = _data_path(store["data_path"], path, "seed_datastore.data_path")
     task.update(path=str(path), notes=notes, personas=[],
                 seed_scenarios=load_seed_scenarios(task["seed_path"]) if "seed_path" in task else [],
-                engine=_engine(task["engine"], overrides, path))
+                engine=_engine(task["engine"], overrides, path), engines=_engines(task["engines"], named, path))
     _override(task, TASK_OVERRIDES, overrides)
     for i, entry in enumerate(task["stage_modules"]):
         _import_stages(entry, f"stage_modules[{i}]", path)
@@ -311,8 +318,25 @@ def _url_problem(url: str) -> str | None:
 
 # --- sections -----------------------------------------------------------------------------
 
-def _engine(raw: dict, overrides: dict, path) -> dict:
-    engine = check_fields(raw, ENGINE_FIELDS, f"{path}: engine.", [])
+def _engines(raw: dict, named: dict, path) -> dict:
+    """The named engines, each checked and resolved as `engine:` is; `named` sets keys of some."""
+    for name in named:
+        if name not in raw:
+            raise ConfigError(f"engine-set: no engine '{name}' in {path}{did_you_mean(name, raw)}; "
+                              f"its engines: {', '.join([DEFAULT_ENGINE, *raw]) or 'none'}")
+    engines = {}
+    for name, settings in raw.items():
+        if not isinstance(name, str) or not ENGINE_NAME.fullmatch(name) or name in (DEFAULT_ENGINE, "generator"):
+            raise ConfigError(f"{path}: engines.{name}: expected a name of letters, digits, _ . - "
+                              f"(not '{DEFAULT_ENGINE}' or 'generator', the names of `engine:`)")
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{path}: engines.{name}: expected a mapping with the keys of `engine` (type, model, ...)")
+        engines[name] = _engine({**settings, **named.get(name, {})}, {}, path, f"engines.{name}")
+    return engines
+
+
+def _engine(raw: dict, overrides: dict, path, where: str = "engine") -> dict:
+    engine = check_fields(raw, ENGINE_FIELDS, f"{path}: {where}.", [])
     type_flag = overrides.get("engine")
     if type_flag and type_flag != engine["type"]:
         # The task's model, URL and reply cap belong to its own engine type; a switched engine starts from its defaults.
@@ -350,17 +374,18 @@ def _stage(raw, where: str, task: dict, path, notes: list) -> dict:
         raw = {"name": raw}
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise ConfigError(f"{path}: {where}: expected a mapping with a 'name' key, got {raw!r}")
-    name = raw["name"]
+    name, raw = raw["name"], dict(raw)
+    chosen = _stage_engine(raw, where, task, path)
     if name not in STAGES:
         raise ConfigError(f"{path}: {where}.name: unknown stage '{name}'{did_you_mean(name, STAGES)}; "
                           f"known stages: {', '.join(STAGES)}; a stage of your own: list the Python file that "
                           "registers it (@stage) under stage_modules in the task file")
     if name not in BUILT_IN:
-        return dict(raw, where=where)  # a user's own stage: its settings are its business
+        return dict(raw, where=where, engine=chosen)  # a user's own stage: its settings are its business
     settings = {key: value for key, value in raw.items() if key != "name"}
     # subtle: a built-in stage without its row fails here (KeyError: our bug), never passes unchecked as a user's.
     stage = check_fields(settings, STAGE_FIELDS[name], f"{path}: {where}.", notes, IGNORED_STAGE_KEYS)
-    stage.update(name=name, where=where)
+    stage.update(name=name, where=where, engine=chosen)
     if name == "sample/persona":
         store = check_fields(stage["persona_store"], DATA_STORE_FIELDS, f"{path}: {where}.persona_store.", notes)
         task["personas"] = load_personas(_data_path(store["data_path"], path, f"{where}.persona_store.data_path"))
@@ -373,14 +398,35 @@ def _stage(raw, where: str, task: dict, path, notes: list) -> dict:
                               "conversations stop after max_turns without one")
         for switch in ("judge_eligibility", "generate_hint"):
             if stage[switch] is None:  # the tiny embedded model judges and writes hints badly: skip both
-                stage[switch] = task["engine"]["type"] != "local"
+                stage[switch] = engine_of(task, stage)["type"] != "local"
     elif name == "lm/user/guided" and not all(isinstance(cue, str) and cue.strip() for cue in stage["closing_cues"]):
         raise ConfigError(f"{path}: {where}.closing_cues: expected a list of words or phrases, got {stage['closing_cues']!r}")
     if name in ("lm/user/guided", "lm/assistant/naive") and stage["max_tokens"] is None:
         # A chit-chat user writes a line or two; capping them keeps transcripts (and prompts) short.
-        cap = task["engine"]["max_tokens"]
+        cap = engine_of(task, stage)["max_tokens"]
         stage["max_tokens"] = min(160, cap) if name == "lm/user/guided" else cap
     return stage
+
+
+def _stage_engine(raw: dict, where: str, task: dict, path) -> str:
+    """The engine a stage names, taken out of `raw`: `engine: NAME`, or DiGiT's `generator: NAME` or
+    `blocks: {generator: NAME}` (its default block, `generator`, is the default engine)."""
+    blocks = raw.pop("blocks", None)
+    if blocks is not None and not isinstance(blocks, dict):
+        raise ConfigError(f"{path}: {where}.blocks: expected a mapping like {{generator: NAME}}, got {blocks!r}")
+    given = {key: value for key, value in (("engine", raw.pop("engine", None)), ("generator", raw.pop("generator", None)),
+                                           ("blocks.generator", (blocks or {}).get("generator"))) if value is not None}
+    known = [DEFAULT_ENGINE, *task["engines"]]
+    chosen = set()
+    for key, value in given.items():
+        name = DEFAULT_ENGINE if value == "generator" and key != "engine" else value
+        if name not in known:
+            raise ConfigError(f"{path}: {where}.{key}: unknown engine {value!r}{did_you_mean(value, known)}; "
+                              f"known engines: {', '.join(known)} (define one under `engines:`)")
+        chosen.add(name)
+    if len(chosen) > 1:
+        raise ConfigError(f"{path}: {where}: {' and '.join(given)} name different engines: keep one")
+    return chosen.pop() if chosen else DEFAULT_ENGINE
 
 
 def _import_stages(entry, at: str, path) -> None:
