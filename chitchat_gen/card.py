@@ -133,6 +133,29 @@ def tokens_text(run: dict) -> str:
             f"{run['completion_tokens']:,} completion)")
 
 
+def models_text(run: dict) -> str:
+    """The engines and models of a run as the card names them: "ollama / granite4:3b", or with
+    several engines "default: ollama / granite4:3b; strong: openai / big-model"."""
+    engines = run.get("engines") or {}
+    if len(engines) <= 1:  # one engine, or a run logged by a version before named engines
+        return f"{run['engine']} / {run['model']}"
+    return "; ".join(f"{name}: {used['type']} / {used['model']}" for name, used in engines.items())
+
+
+def engines_lines(run: dict) -> list[str]:
+    """The card's section on a run of several engines: which stages each served, its calls, tokens, cost."""
+    engines = run.get("engines") or {}
+    if len(engines) <= 1:
+        return []
+    lines = ["", "## Engines", "", "Each stage's calls went to one engine (the last run's):", "",
+             "| engine | engine / model | stages | LM calls | tokens | cost (USD) |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, used in engines.items():
+        lines.append(f"| {name} | {used['type']} / {used['model']} | {', '.join(used['stages']) or '-'} | "
+                     f"{used['calls']} | {tokens_text({**used, 'tokens': used['prompt_tokens'] + used['completion_tokens']})} | "
+                     f"{_cost_text(used['cost_usd'])} |")
+    return lines
+
+
 def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
     """(Re)write README.md beside the outputs: Hub metadata, how to load it, how it was made, its figures."""
     stats = card_figures(folder, task)
@@ -152,7 +175,7 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
              f"from `{Path(task['path']).name}`.", "",
              "| | |", "| --- | --- |",
              f"| conversations | {stats['conversations']} |",
-             f"| engine / model | {last['engine']} / {last['model']} |",
+             f"| engine / model | {models_text(last)} |",
              f"| seed | {shown_seed(last)} |",
              f"| last run | {last['date']} |",
              f"| command | `{redact_text(last['command'])}` |",
@@ -164,7 +187,7 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
              "by its Hub name: `load_dataset(\"<user>/<name>\")` for the messages, `load_dataset(\"<user>/<name>\", "
              "\"full\")` for every step (the configs of the metadata block above). `runs.jsonl` and `rejected.jsonl` "
              "are the generator's bookkeeping, in no config.", "",
-             "## License", "", *license_text,
+             "## License", "", *license_text, *engines_lines(last),
              "", "## Figures", "", "```", render_table(stats), "```", "",
              f"Duplicates, distinct-n and message lengths: `python -m chitchat_gen stats {folder} "
              f"--task-paths {task['path']}`.", "",
@@ -176,7 +199,7 @@ def write_card(folder: Path, task: dict, runs: list[dict]) -> Path:
         dropped = ", ".join(f"{n} {redact_text(reason)}" for reason, n in run["dropped"].items()) or "0"
         busy = sum(endpoint.get("busy", 0) for endpoint in run.get("endpoints") or ())
         accepted = f"{run['accepted']} (stopped: {redact_text(run['stopped'])})" if run.get("stopped") else run["accepted"]
-        lines.append(f"| {run['date']} | {run['engine']} / {run['model']} | {shown_seed(run)} | {accepted} | "
+        lines.append(f"| {run['date']} | {models_text(run)} | {shown_seed(run)} | {accepted} | "
                      f"{dropped} | {run['calls']} | {busy} | {tokens_text(run)} | {_cost_text(run.get('cost_usd'))} | "
                      f"{run['seconds']} | `{redact_text(run['command'])}` |")
     rewrite(card, ["\n".join(lines) + "\n"])  # whole or not at all: a full disk keeps the last card

@@ -216,7 +216,14 @@ def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, co
     stats = fill_stats(stats)
     memory = new_memory() if memory is None else memory
     stop = threading.Event()
-    chats = counted_chats(chats_for(task, chat), stats, stop)
+    chats = counted_chats(chats_for(task, chat), stats, stop)  # here, not at the first record: a bad `chat` says so now
+    return _on_threads(task, n, chats, stop, memory=memory, review=review, trace=trace, seed=seed,
+                       concurrency=concurrency, stats=stats, control=control)
+
+
+def _on_threads(task: dict, n: int, chats: dict, stop: threading.Event, *, memory, review, trace, seed, concurrency,
+                stats, control):
+    """`generate`'s records: conversations on a thread pool, driven by `drive`."""
     pool = ThreadPoolExecutor(max_workers=concurrency)
 
     def start(conversation_seed: int):

@@ -38,7 +38,9 @@ def make_printer(out=sys.stdout):
 
     def trace(event: str, **data) -> None:
         if event == "call":
-            print(paint("stage", f"-- {data['stage']}: LM call ".ljust(WIDTH, "-")), file=out)
+            engine = data.get("engine", "default")
+            answered = "" if engine == "default" else f" (engine {engine})"
+            print(paint("stage", f"-- {data['stage']}: LM call{answered} ".ljust(WIDTH, "-")), file=out)
             for message in data["messages"]:
                 block(f"  [{message['role']}]", message["content"], "sent")
             text = flatten(data["messages"])
