@@ -3,6 +3,7 @@ in-process and behind xllamacpp's OpenAI-compatible HTTP server; behind llama-cp
 too where llama-cpp-python is installed. Slow: `pytest -m slow`."""
 
 import importlib.util
+import json
 import platform
 import shutil
 import subprocess
@@ -157,3 +158,26 @@ def test_the_installed_xllamacpp_holds_no_instruction_beyond_avx2():
         assert not found, (f"{library.name} uses {sorted(found)}: built for a newer CPU than the prebuilt wheel; "
                            "reinstall it with pip install --force-reinstall --only-binary=:all: xllamacpp")
         assert avx2, f"{library.name}: no AVX2 code found; is this x86-64 llama.cpp?"
+
+
+def test_the_embedded_model_as_one_engine_of_several(task_dir):
+    # A local user simulator with one slot beside a remote assistant (here a fake server, which
+    # also serves the other stages): each gets only its own stages' calls.
+    from fake_lm import FakeServer
+    fast_task(task_dir)
+    raw = yaml.safe_load((task_dir / "task.yaml").read_text())
+    with FakeServer() as remote:
+        raw["engine"].update(type="ollama", base_url=remote.url)
+        raw["engines"] = {"sim": {"type": "local", "concurrency": 1, "max_tokens": 48}}
+        next(s for s in raw["iteration_stages"] if s["name"] == "lm/user/guided")["engine"] = "sim"
+        (task_dir / "task.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        result = run_cli("-n", 1, "--restart", "--seed", 1, "--quiet", cwd=task_dir, timeout=900)
+        assert result.returncode == 0, result.stderr
+        assert remote.chat_requests()
+        # the user's turns (prompts.USER_TURN, CLOSING_TURN) end so; no other prompt does
+        assert not any(body["messages"][-1]["content"].endswith("Your message:") for body in remote.chat_requests())
+    runs = [json.loads(line) for line in (task_dir / "output/public/examples/chit_chat/runs.jsonl").open()]
+    sim = runs[-1]["engines"]["sim"]
+    assert sim["type"] == "local" and sim["stages"] == ["lm/user/guided"] and sim["calls"] >= 2
+    assert sim["model"].startswith("SmolLM2")
+    check_outputs(task_dir, 1)
