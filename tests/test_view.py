@@ -15,7 +15,10 @@ import uuid
 
 import pytest
 import requests
-from conftest import ROOT, run_cli
+from conftest import ROOT, read_jsonl, run_cli
+from fake_lm import FakeServer
+from test_several_engines import two_engines
+from test_task import write_task
 
 from chitchat_gen.gates import GATES
 
@@ -39,6 +42,25 @@ def output(task_dir, server):
         out.write(json.dumps(record) + "\n" + '{"not a record\n')
     result = run_cli("-n", 8, "--base-url", server.url, "--quiet", cwd=task_dir)
     assert result.returncode == 0 and "rejected.jsonl" in result.stderr
+    return task_dir / "output"
+
+
+@pytest.fixture
+def several(task_dir):
+    """An output folder whose runs.jsonl holds a real run of two engines (the assistant on "strong",
+    an OpenAI-style fake server), then the same run as an older version logged it (no "engines"),
+    then one whose engine names and model hold HTML (runs.jsonl is data, not markup)."""
+    with FakeServer() as cheap, FakeServer(models=["big-model"]) as strong:
+        write_task(task_dir, two_engines(cheap.url, strong.url))
+        done = run_cli("-n", 3, "--quiet", cwd=task_dir)
+        assert done.returncode == 0, done.stderr
+    runs_log = task_dir / "output" / TASK / "runs.jsonl"
+    [run] = read_jsonl(runs_log)
+    old = {key: value for key, value in run.items() if key != "engines"}
+    hostile = {**run, "engines": {"default": run["engines"]["default"],
+                                  INJECTION: {**run["engines"]["strong"], "model": INJECTION}}}
+    with open(runs_log, "a") as out:
+        out.write(json.dumps(old) + "\n" + json.dumps(hostile) + "\n")
     return task_dir / "output"
 
 
@@ -151,6 +173,14 @@ def test_a_held_lock_shows_the_run_as_running(tmp_path, viewer):
     assert requests.get(url).json()[0]["status"] == "no run logged"
 
 
+def test_a_run_of_several_engines_is_served_with_each_engines_figures(several, viewer):
+    [task] = requests.get(viewer(several) + "api/tasks").json()
+    run, old, _ = task["runs"]
+    assert list(run["engines"]) == ["default", "strong"] and "engines" not in old  # what the page reads
+    assert sum(used["calls"] for used in run["engines"].values()) == run["calls"] > 0
+    assert run["engines"]["strong"]["stages"] == ["lm/assistant/naive"]
+
+
 def test_only_files_under_the_folder_are_served(output, viewer, tmp_path):
     (tmp_path / "secret.txt").write_text("hidden words")
     os.symlink(tmp_path / "secret.txt", output / TASK / "link.txt")
@@ -216,6 +246,8 @@ def check_page(dom: str) -> None:
     assert not re.search(r"<html[^>]*pwned", dom), "the injected script ran"
     assert '<span class="score">coherence: 4</span>' in dom, "the judge's scores are not shown"
     assert f'<span class="cleaned">cleaned: {CLEANED}</span>' in dom, "what the quality gates cleaned is not shown"
+    assert "data-engine=" not in dom and not re.search(r'<tr [^>]*class="(several|engines)"', dom), \
+        "a run of one engine shows as before"
 
 
 @pytest.mark.browser
@@ -232,6 +264,23 @@ def test_the_static_report_renders_in_chromium(output, tmp_path):
     check_page(chromium("--dump-dom", (tmp_path / "report.html").as_uri()))
     chromium(f"--screenshot={tmp_path / 'static.png'}", "--window-size=1280,900", (tmp_path / "report.html").as_uri())
     assert (tmp_path / "static.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.browser
+def test_a_run_of_several_engines_names_each_model_and_its_figures_in_chromium(several, viewer):
+    run, _, _ = read_jsonl(several / TASK / "runs.jsonl")
+    default, strong = run["engines"]["default"], run["engines"]["strong"]
+    dom = chromium("--dump-dom", viewer(several))
+    cells = re.findall(r'<td class="prose" data-label="engine / model">(.*?)</td>', dom)
+    assert cells[:2] == [f"default: ollama / {default['model']}; strong: openai / big-model",
+                         f"ollama / {default['model']}"]  # the older line: as before, no line per engine
+    lines = dict(re.findall(r'<div data-engine="([^"]*)">(.*?)</div>', dom))
+    assert lines["strong"].startswith("<b>strong</b> · openai / big-model · stages: lm/assistant/naive · "
+                                      f"{strong['calls']} LM calls · ")
+    assert f" · {default['calls']} LM calls · {default['prompt_tokens'] + default['completion_tokens']:,} tokens (" \
+        in lines["default"] and "lm/scenario" in lines["default"]
+    assert len(re.findall(r'<tr [^>]*class="engines"', dom)) == len(re.findall(r'<tr [^>]*class="several"', dom)) == 2
+    assert html.escape(INJECTION, quote=False) in cells[2] and not re.search(r"<html[^>]*pwned", dom)
 
 
 # Added to a copy of the static report by the layout test: once the page has drawn, it writes what
