@@ -1,7 +1,7 @@
 """Do we cope with the servers users really have? Runs the real CLI against loopback fake servers
 (tests/fake_lm.py) that push back the way real ones do, and compares the wall time with the ideal
 `useful calls / capacity`, where a server's capacity is slots / latency, capped by its rate limit.
-Run by hand from the repo root (about 6 minutes for all seven on 2 cores):
+Run by hand from the repo root (about 7 minutes for all nine on 2 cores):
 
     python benchmarks/load.py                              # every scenario
     python benchmarks/load.py --scenarios uneven,ratelimited
@@ -22,6 +22,18 @@ Scenarios (the CLI's defaults unless said; --restart --quiet --seed 1 -n N, mode
   faultfree    one OpenAI-style server with 32 slots, latency 0.2 s; --engine openai, N = 30.
   faults       the same server failing a seeded 30 % of chat calls with a 500 or a reset connection;
                printed with its wall time over faultfree's (run both: the target is that ratio).
+  engines      two engines (the task's `engines:`): the default one on an OpenAI-style server with
+               16 slots, latency 0.1 s, and the assistant's stage (lm/assistant/naive) on engine
+               `strong`, its own server with 16 slots, latency 0.4 s (4x slower); --engine openai
+               --concurrency 64, N = 300.
+  engines-slots  the same two engines, the default one's server down to 4 slots: now it, not the
+               assistant's, sets the pace; N = 150.
+
+A server's spec may name its engine ("engine": "strong"); the others serve the default engine
+(--base-url). Each engine's ideal is its calls / its servers' capacity; a run can be no faster
+than its slowest engine's, so the row's ideal is the largest of them. Rows with several engines
+print a line per engine: its calls, its ideal and wall / that ideal (1.0: its servers were busy
+the whole run; more: they waited for the other engine's calls, which a conversation alternates with).
 
 "calls" are the chat requests answered 200 (the work the servers did); 429/503 answers are the
 waste, reported as their share of all chat answers. The ideal counts every 200, also those spent
@@ -47,6 +59,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -60,7 +74,13 @@ SCENARIOS = {  # name: (N, engine, extra CLI args, FakeServer keyword arguments 
     "baseline": (1000, "openai", ["--concurrency", "128"], [{"latency": 0.2, "slots": 64}]),
     "faultfree": (30, "openai", [], [{"latency": 0.2, "slots": 32}]),
     "faults": (30, "openai", [], [{"latency": 0.2, "slots": 32, "fault_share": 0.3, "fault_kinds": ("500", "reset")}]),
+    "engines": (300, "openai", ["--concurrency", "64"],
+                [{"latency": 0.1, "slots": 16}, {"engine": "strong", "latency": 0.4, "slots": 16}]),
+    "engines-slots": (150, "openai", ["--concurrency", "64"],
+                      [{"latency": 0.1, "slots": 4}, {"engine": "strong", "latency": 0.4, "slots": 16}]),
 }
+DEFAULT_ENGINE = "default"
+ASSISTANT_STAGE = "lm/assistant/naive"  # the stage a named engine serves in these scenarios
 SUMMARY = re.compile(r": (\d+) accepted(?: \(\+\d+ from earlier runs\))?, (\d+) dropped, (\d+) LM calls")
 
 
@@ -71,19 +91,38 @@ def capacity(server: dict) -> float:
     return min(by_slots, server.get("rate") or float("inf"))
 
 
+def engine_of(spec: dict) -> str:
+    return spec.get("engine", DEFAULT_ENGINE)
+
+
+def add_named_engines(task_file: Path, servers: list, specs: list[dict]) -> None:
+    """Give the task each named engine of `specs` (OpenAI-style, on its servers) and the assistant's stage to it."""
+    raw = yaml.safe_load(task_file.read_text())
+    for server, spec in zip(servers, specs):
+        if engine_of(spec) != DEFAULT_ENGINE:
+            engine = raw.setdefault("engines", {}).setdefault(engine_of(spec), {"type": "openai", "model": "granite4:3b"})
+            engine["base_url"] = [*engine.get("base_url", []), server.url]
+            for stage in raw["iteration_stages"]:
+                if stage["name"] == ASSISTANT_STAGE:
+                    stage["engine"] = engine_of(spec)
+    task_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
 def run_scenario(name: str, pythonpath: Path, extra: list[str], n: int | None) -> dict:
     wanted, engine, args, specs = SCENARIOS[name]
     wanted = n or wanted
     workdir = Path(tempfile.mkdtemp(prefix="chitchat_load_"))
     for file in ("task.yaml", "personas.jsonl", "seed_examples.jsonl"):
         shutil.copy(ROOT / file, workdir / file)
-    servers = [FakeServer(models=["granite4:3b"], **spec) for spec in specs]
+    servers = [FakeServer(models=["granite4:3b"], **{k: v for k, v in spec.items() if k != "engine"}) for spec in specs]
     for server in servers:
         server.__enter__()
+    add_named_engines(workdir / "task.yaml", servers, specs)
     try:
+        default_urls = [server.url for server, spec in zip(servers, specs) if engine_of(spec) == DEFAULT_ENGINE]
         command = [sys.executable, "-m", "chitchat_gen", "-n", str(wanted), "--restart", "--quiet", "--seed", "1",
                    "--engine", engine, "--model", "granite4:3b",
-                   *[arg for server in servers for arg in ("--base-url", server.url)], *args, *extra]
+                   *[arg for url in default_urls for arg in ("--base-url", url)], *args, *extra]
         start = time.monotonic()
         # A clean environment: no OPENAI_API_KEY or OLLAMA_HOST of the caller leaks into the run.
         result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=3600,
@@ -99,7 +138,17 @@ def run_scenario(name: str, pythonpath: Path, extra: list[str], n: int | None) -
     answered = sum((server.answered for server in servers), start=collections.Counter())
     total = sum(answered.values())
     calls = answered[200]
-    ideal = calls / sum(capacity(spec) for spec in specs)
+    engines = {}  # name -> its servers' 200s, its ideal and wall / that ideal
+    for server, spec in zip(servers, specs):
+        used = engines.setdefault(engine_of(spec), {"calls_200": 0, "capacity": 0.0})
+        used["calls_200"] += server.answered[200]
+        used["capacity"] += capacity(spec)
+    ideals = {}
+    for engine_name, used in engines.items():
+        ideals[engine_name] = used["calls_200"] / used.pop("capacity")
+        used["ideal_s"] = round(ideals[engine_name], 1)
+        used["ratio"] = round(seconds / ideals[engine_name], 2) if ideals[engine_name] else None
+    ideal = max(ideals.values())  # a run is no faster than its slowest engine
     errors = [line for line in result.stderr.splitlines() if line.startswith(("Error", "Traceback"))]
     return {"scenario": name, "N": wanted, "exit": result.returncode, "written": written,
             "accepted": int(summary[1]) if summary else written, "dropped": int(summary[2]) if summary else None,
@@ -112,7 +161,7 @@ def run_scenario(name: str, pythonpath: Path, extra: list[str], n: int | None) -
             "share_429": round(answered[429] / total, 3) if total else 0.0,
             "share_503": round(answered[503] / total, 3) if total else 0.0,
             "wall_s": round(seconds, 1), "ideal_s": round(ideal, 1), "ratio": round(seconds / ideal, 2) if ideal else None,
-            "error": errors[-1][:300] if errors else None}
+            "engines": engines, "error": errors[-1][:300] if errors else None}
 
 
 def main() -> None:
@@ -147,6 +196,10 @@ def main() -> None:
               f"{100 * row['share_503']:>7.1f}{row['calls_per_accepted']!s:>10}{row['wall_s']:>8}{row['ideal_s']:>8}{row['ratio']:>7}", flush=True)
         for reason, count in row["drop_reasons"].items():
             print(f"{'':<12}  dropped {count}: {reason}")
+        if len(row["engines"]) > 1:
+            for engine, used in row["engines"].items():
+                print(f"{'':<12}  engine {engine}: {used['calls_200']} calls, ideal {used['ideal_s']} s, "
+                      f"wall / ideal {used['ratio']}")
         if row["error"]:
             print(f"{'':<12}  {row['error']}")
         if "x_faultfree" in row:

@@ -1,6 +1,6 @@
 """The Ray path (--ray, generate_on_ray) on a real local Ray instance against the fake LM
 server: exactly N, both files aligned, resume, a worker killed mid-run, the driver killed with
-SIGKILL, a local run on a machine an old Ray session left its address on, and the one-line errors. Marked `ray` (needs the 'ray' extra): `python -m pytest -m ray`.
+SIGKILL, a task with two engines (each server gets only its stages' calls), a local run on a machine an old Ray session left its address on, and the one-line errors. Marked `ray` (needs the 'ray' extra): `python -m pytest -m ray`.
 """
 
 import json
@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, outputs, run_cli
+from conftest import ROOT, outputs, read_jsonl, run_cli
 from fake_lm import FakeServer
+from test_several_engines import is_assistant_call, two_engines
+from test_task import write_task
 
 OUT = "output/public/examples/chit_chat"
 # Ray's node address is then 127.0.0.1, not the machine's (Ray's default off Windows and macOS); set
@@ -81,6 +83,30 @@ def test_resume_on_ray_adds_exactly_the_missing_ones(cluster, task_dir):
         assert assert_aligned(task_dir, 25)[:10] == before
         assert scenario_calls(server) - started == 15
         assert "15 accepted (+10 from earlier runs)" in again.stdout
+
+
+@pytest.mark.ray
+def test_two_engines_on_ray_each_server_gets_only_its_stages_calls_and_a_resume_keeps_both(cluster, task_dir):
+    """Each worker builds both engines' clients: the strong server sees only assistant calls, the
+    figures per engine in runs.jsonl are each server's requests (no faults here), and a resume adds to both."""
+    with FakeServer(latency=0.01, slots=8) as cheap, FakeServer(latency=0.01, slots=8, models=["big-model"]) as strong:
+        write_task(task_dir, two_engines(cheap.url, strong.url))
+        flags = ["--quiet", "--seed", 1, "--concurrency", 4, "--ray", cluster, "--ray-workers", 2]
+        for n, restart in ((2, ["--restart"]), (4, [])):
+            before = {"default": len(cheap.chat_requests()), "strong": len(strong.chat_requests())}
+            done = run_cli("-n", n, *restart, *flags, cwd=task_dir)
+            assert done.returncode == 0, done.stderr
+            assert strong.chat_requests() and all(is_assistant_call(body) for body in strong.chat_requests())
+            assert cheap.chat_requests() and not any(is_assistant_call(body) for body in cheap.chat_requests())
+            assert all(body["model"] == "big-model" for body in strong.chat_requests())
+            entry = read_jsonl(task_dir / OUT / "runs.jsonl")[-1]
+            calls = {"default": len(cheap.chat_requests()) - before["default"],
+                     "strong": len(strong.chat_requests()) - before["strong"]}
+            assert {name: used["calls"] for name, used in entry["engines"].items()} == calls
+            assert entry["calls"] == sum(calls.values()) and calls["strong"] > 0
+            assert entry["engines"]["strong"]["stages"] == ["lm/assistant/naive"]
+    assert len(read_jsonl(task_dir / OUT / "runs.jsonl")) == 2
+    assert_aligned(task_dir, 4)
 
 
 @pytest.mark.ray
