@@ -331,7 +331,11 @@ def _engines(raw: dict, named: dict, path) -> dict:
                               f"(not '{DEFAULT_ENGINE}' or 'generator', the names of `engine:`)")
         if not isinstance(settings, dict):
             raise ConfigError(f"{path}: engines.{name}: expected a mapping with the keys of `engine` (type, model, ...)")
-        engines[name] = _engine({**settings, **named.get(name, {})}, {}, path, f"engines.{name}")
+        given = named.get(name, {})
+        if given.get("type", settings.get("type")) != settings.get("type"):
+            # as --engine does for the default: a switched engine starts from its type's defaults
+            settings = {key: value for key, value in settings.items() if key not in ("model", "base_url", "max_tokens")}
+        engines[name] = _engine({**settings, **given}, {}, path, f"engines.{name}")
     return engines
 
 

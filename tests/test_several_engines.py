@@ -151,3 +151,12 @@ def test_trace_says_which_engine_answered_each_call(task_dir):
     headers = [line for line in done.stdout.splitlines() if ": LM call" in line]
     assert any(line.startswith("-- lm/assistant/naive: LM call (engine strong)") for line in headers)
     assert not any("(engine" in line for line in headers if "lm/assistant/naive" not in line)
+
+
+def test_switching_a_named_engines_type_starts_from_that_types_defaults(task_dir):
+    write_task(task_dir, two_engines("http://127.0.0.1:1", "http://127.0.0.1:2", max_tokens=99))
+    strong = load_task(task_dir / "task.yaml", engines={"strong": {"type": "ollama"}})["engines"]["strong"]
+    assert (strong["model"], strong["base_urls"], strong["max_tokens"]) == ("granite4:3b", ["http://localhost:11434"], 512)
+    kept = load_task(task_dir / "task.yaml", engines={"strong": {"retries": 1}})["engines"]["strong"]
+    assert (kept["model"], kept["base_urls"], kept["max_tokens"], kept["retries"]) == \
+        ("big-model", ["http://127.0.0.1:2"], 99, 1)
