@@ -74,6 +74,8 @@ SCENARIOS = {  # name: (N, engine, extra CLI args, FakeServer keyword arguments 
     "baseline": (1000, "openai", ["--concurrency", "128"], [{"latency": 0.2, "slots": 64}]),
     "faultfree": (30, "openai", [], [{"latency": 0.2, "slots": 32}]),
     "faults": (30, "openai", [], [{"latency": 0.2, "slots": 32, "fault_share": 0.3, "fault_kinds": ("500", "reset")}]),
+    "faults429": (30, "openai", [], [{"latency": 0.2, "slots": 32, "fault_share": 0.3,
+                                     "fault_kinds": ("500", "reset", "429")}]),
     "engines": (300, "openai", ["--concurrency", "64"],
                 [{"latency": 0.1, "slots": 16}, {"engine": "strong", "latency": 0.4, "slots": 16}]),
     "engines-slots": (150, "openai", ["--concurrency", "64"],
@@ -185,7 +187,7 @@ def main() -> None:
     for name in names:
         row = run_scenario(name, args.pythonpath.resolve(), shlex.split(args.extra), args.n)
         walls[name] = row["wall_s"]
-        if name == "faults" and "faultfree" in walls:  # the target is a ratio of two runs side by side
+        if name.startswith("faults") and "faultfree" in walls:  # the target is a ratio of two runs side by side
             row["x_faultfree"] = round(row["wall_s"] / walls["faultfree"], 2)
         if args.json:
             print(json.dumps(row), flush=True)

@@ -5,13 +5,14 @@ and tells `pool.release(ticket, outcome, ...)` how it went. `Pool` here is the r
 core's own, chat.RoundRobin, sends each call to the next URL and keeps no figures). In between, this module keeps for every endpoint (base URL):
 
 - **a limit on calls in flight** (AIMD, as TCP does): halved when the server says "slow down"
-  (429, 503, 529) or a call times out, at most once per burst of such answers; then grown by one
+  (503, 529; a 429 when BUSY_IN of its last ANSWERS answers were 429s) or a call times out, at
+  most once per burst of such answers; then grown by one
   per `limit` successes, slowly near the level where the last "slow down" came. It starts at the
   server's `total_slots` where the server says it (llama-server's `/props`), else at the
   conversations in flight; it never exceeds those.
 - **pacing** (token buckets): `max_rpm` / `max_tpm` given by the user; the rate the server states
-  in OpenAI's `x-ratelimit-limit-*` headers; or, after a 429 without them, the rate that was
-  getting through, lowered by a tenth on each later 429 and raised again while none comes.
+  in OpenAI's `x-ratelimit-limit-*` headers; or, after 429s in a run without them, the rate that
+  was getting through, lowered by a tenth on each later run of 429s and raised again while none comes.
   `Retry-After` pauses the endpoint that sent it.
 - **health**: three failures in a row (connection refused, 5xx, timeouts) take an endpoint out of
   rotation for 1 s, then 2, 4 ... 30 s; after that one call probes it, and a success brings it
@@ -48,6 +49,11 @@ from .redact import redact_url
 
 OUTCOMES = ("ok", "busy", "timeout", "failed", "refused", "rejected")  # rejected: the request was refused (4xx)
 SLOW_PROBE = 20  # successes per unit of limit before probing above the level of the last "slow down"
+# A 429 is acted on (the limit halved, a pace learned) when at least BUSY_IN of the endpoint's
+# last ANSWERS answers were 429s: a rate limit answers so in runs, while a gateway's sporadic 429
+# (one call in ten, at any pace) would otherwise hold the limit at 1 (docs/performance.md,
+# "Sporadic 429s"). A 503 or 529 (a full queue) is acted on at once.
+ANSWERS, BUSY_IN = 20, 4
 LONG_WAIT = 10.0  # seconds a call in flight has waited before the progress line shows it (and the timeout)
 
 
@@ -119,8 +125,10 @@ class Pool:
             _read_rate_headers(e, headers or {}, now)
             if status is not None:  # any answer, even an error, shows the server is there
                 e["timeouts"], e["answered_at"] = 0, now
+                e["recent"].append(status == 429)
             elif outcome == "timeout":
                 e["timeouts"] += 1
+            congested = outcome == "busy" and (status != 429 or sum(e["recent"]) >= BUSY_IN)
             if outcome == "ok":
                 e["failures"], e["cooldown"] = 0, 0.0
                 e["seconds"] += seconds
@@ -129,10 +137,10 @@ class Pool:
                 while e["successes"][0] < now - 1.0:
                     e["successes"].popleft()
                 _grow(e)
-            if outcome in ("busy", "timeout") and ticket["epoch"] == e["epoch"]:
+            if (congested or outcome == "timeout") and ticket["epoch"] == e["epoch"]:
                 # subtle: the other answers of the same burst were sent before this cut; they must not cut again.
                 e["ceiling"], e["limit"], e["epoch"] = e["limit"], max(1.0, e["limit"] / 2), e["epoch"] + 1
-            if status == 429:
+            if status == 429 and congested:
                 _slow_pace(e, now, retry_after)
             elif retry_after:
                 e["pause_until"] = max(e["pause_until"], now + retry_after)
@@ -210,6 +218,7 @@ class Endpoint(TypedDict):
     stated_requests: float | None  # the rates the server's x-ratelimit-limit-* headers state
     stated_tokens: float | None
     successes: collections.deque  # when the last second's successes came
+    recent: collections.deque  # of the last ANSWERS answers, whether each was a 429
 
 
 def _endpoint(url: str, concurrency: int, slots: int | None, max_rpm, max_tpm) -> Endpoint:
@@ -220,7 +229,7 @@ def _endpoint(url: str, concurrency: int, slots: int | None, max_rpm, max_tpm) -
                     cooldown=0.0, pause_until=0.0, timeouts=0, answered_at=None, sent={}, requests=_bucket(rate),
                     tokens=_bucket(max_tpm / 60 if max_tpm else None), rate_cap=rate, adaptive=False,
                     rate_ceiling=None, cut_at=0.0, stated_requests=None, stated_tokens=None,
-                    successes=collections.deque())
+                    successes=collections.deque(), recent=collections.deque(maxlen=ANSWERS))
 
 
 def _bucket(rate: float | None) -> dict:

@@ -61,7 +61,7 @@ def test_near_the_level_of_the_last_slow_down_the_limit_grows_slowly():
     pool = load.Pool([A], concurrency=8)
     e = endpoint(pool)
     e["limit"] = 4.0
-    pool.release(pool.acquire(), "busy", status=503)
+    pool.release(pool.acquire(), "busy", status=503)  # a full queue: acted on at once
     assert (e["limit"], e["ceiling"]) == (2.0, 4.0)
     successes = 0
     while e["limit"] < 3:
@@ -78,7 +78,8 @@ def test_a_429_paces_the_endpoint_at_the_rate_that_got_through_and_pauses_it():
     pool = load.Pool([A], concurrency=32)
     for _ in range(12):
         pool.release(pool.acquire(), "ok", status=200, seconds=0.01)
-    pool.release(pool.acquire(), "busy", status=429, retry_after=30)
+    for ticket in [pool.acquire() for _ in range(load.BUSY_IN)]:
+        pool.release(ticket, "busy", status=429, retry_after=30)
     e = endpoint(pool)
     assert e["requests"]["rate"] == 12
     assert pool.acquire(timeout=0) is None  # paused for Retry-After
@@ -86,6 +87,21 @@ def test_a_429_paces_the_endpoint_at_the_rate_that_got_through_and_pauses_it():
     e["requests"]["level"] = 1.0
     assert pool.acquire(timeout=0) is not None
     assert pool.acquire(timeout=0) is None  # the next one waits for its token (1/12 s)
+
+
+def test_a_sporadic_429_is_waited_out_but_neither_halves_the_limit_nor_sets_a_pace():
+    # A gateway that answers one call in ten with 429 whatever the pace: slowing down would not help.
+    pool = load.Pool([A], concurrency=32)
+    e = endpoint(pool)
+    for i in range(200):
+        ticket = pool.acquire(timeout=0)
+        if i % 10 == 9:
+            pool.release(ticket, "busy", status=429, retry_after=0)
+        else:
+            pool.release(ticket, "ok", status=200, seconds=0.01)
+    assert (e["limit"], e["requests"]["rate"]) == (32.0, None)
+    pool.release(pool.acquire(timeout=0), "busy", status=429, retry_after=5)  # still waited out when it asks
+    assert e["pause_until"] > load.time.monotonic() + 4
 
 
 def test_the_users_max_rpm_paces_calls():
