@@ -64,7 +64,8 @@ def run(task: dict | str | Path, n: int, *, output_dir: str | Path = "output", r
     The summary: folder, wanted, existing (before), accepted, dropped ({reason: count}), calls,
     prompt_tokens, completion_tokens, cached_tokens, cost_usd (None without prices), seconds, seed,
     engine, model, stopped (None, "SIGTERM",
-    "SIGINT", or the error that ended the run), nothing_to_do, notes, endpoints.
+    "SIGINT", or the error that ended the run), nothing_to_do, notes, endpoints, and engines (the
+    same figures for each of the task's engines by name, with its model and stages).
     """
     task = _loaded(task, overrides)
     command = command or f"chitchat_gen.run({task['path']!r}, {n})"  # the CLI passes its own command line

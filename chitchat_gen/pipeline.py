@@ -144,16 +144,16 @@ def counted(chat, figures: dict, stop: threading.Event | None = None, engine: st
     return counted_chat
 
 
-def chats_for(task: dict, chat=None, make=make_chat) -> dict:
+def chats_for(task: dict, chat=None) -> dict:
     """A chat for each of the task's engines by name: `chat` for all of them, `chat[name]` from a
-    dict (every engine named), or `make(engine)` (chat.make_chat) without one."""
+    dict (every engine named), or chat.make_chat(engine) without one."""
     engines = engines_of(task)
     if isinstance(chat, dict):
         if missing := [name for name in engines if name not in chat]:
             raise ConfigError(f"chat: no function for the task's engine(s) {', '.join(missing)}: give one per engine "
                               f"({', '.join(engines)}), or one function for all")
         return {name: chat[name] for name in engines}
-    return {name: chat or make(engine) for name, engine in engines.items()}
+    return {name: chat or make_chat(engine) for name, engine in engines.items()}
 
 
 def counted_chats(chats: dict, figures: dict, stop: threading.Event | None = None) -> dict:
