@@ -24,7 +24,7 @@ import time
 import requests
 
 from .errors import ConfigError, LMError, NoAnswer
-from .redact import redact_url
+from .urls import endpoint_url, redact_url
 
 RETRY_STATUS = {408, 500, 502, 504}  # a failure that may pass on a retry
 BUSY_STATUS = {429, 503, 529}  # "slow down": backpressure, not failure (waited out, and ratelimit.py lowers the pace)
@@ -328,17 +328,6 @@ def _environment(session, url: str) -> dict:
         netrc = None if "@" in url.split("//", 1)[-1].split("/", 1)[0] else requests.utils.get_netrc_auth(url)
         session.environment[url] = {**settings, **({"auth": netrc} if netrc else {})}
     return session.environment[url]
-
-
-def endpoint_url(base_url: str, path: str) -> str:
-    """The URL of `path` on the server at `base_url`; a query in the base URL (a gateway's
-    ?api_key=...) stays the query of the result, and userinfo stays for requests to send as basic auth.
-
-    >>> endpoint_url("https://u:pw@gw.example.com/llm?api_key=k", "/v1/chat/completions")
-    'https://u:pw@gw.example.com/llm/v1/chat/completions?api_key=k'
-    """
-    base, mark, query = base_url.partition("?")
-    return base.rstrip("/") + path + mark + query
 
 
 def _cap(body: dict) -> int:

@@ -181,7 +181,7 @@ class Parser(argparse.ArgumentParser):
 
 def _checked(spec: dict):
     """An argparse type for one setting of the config tables: the same checks as in task.yaml."""
-    spec = {"kind": "str", "low": None, "high": None, "above": None, **spec, "default": ...}  # a flag is never null
+    spec = {"kind": "str", "low": None, "high": None, "above": None, "secret": False, **spec, "default": ...}  # a flag is never null
     parse = {"int": int, "number": float}.get(spec["kind"], str)
 
     def convert(text: str):

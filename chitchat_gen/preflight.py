@@ -14,7 +14,7 @@ import requests
 from . import chat
 from .errors import ConfigError, Unreachable
 from .local import check_local
-from .redact import redact_url
+from .urls import endpoint_url, redact_url
 
 
 def check_engine(engine: dict) -> dict:
@@ -58,7 +58,7 @@ def _get_json(url: str, engine: dict, down: str, headers=None) -> dict:
 
 
 def _check_ollama(url: str, engine: dict) -> None:
-    tags = _get_json(chat.endpoint_url(url, "/api/tags"), engine,
+    tags = _get_json(endpoint_url(url, "/api/tags"), engine,
                      f"cannot reach Ollama at {redact_url(url)}: start it with 'ollama serve' (or use --engine local)")
     names = {m.get("name") for m in tags.get("models", [])} | {m.get("model") for m in tags.get("models", [])}
     model = engine["model"]
@@ -68,14 +68,14 @@ def _check_ollama(url: str, engine: dict) -> None:
 
 def _check_openai(url: str, engine: dict) -> str:
     """The model to use at `url`: the one asked for, or without one the first the server lists."""
-    models = _get_json(chat.endpoint_url(url, "/v1/models"), engine,
+    models = _get_json(endpoint_url(url, "/v1/models"), engine,
                        f"cannot reach an OpenAI-compatible server at {redact_url(url)}: start it (vLLM, llama-server, ...) "
                        "or pass --base-url", chat.auth_headers(engine))
     url = redact_url(url)  # from here on, only in messages
     served = [m.get("id") for m in models.get("data", []) if isinstance(m, dict)]
     if engine["model"] is None:
         if not served:
-            raise ConfigError(f"{chat.endpoint_url(url, '/v1/models')} lists no model: pass --model")
+            raise ConfigError(f"{endpoint_url(url, '/v1/models')} lists no model: pass --model")
         return served[0]
     if served and engine["model"] not in served:
         raise ConfigError(f"model '{engine['model']}' is not served at {url} (it serves: {', '.join(served[:5])}): pass one of those with --model")
@@ -85,7 +85,7 @@ def _check_openai(url: str, engine: dict) -> str:
 def _served_slots(url: str, engine: dict) -> int | None:
     """The parallel slots llama-server reports at /props (`total_slots`); None where unsaid (vLLM, OpenAI)."""
     try:
-        slots = requests.get(chat.endpoint_url(url, "/props"), headers=chat.auth_headers(engine), timeout=min(engine["timeout"], 5)).json()
+        slots = requests.get(endpoint_url(url, "/props"), headers=chat.auth_headers(engine), timeout=min(engine["timeout"], 5)).json()
     except (requests.RequestException, ValueError):
         return None
     slots = slots.get("total_slots") if isinstance(slots, dict) else None

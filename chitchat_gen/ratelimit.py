@@ -45,7 +45,7 @@ import time
 from typing import TypedDict
 
 from .chat import BUSY_STATUS, concurrency_of
-from .redact import redact_url
+from .urls import redact_url
 
 OUTCOMES = ("ok", "busy", "timeout", "failed", "refused", "rejected")  # rejected: the request was refused (4xx)
 SLOW_PROBE = 20  # successes per unit of limit before probing above the level of the last "slow down"

@@ -5,8 +5,6 @@ the dataset card) passes through here. A URL keeps its scheme, host, port and pa
 says which server was meant; its userinfo and its query values become `***`. A command line
 also loses the value of every flag whose name says key, token, secret or password.
 
-    >>> redact_url("https://alice:s3cret@gw.example.com:8443/llm?api_key=s3cret&team=blue")
-    'https://***@gw.example.com:8443/llm?api_key=***&team=***'
     >>> redact_command(["--base-url", "http://u:pw@gpu1:8000", "--hf-token", "t0k", "--max-tokens", "64"])
     "python -m chitchat_gen --base-url 'http://***@gpu1:8000' --hf-token '***' --max-tokens 64"
     >>> redact_text("HTTP 400 from http://gpu1:8000?key=k: bad header Bearer sk-12345", secrets=["sk-12345"])
@@ -20,7 +18,8 @@ import re
 import shlex
 from typing import Iterable
 
-MASK = "***"
+from .urls import MASK, redact_url
+
 # A URL inside free text ends at white space, a quote or a closing bracket; a trailing ':' or
 # '.' is the sentence's, not the URL's.
 URL_IN_TEXT = re.compile(r"https?://[^\s'\"`<>()\[\]]+?(?=[:.,;]?(?:[\s'\"`<>()\[\]]|$))")
@@ -29,21 +28,6 @@ URL_IN_TEXT = re.compile(r"https?://[^\s'\"`<>()\[\]]+?(?=[:.,;]?(?:[\s'\"`<>()\
 SECRET_NAME = re.compile(r"(?:^|[-_])(?:api[-_]?key|key|token|secret|password|passwd)(?:$|[-_])", re.I)
 SECRET_FLAG_IN_TEXT = re.compile(r"(?<![\w-])(--?[\w-]+)(=|\s+)('[^']*'|\"[^\"]*\"|[^\s'\"]+)")
 SHORTEST_SECRET = 4  # a shorter "key" would mask ordinary letters all over the text
-
-
-def redact_url(url: str) -> str:
-    """`url` with its userinfo and every query value replaced by ***; works on malformed URLs too.
-
-    >>> redact_url("http://localhost:11434"), redact_url("https://h?token")
-    ('http://localhost:11434', 'https://h?***')
-    """
-    url = re.sub(r"^([a-z][a-z0-9+.-]*://)[^/?#\s]*@", rf"\1{MASK}@", url, flags=re.I)
-    base, mark, query = url.partition("?")
-    if not mark:
-        return url
-    fields = [f"{name}={MASK}" if sep else MASK
-              for name, sep, _ in (part.partition("=") for part in query.split("&") if part)]
-    return f"{base}?{'&'.join(fields)}"
 
 
 def is_secret_name(name: str) -> bool:

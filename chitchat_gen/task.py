@@ -26,26 +26,28 @@ import yaml
 from . import prompts
 from .errors import ConfigError
 from .record import STEP_ROLES, read_jsonl
-from .redact import MASK, is_secret_name, redact_url
 from .stages import BUILT_IN, DEFAULT_ENGINE, STAGES, engine_of
+from .urls import MASK, split_urls, url_problem
 
 REQUIRED = object()  # a field's default when the field must be given
 
 
 def field(name: str, kind: str, default, doc: str, *, low=None, high=None, above=None, flag=None,
-          override=None) -> dict:
+          override=None, secret=False) -> dict:
     """One setting. kind: int | number | bool | str | mapping | list | urls | one of "a|b|c".
 
     `low`/`high` are inclusive bounds, `above` an exclusive lower bound; a default of None means
     null is allowed; `flag` is the command-line flag that overrides it, and `override` the keyword
-    of `load_task` and `run` that does (by default the flag's name: `--max-rpm` -> `max_rpm`).
+    of `load_task` and `run` that does (by default the flag's name: `--max-rpm` -> `max_rpm`); a
+    `secret` value is never shown, not even in the message that refuses it.
 
     >>> field("max_rpm", "number", None, "requests per minute", above=0, flag="--max-rpm")["override"]
     'max_rpm'
     """
     override = override or (flag and flag.removeprefix("--").replace("-", "_"))
     return {"name": name, "kind": kind, "default": default, "doc": doc,
-            "low": low, "high": high, "above": above, "flag": flag, "override": override}
+            "low": low, "high": high, "above": above, "flag": flag, "override": override,
+            "secret": secret}
 
 
 TASK_FIELDS = [
@@ -81,7 +83,7 @@ ENGINE_FIELDS = [
           flag="--base-url"),
     # No flag: a key typed on a command line stays in the shell's history.
     field("api_key", "str", None, "openai only; OPENAI_API_KEY wins when set (and is better: a key here draws a warning)",
-          override="api_key"),
+          override="api_key", secret=True),
     field("temperature", "number", 0.7, "sampling temperature", low=0, flag="--temperature"),
     field("max_tokens", "int", None, "cap on every reply; null: 512 (local: 200)", low=1, flag="--max-tokens"),
     field("json_max_tokens", "int", 200, "cap on JSON replies (the flow controller's)", low=1),
@@ -268,14 +270,13 @@ def value_problem(value, spec: dict) -> str | None:
     if fits and number:
         fits = (low is None or value >= low) and (high is None or value <= high) and (above is None or value > above)
     if fits and kind == "urls":
-        return next(filter(None, map(_url_problem, _split_urls(value))), None)
+        return next(filter(None, map(url_problem, split_urls(value))), None)
     if fits:
         return None
     choices = kind.split("|")
     if len(choices) > 1:
         return f"expected one of {', '.join(choices)}, got {value!r}{did_you_mean(value, choices)}"
-    got = MASK if is_secret_name(spec.get("name", "")) else repr(value)  # an api_key of the wrong type is still a key
-    return f"expected {describe(spec)}, got {got}"
+    return f"expected {describe(spec)}, got {MASK if spec['secret'] else repr(value)}"
 
 
 def describe(spec: dict) -> str:
@@ -299,21 +300,6 @@ def closest(word, choices) -> str | None:
 def did_you_mean(word, choices) -> str:
     close = closest(word, choices)
     return f" (did you mean '{close}'?)" if close else ""
-
-
-def _split_urls(value) -> list[str]:
-    parts = [part.strip().rstrip("/") for url in ([value] if isinstance(value, str) else value)
-             for part in str(url).split(",")]
-    return [part for part in parts if part]
-
-
-def _url_problem(url: str) -> str | None:
-    # Gateways may want credentials in the URL: user:password@ (sent as HTTP basic auth) or a
-    # query such as ?api_key=... (kept on every request); both are masked wherever the URL is shown.
-    if re.match(r"^https?://([^/\s?#@]+@)?[^/\s:@?#]+(:\d+)?(/[^\s?#]*)?(\?[^\s#]*)?$", url):
-        return None
-    hint = f" (e.g. http://{url})" if "://" not in url else ""
-    return f"'{redact_url(url)}' is not a URL: expected http:// or https://, a host and an optional port{hint}"
 
 
 # --- sections -----------------------------------------------------------------------------
@@ -357,9 +343,9 @@ def _engine(raw: dict, overrides: dict, path, where: str = "engine") -> dict:
         urls = urls if "://" in urls else "http://" + urls
         if not re.search(r":\d+/?$", urls):
             urls += ":11434"  # OLLAMA_HOST=0.0.0.0 means Ollama's own port, not http's 80
-        if problem := _url_problem(urls):
+        if problem := url_problem(urls):
             raise ConfigError(f"OLLAMA_HOST: {problem}")
-    engine["base_urls"] = _split_urls(urls) if urls else []
+    engine["base_urls"] = split_urls(urls) if urls else []
     return engine
 
 
