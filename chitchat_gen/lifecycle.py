@@ -35,12 +35,13 @@ from . import plug
 from .card import model_name, run_cost, write_card
 from .chat import concurrency_of
 from .errors import ConfigError, LMError, WriteError
+from .extra_stages import OPENERS_KEPT
 from .gates import language_note, reviewer
 from .pipeline import COUNTS, SCENARIOS_KEPT, new_control, new_stats
 from .ray_executor import connect, disconnect, generate_on_ray
 from .record import read_jsonl
 from .redact import redact_for
-from .stages import DEFAULT_ENGINE, OPENERS_KEPT, engines_of
+from .stages import DEFAULT_ENGINE, engines_of
 from .store import FINAL, append, clear, close, count_existing, log_run, open_store, read_runs, tail_offset, timestamp
 from .task import load_task
 

@@ -19,8 +19,7 @@ from typing import TypedDict
 from .chat import make_chat
 from .errors import ConfigError, LMError, NoAnswer
 from .record import last_step, messages, new_record, turns
-from .stages import DEFAULT_ENGINE, STAGES, claim_opener, engines_of
-from .text import normalise
+from .stages import DEFAULT_ENGINE, STAGES, engines_of
 
 
 def run_conversation(task: dict, ctx: dict) -> tuple[dict | None, str | None]:
@@ -183,20 +182,21 @@ class Recent:
 
 
 def new_memory(records=(), scenarios=None) -> dict:
-    """What the duplicate checks remember across conversations, bounded (memory stays flat in N).
+    """What the stages remember across conversations, bounded (memory stays flat in N).
 
     `scenarios` holds the earlier scenarios (anything with texts() and add(); default `Recent`);
-    `records` (a resumed run's, read from disk) seed it, so no run repeats an earlier one's
-    scenario or opener: their scenarios, and the last stages.OPENERS_KEPT first user messages.
+    `records` (a resumed run's, read from disk) seed it, so no run repeats an earlier one's scenario.
     """
-    memory = {"scenarios": Recent() if scenarios is None else scenarios, "first_users": {}}
+    memory = {"scenarios": Recent() if scenarios is None else scenarios}
     for record in records:
-        if scenario := last_step(record, "scenario"):
-            memory["scenarios"].add(scenario["content"])
-        users = [m["content"] for m in messages(record) if m["role"] == "user"]
-        if users:
-            claim_opener(memory["first_users"], normalise(users[0]), record["conversation_id"])
+        remember(memory, record)
     return memory
+
+
+def remember(memory: dict, record: dict) -> None:
+    """Add an earlier conversation's scenario to `memory`."""
+    if scenario := last_step(record, "scenario"):
+        memory["scenarios"].add(scenario["content"])
 
 
 def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, concurrency: int = 1,

@@ -12,11 +12,12 @@ with all of them, as `run` and the CLI do:
 from __future__ import annotations
 
 from . import chat as core_chat
-from . import gates as quality_gates
 from . import (
+    extra_stages,
     local,  # noqa: F401  (registers the engine type `local` with chat.ENGINES)
     pipeline,
 )
+from . import gates as quality_gates
 from .dedupe import CopyIndex
 from .pipeline import usage_counter
 from .preflight import check_engine
@@ -50,8 +51,13 @@ def make_chats(engines: dict, figures_of=None, pools: dict | None = None) -> dic
 
 
 def new_memory(records=()) -> dict:
-    """pipeline.new_memory whose scenarios are a dedupe.CopyIndex: the copy check's memory."""
-    return pipeline.new_memory(records, scenarios=CopyIndex(limit=pipeline.SCENARIOS_KEPT))
+    """pipeline.new_memory whose scenarios are a dedupe.CopyIndex (the copy check's memory), with
+    the openers of `records` (a resumed run's) for filter/unique_first_user."""
+    memory = pipeline.new_memory(scenarios=CopyIndex(limit=pipeline.SCENARIOS_KEPT))
+    for record in records:
+        pipeline.remember(memory, record)
+        extra_stages.remember_opener(memory, record)
+    return memory
 
 
 def generate(task: dict, n: int, *, chat=None, gates: bool = True, memory: dict | None = None, **options):

@@ -1,5 +1,5 @@
 """The task file's key reference: the Markdown tables docs/task-file.md shows, made from the field
-tables of task.py and gates.py (tests/test_docs.py compares them).
+tables of task.py, extra_stages.py and gates.py (tests/test_docs.py compares them).
 
     python -c 'from chitchat_gen.reference import key_reference; print(key_reference(), end="")'
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import yaml
 
-from . import gates, task
+from . import extra_stages, gates, task  # noqa: F401  (extra_stages adds its stages' rows)
 
 
 def key_reference() -> str:

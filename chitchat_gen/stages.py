@@ -28,9 +28,11 @@ import re
 
 from . import prompts
 from .record import last_step, messages, new_step
-from .text import normalise
 
 STAGES: dict = {}
+# The package's stages beyond the design card's, by the module that registers them: task.py imports
+# it when a task names one of them (your own stages come in through the task's `stage_modules`).
+MORE_STAGES = {"lm/judge": "extra_stages", "filter/unique_first_user": "extra_stages"}
 CLOSING_MAX_TOKENS = 64  # a goodbye of a sentence or two; a long cap lets a small model ramble past it
 
 
@@ -337,74 +339,3 @@ def assistant(record: dict, ctx: dict) -> dict | str:
     kind = "farewell" if flow and flow.get("terminate") else "assistant"
     return ask(record, ctx, lambda attempt: prompt + said, kind, "assistant", attempts=2,
                max_tokens=ctx["stage"]["max_tokens"], previous=said[-1]["content"] if said else "")
-
-
-# --- after the loop ------------------------------------------------------------------------
-
-@stage("lm/judge")
-def judge(record: dict, ctx: dict) -> dict | str:
-    """One JSON call scoring the conversation 1-5 on prompts.JUDGED, with a reason, into record["scores"].
-
-    Put it under `finalization_stages`. With `min_score`, a conversation whose mean score is
-    below it is dropped; an unusable reply (asked twice) then drops it too, else it is kept unscored.
-    """
-    cfg, task = ctx["stage"], ctx["task"]
-    schema = {"type": "object", "required": [*prompts.JUDGED, "reason"],
-              "properties": {**{k: {"type": "integer", "minimum": 1, "maximum": 5} for k in prompts.JUDGED},
-                             "reason": {"type": "string", "maxLength": 200}}}
-    prompt = [{"role": "system", "content": template(ctx, "JUDGE_SYSTEM")},
-              {"role": "user", "content": template(ctx, "JUDGE_USER", scenario=scenario_of(record, ctx),
-                                                   persona=persona_of(record), history=transcript(record))}]
-    for _ in range(2):
-        scores = parse_scores(lm(ctx, prompt, json_schema=schema, max_tokens=engine_of(task, cfg)["json_max_tokens"]))
-        if scores:
-            break
-    else:
-        return "judge reply unusable" if cfg["min_score"] else record
-    record["scores"] = scores
-    if cfg["min_score"] and sum(scores[k] for k in prompts.JUDGED) / len(prompts.JUDGED) < cfg["min_score"]:
-        return "judge score below min_score"
-    return record
-
-
-def parse_scores(reply: str) -> dict | None:
-    """{coherence, persona, naturalness, closing: 1..5, reason} from the judge's JSON, or None."""
-    data = json_object_in(reply)
-    if data is None or not all(isinstance(data.get(k), int) and 1 <= data[k] <= 5 for k in prompts.JUDGED):
-        return None
-    return {**{k: data[k] for k in prompts.JUDGED}, "reason": str(data.get("reason") or "")[:200]}
-
-
-# --- filters -------------------------------------------------------------------------------
-
-@stage("filter/unique_first_user")
-def unique_first_user(record: dict, ctx: dict) -> dict | str:
-    """Drop a conversation whose first user message (normalised) opened an earlier one in this run.
-
-    Put it right after lm/user/guided. A resumed run also compares with the latest
-    OPENERS_KEPT openers already on disk.
-    """
-    users = [m for m in messages(record) if m["role"] == "user"]
-    if len(users) != 1:
-        return record
-    openers = ctx["memory"].setdefault("first_users", {})
-    owner = claim_opener(openers, normalise(users[0]["content"]), record["conversation_id"])
-    return record if owner == record["conversation_id"] else "first user message repeats an earlier conversation"
-
-
-OPENERS_KEPT = 10_000  # first user messages remembered (this run's and, on resume, the latest on disk)
-
-
-def claim_opener(openers: dict, opener: str, conversation_id: str) -> str:
-    """The conversation that owns `opener`: the first to claim it. Keeps the latest OPENERS_KEPT."""
-    # subtle: dict.setdefault checks and claims the opener in one step (no Python code runs in
-    # between, so no thread switch): of two conversations with the same opener, exactly one owns it.
-    owner = openers.setdefault(opener, conversation_id)
-    if len(openers) > OPENERS_KEPT:
-        openers.pop(next(iter(openers)), None)  # the oldest: memory stays flat in N
-    return owner
-
-
-# The stages registered above. A user's @stage comes later and is not one: task.py checks a
-# built-in stage's settings against its STAGE_FIELDS row and leaves a user's to the user.
-BUILT_IN = frozenset(STAGES)

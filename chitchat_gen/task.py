@@ -26,7 +26,7 @@ import yaml
 from . import prompts
 from .errors import ConfigError
 from .record import STEP_ROLES, read_jsonl
-from .stages import BUILT_IN, DEFAULT_ENGINE, STAGES, engine_of
+from .stages import DEFAULT_ENGINE, MORE_STAGES, STAGES, engine_of
 from .urls import MASK, split_urls, url_problem
 
 REQUIRED = object()  # a field's default when the field must be given
@@ -116,7 +116,8 @@ DATA_STORE_FIELDS = [
     field("data_path", "str", REQUIRED, "the JSONL file; relative to the task file's folder, ${VAR}s expand"),
 ]
 
-# Settings of each built-in stage (stages.BUILT_IN, each needs its row) besides `name`; a user's own stage takes any keys.
+# The settings of each stage of the package besides `name` (extra_stages.py adds its own rows); a
+# stage without a row is a user's, and takes any keys.
 STAGE_FIELDS = {
     "lm/scenario": [
         field("num_icl_examples", "int", 2, "example scenarios shown in the prompt", low=0),
@@ -136,8 +137,6 @@ STAGE_FIELDS = {
                        field("closing_attempts", "int", 6, "times the closing message is asked for before the conversation "
                              "drops (each a short call); other messages get 2", low=1)],
     "lm/assistant/naive": [field("max_tokens", "int", None, "cap on assistant replies; null: the engine's cap", low=1)],
-    "filter/unique_first_user": [],
-    "lm/judge": [field("min_score", "number", None, "drop a conversation whose mean score (1-5) is below this", low=1, high=5)],
 }
 PATTERN_FIELDS = [
     field("name", "str", REQUIRED, "unique name, e.g. chit_chat/follow_up"),
@@ -366,14 +365,15 @@ def _stage(raw, where: str, task: dict, path, notes: list) -> dict:
         raise ConfigError(f"{path}: {where}: expected a mapping with a 'name' key, got {raw!r}")
     name, raw = raw["name"], dict(raw)
     chosen = _stage_engine(raw, where, task, path)
+    if name in MORE_STAGES:
+        importlib.import_module(f".{MORE_STAGES[name]}", __package__)
     if name not in STAGES:
         raise ConfigError(f"{path}: {where}.name: unknown stage '{name}'{did_you_mean(name, STAGES)}; "
                           f"known stages: {', '.join(STAGES)}; a stage of your own: list the Python file that "
                           "registers it (@stage) under stage_modules in the task file")
-    if name not in BUILT_IN:
+    if name not in STAGE_FIELDS:
         return dict(raw, where=where, engine=chosen)  # a user's own stage: its settings are its business
     settings = {key: value for key, value in raw.items() if key != "name"}
-    # subtle: a built-in stage without its row fails here (KeyError: our bug), never passes unchecked as a user's.
     stage = check_fields(settings, STAGE_FIELDS[name], f"{path}: {where}.", notes, IGNORED_STAGE_KEYS)
     stage.update(name=name, where=where, engine=chosen)
     if name == "sample/persona":

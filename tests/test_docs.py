@@ -145,6 +145,20 @@ print(json.dumps({"loaded": loaded, "lines": lines, "records": len(records),
     assert found["lines"] <= CORE_LINES, f"the core grew to {found['lines']} lines: keep it to the design card"
 
 
+def test_a_stage_beyond_the_core_is_imported_when_a_task_names_it(tmp_path):
+    (tmp_path / "task.yaml").write_text((ROOT / "task.yaml").read_text().replace("data_path: ", f"data_path: {ROOT}/")
+                                        + "finalization_stages:\n  - name: lm/judge\n    min_score: 3\n")
+    script = f"""
+import sys
+from chitchat_gen import load_task
+task = load_task({str(tmp_path / "task.yaml")!r})
+print(task["finalization_stages"][0]["min_score"], "chitchat_gen.extra_stages" in sys.modules, "chitchat_gen.plug" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3.0", "True", "False"]
+
+
 def test_the_key_reference_is_made_from_the_field_tables():
     reference = (ROOT / "docs/task-file.md").read_text()
     block = re.search(r"<!-- keys: begin -->\n(.*?)<!-- keys: end -->", reference, re.S)

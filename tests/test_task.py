@@ -6,11 +6,12 @@ import pytest
 import yaml
 from conftest import run_cli
 
+from chitchat_gen import extra_stages
 from chitchat_gen import task as config
 from chitchat_gen.errors import ConfigError
 from chitchat_gen.gates import settings_for
 from chitchat_gen.prompts import render_persona
-from chitchat_gen.stages import BUILT_IN
+from chitchat_gen.stages import MORE_STAGES, STAGES
 from chitchat_gen.task import load_task
 
 
@@ -56,8 +57,12 @@ def test_only_rows_that_load_task_overrides_have_a_flag():
     assert [spec["name"] for spec in others if spec["flag"] or spec["override"]] == []
 
 
-def test_every_built_in_stage_has_its_row_of_settings():
-    assert set(config.STAGE_FIELDS) == BUILT_IN
+def test_every_stage_of_the_package_has_its_row_of_settings():
+    ours = {name for name, fn in STAGES.items() if fn.__module__.startswith("chitchat_gen.")}
+    assert set(config.STAGE_FIELDS) == ours
+    assert {name: STAGES[name].__module__ for name in MORE_STAGES} == {
+        name: f"chitchat_gen.{module}" for name, module in MORE_STAGES.items()}
+    assert extra_stages.judge is STAGES["lm/judge"]
 
 
 def test_switching_engine_drops_the_task_files_model(task_dir):
