@@ -73,12 +73,11 @@ def run_stages(stages: list[dict], record: dict, ctx: dict) -> str | None:
 
 
 class Figures(TypedDict):
-    """The figures of a run, one dict that the progress line, the summary, the run log and the card read.
+    """The figures of a run, read by the progress line, the summary, the run log and the card.
 
-    accepted, dropped ({reason: count}) and calls (each LM call as it completes, failed ones too)
-    are kept by `generate` (`counted`); the tokens, where the engine's usage says them
-    (`usage_counter`): cached_tokens are the prompt tokens the server's prefix cache served.
-    `engines` holds calls and tokens again for each engine by name ("default" for `engine:`).
+    accepted, dropped ({reason: count}), calls (as each ends, failed ones too: `counted`) and the
+    tokens the servers report (`usage_counter`; cached: served by the prefix cache), in all and
+    again by engine name in `engines` ("default" for `engine:`).
     """
 
     accepted: int
@@ -116,10 +115,8 @@ def add_counts(figures: dict, engine: str, counts: dict) -> None:
 
 
 def usage_counter(figures_of, engine: str = DEFAULT_ENGINE):
-    """`on_usage` for chat.make_chat: each call's tokens added to the figures `figures_of()` returns.
-
-    The run's are one dict for all its threads; a Ray worker's, each conversation's own (a thread-local).
-    """
+    """`on_usage` for chat.make_chat: each call's tokens added to the figures `figures_of()` returns
+    (the run's, or on a Ray worker each conversation's own)."""
     def on_usage(*usage: int) -> None:
         add_counts(figures_of(), engine, dict(zip(USAGE, usage)))
 
@@ -204,14 +201,11 @@ def generate(task: dict, n: int, *, chat=None, seed: int | str | None = None, co
              review=None):
     """Yield `n` accepted records as they complete, with up to `concurrency` in flight on threads.
 
-    `stats` (optional: a dict, filled in as `new_stats`) is updated as the run goes, LM calls
-    as each completes (from the conversations' threads: read it from any thread); `memory`
-    (`new_memory`) carries what the duplicate checks know from earlier runs; `review` is the
-    stages' review hook (gates.reviewer(task); None: replies as written); `control`
-    (`new_control`) drains the run early (see `drive`). `trace(event, **data)` is called on every
-    LM call and stage decision (see trace.py). `chat` is one function for every engine of the
-    task, or a dict of one per engine name (`chats_for`); without it, each engine's client as the
-    task file says it (plug.generate checks them first: preflight.py).
+    `chat`: one function for every engine, a dict by engine name, or None for each engine's
+    client (`chats_for`). `stats` (`new_stats`) fills in as the run goes, from any thread;
+    `memory` (`new_memory`) is what the stages remember; `review` the review hook (None: replies
+    as written); `control` (`new_control`) drains the run early; `trace(event, **data)` sees
+    every call and stage.
     """
     stats = fill_stats(stats)
     memory = new_memory() if memory is None else memory

@@ -8,7 +8,7 @@ reason to drop the conversation. `ctx` is per conversation and holds:
     chats   every engine's chat by name ("default", and the task's `engines:`); the loop sets
             `chat` from it before each stage, by the stage's `engine`
     rng     the conversation's random.Random          turn    the turn number, from 1
-    memory  shared across the run: {"scenarios": recent generated scenarios, "first_users": ...}
+    memory  shared across the run: {"scenarios": earlier scenarios}; a stage may keep more there
     review  optional hook(text, kind, **context) -> (text, fixes, problems): the quality gates
             (gates.py) plug in here; without it a reply is taken as written (`as_written`)
     trace   optional hook(event, **data) that trace mode prints (trace.py)
@@ -198,8 +198,8 @@ def scenario(record: dict, ctx: dict) -> dict | str:
 
 
 def person_of(persona: dict | None) -> str:
-    """The scenario prompt's line on its persona, in words: given the persona's fields ("Role: ...
-    Expertise: ..."), SmolLM2 copied them as the scenario (docs/quality.md, section 6).
+    """The scenario prompt's line on its persona, in words: a small model copies "Role: ..." fields
+    as the scenario (docs/quality.md, section 6).
 
     >>> person_of({"persona_role": "night-shift nurse in Manchester", "domain": "health and sleep routines"})
     '\\nThe person: night-shift nurse in Manchester, interested in health and sleep routines.'
@@ -307,10 +307,9 @@ def json_object_in(reply: str) -> dict | None:
 def user(record: dict, ctx: dict) -> dict | str:
     """The simulated user's next message, from persona, scenario, history and this turn's hint.
 
-    A message with a problem the review cannot clean is asked for again once, then the
-    conversation drops. The closing turn is asked differently (prompts.CLOSING_TURN, a short
-    reply to the assistant's last message) and must pass the closing check (gates.is_closing); it
-    gets `closing_attempts`, since each is one short call and the conversation before it ~8.
+    A message the review finds a problem in is asked for again once, then the conversation drops.
+    The closing turn is asked as a short reply to the assistant's last message (CLOSING_TURN) and
+    gets `closing_attempts`: each is one short call, where the conversation before it took ~8.
     """
     cfg, flow = ctx["stage"], last_step(record, "flow_controller")
     closing = bool(flow and flow.get("terminate"))

@@ -1,10 +1,9 @@
 """Load and validate a task: task.yaml, its personas and its seed conversations.
 
-Configuration flows defaults -> task.yaml -> overrides (the CLI flags). Every setting is one
-row of a table below (name, type, default, bounds, a line of doc), checked by one checker; the
-README's key reference is made from the same tables (`key_reference`). Every problem a user can
-fix is a `ConfigError` naming the file, the field or line, and the fix; the CLI prints it as one
-`Error: ...` line. Nothing here talks to an LM.
+Settings flow defaults -> task.yaml -> overrides (the CLI's flags). Each is one row of a table
+below (name, type, default, bounds, a line of doc) checked by one checker; docs/task-file.md's
+key reference is made from the rows (reference.py). A problem a user can fix is a `ConfigError`
+naming the file, the field or line, and the fix.
 
     >>> task = load_task("task.yaml", engine="local", seed=7)    # the shipped task
     >>> task["engine"]["type"], task["personas"][0]["role"]
@@ -152,22 +151,17 @@ IGNORED_KEYS = {"created_by", "data_builder", "formatter", "runner_config", "see
 IGNORED_STAGE_KEYS = (IGNORED_KEYS - {"generator"}) | {"max_turns"}
 ENGINE_NAME = re.compile(r"[A-Za-z_][\w.-]*")
 BIG_FIVE = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
-# The settings a flag or a keyword of load_task overrides, by that keyword: made from the rows'
-# `flag=` and `override=`, so a new row with a flag is the only edit (cli.py builds its flags from these).
+# The settings a flag or a keyword of load_task overrides, by that keyword (cli.py makes its flags from these).
 TASK_OVERRIDES = {spec["override"]: spec for spec in TASK_FIELDS if spec["override"]}
 ENGINE_OVERRIDES = {spec["override"]: spec for spec in ENGINE_FIELDS if spec["override"]}
 
 
 def load_task(path: str | os.PathLike = "task.yaml", **overrides) -> dict:
-    """Read, validate and resolve a task file; `overrides` are the CLI-level settings.
+    """The task file read, checked and resolved into a plain dict, with its data files loaded.
 
-    Overrides are the keys of TASK_OVERRIDES and ENGINE_OVERRIDES (the flags' names with
-    underscores, e.g. engine, base_url as a str or list, max_rpm, seed; also api_key), checked
-    as the flags are; None leaves the task file's value. They set the default engine; `engines=
-    {"strong": {"base_url": ...}}` sets keys of a named one (the flag `--engine-set`). Returns a
-    plain dict: the checked settings with defaults filled in, `engine.base_urls`, `engines` (the
-    named ones, resolved alike), each stage's `engine` (a name, "default" for `engine:`), and the
-    data files loaded (`personas`, `seed_scenarios`).
+    `overrides` are the flags' settings by keyword (TASK_OVERRIDES, ENGINE_OVERRIDES: engine,
+    base_url, max_rpm, seed, ...; None leaves the file's value) for the default engine, and
+    `engines={"strong": {"base_url": ...}}` for a named one (the flag `--engine-set`).
     """
     overrides = dict(overrides)
     named = overrides.pop("engines", None) or {}  # {name: {key: value}}: a named engine pointed elsewhere
@@ -230,10 +224,8 @@ def _read_yaml(path: Path) -> dict:
 # --- the checker --------------------------------------------------------------------------
 
 def check_fields(raw, fields: list[dict], prefix: str, notes: list, ignored=frozenset()) -> dict:
-    """`raw` checked against `fields`: defaults filled in, unknown keys refused with a hint.
-
-    `prefix` locates the mapping in messages ("task.yaml: engine."); `ignored` keys are noted.
-    """
+    """`raw` checked against `fields` (its place in messages: `prefix`, "task.yaml: engine."): defaults
+    filled in, unknown keys refused with a hint, `ignored` ones noted."""
     where = prefix.rstrip(": .")
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with keys {', '.join(f['name'] for f in fields)}")
@@ -349,10 +341,7 @@ def _engine(raw: dict, overrides: dict, path, where: str = "engine") -> dict:
 
 
 def _override(section: dict, specs: dict, overrides: dict) -> None:
-    """Set the settings of `section` that `overrides` gives (not None), checked against their rows.
-
-    A flag's value was checked when the flags were parsed, so a problem here is a Python caller's.
-    """
+    """Set the settings of `section` that `overrides` gives (not None), checked against their rows."""
     for key, spec in specs.items():
         if overrides.get(key) is not None:
             section[spec["name"]] = check_value(overrides[key], spec, f"{key} (override)")
