@@ -9,7 +9,7 @@
         print(record["conversation_id"])
 
 `generate` here is plug.generate: the core's loop (pipeline.generate) with the quality gates,
-load control and the embedded model plugged in. `generate_on_ray(task, n, ...)` is the same on
+load control, retries and the embedded model plugged in. `generate_on_ray(task, n, ...)` is the same on
 Ray workers (the 'ray' extra). Names are imported when first used, so `import chitchat_gen`
 and `from chitchat_gen import load_task` load the core only.
 """

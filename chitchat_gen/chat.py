@@ -5,29 +5,30 @@ Every engine is one function with the same shape, built by `make_chat(engine)`:
     chat = make_chat({"type": "ollama", "model": "granite4:3b", "base_urls": ["http://localhost:11434"], ...})
     text = chat([{"role": "user", "content": "Hi"}], json_schema=None, temperature=0.7, max_tokens=64, seed=1)
 
-`check_engine(engine)` runs once before any work, returns the engine resolved (model path or
-served model) and turns "server down" or "model missing" into a `ConfigError` naming the fix.
-A call that fails after its retries raises `LMError`; the pipeline drops that conversation and
-goes on. Two seams: `pool`, the load control each request asks (ratelimit.Pool plugs in here),
-and `ENGINES`, where other engine types register (local.py: the embedded model).
+A call that fails raises `LMError`; the pipeline drops that conversation and goes on. Here each
+call is sent once. Three seams: `pool`, the load control each request asks (ratelimit.Pool plugs
+in here); `send`, the policy that decides what follows an attempt (retry.send: retries and
+backpressure; plug.make_chat passes both); and `ENGINES`, where other engine types register
+(local.py: the embedded model).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
-import random
 import re
 import threading
 import time
+from typing import NamedTuple
 
 import requests
 
-from .errors import ConfigError, LMError, NoAnswer
+from .errors import ConfigError, LMError
 from .urls import endpoint_url, redact_url
 
 RETRY_STATUS = {408, 500, 502, 504}  # a failure that may pass on a retry
-BUSY_STATUS = {429, 503, 529}  # "slow down": backpressure, not failure (waited out, and ratelimit.py lowers the pace)
+BUSY_STATUS = {429, 503, 529}  # "slow down": not failure (retry.py waits it out, ratelimit.py lowers the pace)
 HTTP_ENGINES = ("ollama", "openai")
 # Other engine types register their make_chat(engine, on_usage) here when their module is
 # imported; LOADED_BY says which module that is.
@@ -38,7 +39,7 @@ LOADED_BY = {"local": "import chitchat_gen.local first (chitchat_gen.generate, r
 class RoundRobin:
     """The core's load control: each call to the next URL in turn, no limits, no figures kept.
 
-    ratelimit.Pool, with the same five methods, is the real one (routing, AIMD, rpm/tpm, health).
+    ratelimit.Pool is the real one (routing, AIMD, rpm/tpm, health).
     """
 
     def __init__(self, urls: list[str]):
@@ -50,29 +51,40 @@ class RoundRobin:
     def release(self, ticket: dict, outcome: str, **how) -> None:
         """Nothing is kept: no call waits here, so nothing learns from how one ended."""
 
-    def answering(self, ticket: dict) -> bool:
-        return False  # no figures: every failure counts as a server's, and waits the longer backoff
 
-    def silent(self) -> str | None:
-        return None  # a run that gets no answers stops on its drop bounds (pipeline.tally)
+class Attempt(NamedTuple):
+    """How one attempt of a call ended: what a `send` policy decides on."""
 
-    def describe(self) -> str:
-        return "no load control"
-
-
-def backoff(failures: int, sporadic: bool) -> float:
-    """Seconds before the next attempt of a call that failed `failures` times, with full jitter
-    (threads must not retry in lockstep): short for a `sporadic` fault (its endpoint is `answering`), else longer."""
-    base = 0.05 if sporadic else 0.5
-    return random.uniform(0, min(8.0, base * 2 ** (failures - 1)))
+    outcome: str  # as the pool was told: "ok", "busy" (429, 503, 529), "failed", "timeout" or "refused"
+    problem: str  # what LMError says if the call ends here ("" when ok)
+    ticket: dict  # the pool's, e.g. for pool.answering(ticket)
+    waited: float  # seconds the pool held the attempt before it went
+    reply: tuple | None = None  # (text, usage) when ok
+    response: requests.Response | None = None  # the HTTP reply, when one came
+    retry_after: float | None = None  # a busy reply's Retry-After, in seconds
 
 
-def make_chat(engine: dict, on_usage=None, pool: dict | None = None):
+def send_once(attempt, engine: dict, pool) -> tuple[str, tuple[int, int, int]]:
+    """The core's send policy: one attempt; a call that does not get its reply raises LMError.
+
+    A policy is `send(attempt, engine, pool) -> (text, usage)`. `attempt(waited=0.0)` sends the
+    call once, having spent `waited` seconds of engine.max_wait already, and returns an `Attempt`
+    (a failure no try would mend raises LMError there). retry.send sends again:
+
+        make_chat(engine, pool=make_pool(engine), send=retry.send)
+    """
+    tried = attempt()
+    if tried.outcome != "ok":
+        raise LMError(tried.problem)
+    return tried.reply
+
+
+def make_chat(engine: dict, on_usage=None, pool=None, send=send_once):
     """Return `chat(messages, json_schema=None, **options) -> str` for the engine settings.
 
     `on_usage(prompt_tokens, completion_tokens, cached_tokens)` is called after each successful
-    call (`usage_of` says what each server reports); `pool`
-    (from `make_pool`, to read its figures while the run goes) routes and paces the calls.
+    call (`usage_of` says what each server reports); `pool` (`acquire`, `release`; `describe` when
+    acquire gives no ticket) routes and paces the calls; `send` (`send_once`) decides what follows an attempt.
     """
     if engine["type"] not in HTTP_ENGINES:
         if engine["type"] not in ENGINES:
@@ -90,7 +102,7 @@ def make_chat(engine: dict, on_usage=None, pool: dict | None = None):
     session.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=256))
     build, parse = (_ollama_body, _ollama_reply) if engine["type"] == "ollama" else (openai_body, openai_reply)
     path = "/api/chat" if engine["type"] == "ollama" else "/v1/chat/completions"
-    headers = auth_headers(engine)
+    attempt = functools.partial(_attempt, session, pool, path, auth_headers(engine), engine, parse)
 
     # OpenAI's response_format {"type": "json_schema"} is refused by some servers (llama-cpp-python's
     # server takes only llama.cpp's {"type": "json_object", "schema": ...}); on the first refusal we
@@ -101,8 +113,9 @@ def make_chat(engine: dict, on_usage=None, pool: dict | None = None):
     def chat(messages, json_schema=None, **options):
         while True:
             body = build(engine, messages, json_schema, options, json_forms[0])
+            estimate = sum(len(str(m.get("content", ""))) for m in body["messages"]) / 4 + _cap(body)
             try:
-                text, usage = _post(session, pool, path, body, headers, engine, parse)
+                text, usage = send(functools.partial(attempt, body, estimate), engine, pool)
                 break
             except LMError as exc:
                 if "response_format" not in body or "response_format" not in str(exc):
@@ -212,70 +225,48 @@ def auth_headers(engine: dict) -> dict:
     return {"Authorization": f"Bearer {key}"} if engine["type"] == "openai" and key else {}
 
 
-def _post(session, pool, path, body, headers, engine, parse) -> tuple[str, tuple[int, int, int]]:
-    """POST `body` to the endpoint load control picks; return the parsed (text, usage).
+def _attempt(session, pool, path, headers, engine, parse, body, estimate, waited=0.0) -> Attempt:
+    """POST `body` once, to the endpoint the pool gives within what is left of engine.max_wait
+    (`waited` seconds are spent), and tell the pool how it went; the caller's send policy decides the rest.
 
-    A failure (connection, timeout, 408, 5xx, a reply that is not JSON or has an empty message)
-    is retried with exponential backoff and full jitter (`backoff`), `engine.retries` times
-    (twice that while the endpoint answers other calls: its faults are sporadic);
-    when no server answers at all (`pool.silent`), NoAnswer stops the run. Backpressure (429, 503, 529) is
-    not a failure: the call waits (`Retry-After`, or a short backoff) and goes again, for at most
-    `engine.max_wait` seconds of waiting in all. Anything else (404, 400, ...) fails at once.
+    A failure another try would repeat raises LMError here: no endpoint free in time, 404, 400 (any
+    status but 408, 5xx and the busy ones), a reply without its text, a complaint about response_format.
     """
-    estimate = sum(len(str(m.get("content", ""))) for m in body["messages"]) / 4 + _cap(body)
-    failures, waited, busy = 0, 0.0, 0
-    while True:
-        started = time.monotonic()
-        ticket = pool.acquire(estimate, timeout=engine["max_wait"] - waited)
-        waited += time.monotonic() - started
-        if ticket is None:
-            raise LMError(f"no endpoint could take the call within engine.max_wait ({engine['max_wait']:g} s): "
-                          f"{pool.describe()}")
-        # subtle: the real URL goes on the wire; messages (drop reasons, Error: lines) get `url`, masked.
-        url, sent = redact_url(ticket["url"]), time.monotonic()
-        try:
-            response = session.post(endpoint_url(ticket["url"], path), json=body, headers=headers, timeout=engine["timeout"],
-                                    **_environment(session, ticket["url"]))
-        except requests.RequestException as exc:  # refused, reset (also mid-body), timed out, ...
-            problem = _unanswered(exc, pool, ticket, url, engine)
-        else:
-            status, text = response.status_code, response.text
-            if status == 200:
-                answer, problem = _answered(response, text, parse, pool, ticket, url, sent)
-                if problem is None:
-                    return answer
-            elif status in BUSY_STATUS and "response_format" not in text:
-                wait = _busy_wait(response, text, pool, ticket, url, engine, waited, busy)
-                busy += 1
-                time.sleep(wait)
-                waited += wait
-                continue
-            else:
-                problem = _refused(status, text, pool, ticket, url)
-        failures += 1
-        # A server that answers other calls meanwhile sends sporadic faults: a call that met a few of
-        # them still gets through on more tries, where dropping it would remake its whole conversation.
-        sporadic = pool.answering(ticket)
-        if failures > engine["retries"] * (2 if sporadic else 1):
-            raise LMError(problem)
-        time.sleep(backoff(failures, sporadic))
+    started = time.monotonic()
+    ticket = pool.acquire(estimate, timeout=engine["max_wait"] - waited)
+    held = time.monotonic() - started
+    if ticket is None:
+        raise LMError(f"no endpoint could take the call within engine.max_wait ({engine['max_wait']:g} s): "
+                      f"{pool.describe()}")
+    # subtle: the real URL goes on the wire; messages (drop reasons, Error: lines) get `url`, masked.
+    url, sent = redact_url(ticket["url"]), time.monotonic()
+    try:
+        response = session.post(endpoint_url(ticket["url"], path), json=body, headers=headers, timeout=engine["timeout"],
+                                **_environment(session, ticket["url"]))
+    except requests.RequestException as exc:  # refused, reset (also mid-body), timed out, ...
+        return Attempt(*_unanswered(exc, pool, ticket, url, engine), ticket, held)
+    status, text = response.status_code, response.text
+    if status == 200:
+        reply, problem = _answered(response, text, parse, pool, ticket, url, sent)
+        return Attempt("failed" if problem else "ok", problem or "", ticket, held, reply, response)
+    if status in BUSY_STATUS and "response_format" not in text:
+        wait = _retry_after(response)
+        pool.release(ticket, "busy", status=status, retry_after=wait, headers=response.headers)
+        return Attempt("busy", f"HTTP {status} from {url}: {text[:200]}", ticket, held, None, response, wait)
+    return Attempt("failed", _refused(status, text, pool, ticket, url), ticket, held, None, response)
 
 
-def _unanswered(exc: requests.RequestException, pool, ticket: dict, url: str, engine: dict) -> str:
-    """A request that got no HTTP reply: tell load control how it failed; return the problem to retry on.
-
-    NoAnswer when it timed out and no server answers at all: the run stops rather than wait on each call.
-    """
+def _unanswered(exc: requests.RequestException, pool, ticket: dict, url: str, engine: dict) -> tuple[str, str]:
+    """A request that got no HTTP reply: tell load control how it failed; return that outcome and the problem."""
     refused = isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower()
     outcome = "timeout" if isinstance(exc, requests.Timeout) else "refused" if refused else "failed"
     pool.release(ticket, outcome)
-    if outcome == "timeout" and (verdict := pool.silent()):
-        raise NoAnswer(verdict)
-    return f"{type(exc).__name__} from {url}" + (f" after {engine['timeout']:g} s" if outcome == "timeout" else "")
+    after = f" after {engine['timeout']:g} s" if outcome == "timeout" else ""
+    return outcome, f"{type(exc).__name__} from {url}{after}"
 
 
 def _answered(response, text: str, parse, pool, ticket: dict, url: str, sent: float):
-    """A 200 reply: ((text, usage), None) when it holds a message, else (None, the problem to retry on).
+    """A 200 reply: ((text, usage), None) when it holds a message, else (None, the problem).
 
     JSON without the reply's text raises LMError at once: a bad reply, which another try would repeat.
     """
@@ -297,21 +288,8 @@ def _answered(response, text: str, parse, pool, ticket: dict, url: str, sent: fl
     return (reply, usage), None
 
 
-def _busy_wait(response, text: str, pool, ticket: dict, url: str, engine: dict, waited: float, busy: int) -> float:
-    """Seconds to wait out a busy reply (429, 503, 529), the `busy`-th of this call: `Retry-After`,
-    else a short growing backoff. LMError when that wait would pass engine.max_wait in all."""
-    status = response.status_code
-    wait = _retry_after(response)
-    pool.release(ticket, "busy", status=status, retry_after=wait, headers=response.headers)
-    wait = wait if wait is not None else random.uniform(0.05, min(4.0, 0.25 * 2 ** busy))
-    if waited + wait > engine["max_wait"]:
-        raise LMError(f"HTTP {status} from {url} for {waited + wait:.0f} s, past engine.max_wait "
-                      f"({engine['max_wait']:g} s): {text[:160]}")
-    return wait
-
-
 def _refused(status: int, text: str, pool, ticket: dict, url: str) -> str:
-    """Any other status: 408 and 5xx are retried (the problem returned); the rest (404, 400, ...)
+    """Any other status: for 408 and 5xx, the problem (a retry may pass); the rest (404, 400, ...)
     raise LMError at once. A complaint about response_format is never retried: chat steps down a form."""
     retry = status in RETRY_STATUS and "response_format" not in text
     pool.release(ticket, "failed" if retry else "rejected", status=status)

@@ -142,7 +142,8 @@ def counted(chat, figures: dict, stop: threading.Event | None = None, engine: st
 
 def chats_for(task: dict, chat=None) -> dict:
     """A chat for each of the task's engines by name: `chat` for all of them, `chat[name]` from a
-    dict (every engine named), or chat.make_chat(engine) without one."""
+    dict (every engine named), or chat.make_chat(engine) without one: the core's, which sends each
+    call once, with no load control (plug.make_chats adds both)."""
     engines = engines_of(task)
     if isinstance(chat, dict):
         if missing := [name for name in engines if name not in chat]:

@@ -1,5 +1,5 @@
-"""The capabilities plugged into the core's seams: the gates, the copy check's memory, load control
-and the embedded model. The core (pipeline.generate) runs with none of them; `generate` here runs
+"""The capabilities plugged into the core's seams: the gates, the copy check's memory, load control,
+retries and the embedded model. The core (pipeline.generate) runs with none of them; `generate` here runs
 with all of them, as `run` and the CLI do:
 
     from chitchat_gen import load_task, generate        # this generate
@@ -16,6 +16,7 @@ from . import (
     extra_stages,
     local,  # noqa: F401  (registers the engine type `local` with chat.ENGINES)
     pipeline,
+    retry,
 )
 from . import gates as quality_gates
 from .dedupe import CopyIndex
@@ -26,10 +27,11 @@ from .stages import engines_of
 
 
 def make_chat(engine: dict, on_usage=None, pool=None):
-    """chat.make_chat behind ratelimit's load control (a Pool made from `engine` unless given)."""
+    """chat.make_chat behind ratelimit's load control (a Pool made from `engine` unless given), its
+    failed calls retried and busy replies waited out (retry.send)."""
     if engine["type"] in core_chat.HTTP_ENGINES and pool is None:
         pool = make_pool(engine)
-    return core_chat.make_chat(engine, on_usage, pool)
+    return core_chat.make_chat(engine, on_usage, pool, retry.send)
 
 
 def checked_engines(task: dict) -> dict:

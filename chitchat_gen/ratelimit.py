@@ -1,8 +1,9 @@
 """Load control: which endpoint gets the next call, and when it may go. No HTTP here.
 
 The core's HTTP chat (chat.py) takes a `pool`: it asks `pool.acquire(tokens)` before each request
-and tells `pool.release(ticket, outcome, ...)` how it went. `Pool` here is the real one (the
-core's own, chat.RoundRobin, sends each call to the next URL and keeps no figures). In between, this module keeps for every endpoint (base URL):
+and tells `pool.release(ticket, outcome, ...)` how it went; its retries (retry.py) ask `answering`
+and `silent`. `Pool` here is the real one (the core's own, chat.RoundRobin, sends each call to the
+next URL and keeps no figures). In between, this module keeps for every endpoint (base URL):
 
 - **a limit on calls in flight** (AIMD, as TCP does): halved when the server says "slow down"
   (503, 529; a 429 when BUSY_IN of its last ANSWERS answers were 429s) or a call times out, at
@@ -20,7 +21,7 @@ core's own, chat.RoundRobin, sends each call to the next URL and keeps no figure
   (one server, or all out), calls go on at the endpoints' limits, so a server that fails some
   calls (a 500, a reset) keeps working at full speed between them, and a dead one fails every
   call (using up their retries) and the run stops after its bounds. A failed call is retried
-  soon while its endpoint answers other calls (`answering`), later once it fails them all (`backoff`).
+  soon while its endpoint answers other calls (`answering`), later once it fails them all (retry.backoff).
 - **no answer**: an endpoint whose calls time out, with no answer of any kind for two timeouts
   (`engine.timeout`), is not answering; when every endpoint is, `silent` says so and the run stops.
 

@@ -1,5 +1,5 @@
 """The HTTP engines against a real local server (tests/fake_lm.py): bodies sent, replies read,
-start-up checks, retries."""
+start-up checks, retries (plug.make_chat's retry.send; the core's chat alone sends a call once)."""
 
 import os
 import socket
@@ -10,9 +10,12 @@ import pytest
 from conftest import ROOT
 from fake_lm import FakeServer
 
+from chitchat_gen import chat as core_chat
+from chitchat_gen import retry
 from chitchat_gen.errors import ConfigError, LMError, NoAnswer
 from chitchat_gen.plug import make_chat
 from chitchat_gen.preflight import check_engine
+from chitchat_gen.ratelimit import make_pool
 from chitchat_gen.task import ENGINE_FIELDS
 
 DEFAULT_ENGINE = {spec["name"]: spec["default"] for spec in ENGINE_FIELDS}
@@ -151,6 +154,43 @@ def test_a_client_error_is_not_retried(server):
     with pytest.raises(LMError, match="HTTP 404"):
         make_chat(engine("ollama", server, model="missing"))([{"role": "user", "content": "hi"}])
     assert len(server.chat_requests()) == 1
+
+
+@pytest.mark.parametrize("fault, problem", [("500", "HTTP 500 from"), ("429", "HTTP 429 from"), ("503", "HTTP 503 from"),
+                                            ("empty", "answered 200 with an empty message")])
+def test_the_core_chat_sends_a_failing_call_once(server, fault, problem):
+    server.faults.append(fault)
+    with pytest.raises(LMError, match=problem):
+        core_chat.make_chat(engine("ollama", server))([{"role": "user", "content": "hi"}])
+    assert len(server.chat_requests()) == 1
+
+
+def test_the_retry_policy_sends_the_call_the_core_gave_up_on_again(server):
+    settings = engine("ollama", server)
+    server.faults.append("500")
+    with pytest.raises(LMError, match="HTTP 500"):
+        core_chat.make_chat(settings, pool=make_pool(settings))([{"role": "user", "content": "hi"}])
+    server.faults.append("500")
+    pool = make_pool(settings)
+    reply = core_chat.make_chat(settings, pool=pool, send=retry.send)([{"role": "user", "content": "hi"}])
+    assert reply.startswith("Here is") and len(server.chat_requests()) == 1 + 2
+    assert pool.report()[0]["answers"] == {500: 1, 200: 1}  # the pool learns of each attempt, as before
+
+
+def test_a_send_policy_sees_each_attempt_as_the_pool_was_told(server):
+    seen = []
+
+    def send(attempt, settings, pool):  # a policy of one's own: try three times, note each outcome
+        for _ in range(3):
+            tried = attempt()
+            seen.append((tried.outcome, tried.response.status_code))
+            if tried.outcome == "ok":
+                return tried.reply
+        raise LMError(tried.problem)
+
+    server.faults.extend(["429", "500"])
+    assert core_chat.make_chat(engine("openai", server), send=send)([{"role": "user", "content": "hi"}])
+    assert seen == [("busy", 429), ("failed", 500), ("ok", 200)]
 
 
 def test_check_ollama_passes_when_the_model_is_installed(server):

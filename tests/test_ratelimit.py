@@ -9,9 +9,9 @@ from fake_lm import FakeServer
 from test_engines import free_port_url
 
 from chitchat_gen import ratelimit as load
-from chitchat_gen.chat import backoff
 from chitchat_gen.preflight import check_engine
 from chitchat_gen.ratelimit import make_pool
+from chitchat_gen.retry import backoff
 from chitchat_gen.task import load_task
 
 A, B = "http://a:1", "http://b:1"
