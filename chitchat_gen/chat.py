@@ -317,17 +317,3 @@ def _retry_after(response) -> float | None:
         return min(60.0, max(0.0, float(response.headers.get("Retry-After", ""))))
     except ValueError:
         return None
-
-
-def concurrency_of(engine: dict) -> int:
-    """Conversations in flight: --concurrency (engine.concurrency), else a default for the engine.
-
-    Ollama runs one request at a time by default (OLLAMA_NUM_PARALLEL=1, invisible to clients);
-    a few in flight per server keep its queue fed between one conversation's calls. OpenAI-style
-    servers (vLLM, llama-server) batch many requests, so we keep many in flight. The local model
-    gets one slot per conversation in flight, decoding them together.
-    """
-    if engine["concurrency"]:
-        return engine["concurrency"]
-    per_server = {"ollama": 4, "openai": 32, "local": 4}[engine["type"]]
-    return per_server * max(1, len(engine["base_urls"]))

@@ -33,11 +33,11 @@ from pathlib import Path
 
 from . import plug
 from .card import model_name, run_cost, write_card
-from .chat import concurrency_of
 from .errors import ConfigError, LMError, WriteError
 from .extra_stages import OPENERS_KEPT
 from .gates import language_note, reviewer
 from .pipeline import COUNTS, SCENARIOS_KEPT, new_control, new_stats
+from .ratelimit import concurrency_of
 from .ray_executor import connect, disconnect, generate_on_ray
 from .record import read_jsonl
 from .redact import redact_for

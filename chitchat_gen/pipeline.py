@@ -76,7 +76,7 @@ class Figures(TypedDict):
     """The figures of a run, read by the progress line, the summary, the run log and the card.
 
     accepted, dropped ({reason: count}), calls (as each ends, failed ones too: `counted`) and the
-    tokens the servers report (`usage_counter`; cached: served by the prefix cache), in all and
+    tokens the servers report (plug.usage_counter; cached: served by the prefix cache), in all and
     again by engine name in `engines` ("default" for `engine:`).
     """
 
@@ -112,15 +112,6 @@ def add_counts(figures: dict, engine: str, counts: dict) -> None:
         for key, value in counts.items():
             figures[key] += value
             own[key] += value
-
-
-def usage_counter(figures_of, engine: str = DEFAULT_ENGINE):
-    """`on_usage` for chat.make_chat: each call's tokens added to the figures `figures_of()` returns
-    (the run's, or on a Ray worker each conversation's own)."""
-    def on_usage(*usage: int) -> None:
-        add_counts(figures_of(), engine, dict(zip(USAGE, usage)))
-
-    return on_usage
 
 
 def counted(chat, figures: dict, stop: threading.Event | None = None, engine: str = DEFAULT_ENGINE):

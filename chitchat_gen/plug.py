@@ -20,10 +20,10 @@ from . import (
 )
 from . import gates as quality_gates
 from .dedupe import CopyIndex
-from .pipeline import usage_counter
+from .pipeline import USAGE, add_counts
 from .preflight import check_engine
 from .ratelimit import make_pool
-from .stages import engines_of
+from .stages import DEFAULT_ENGINE, engines_of
 
 
 def make_chat(engine: dict, on_usage=None, pool=None):
@@ -32,6 +32,15 @@ def make_chat(engine: dict, on_usage=None, pool=None):
     if engine["type"] in core_chat.HTTP_ENGINES and pool is None:
         pool = make_pool(engine)
     return core_chat.make_chat(engine, on_usage, pool, retry.send)
+
+
+def usage_counter(figures_of, engine: str = DEFAULT_ENGINE):
+    """`on_usage` for chat.make_chat: each call's tokens added to the figures `figures_of()` returns
+    (the run's, or on a Ray worker each conversation's own)."""
+    def on_usage(*usage: int) -> None:
+        add_counts(figures_of(), engine, dict(zip(USAGE, usage)))
+
+    return on_usage
 
 
 def checked_engines(task: dict) -> dict:

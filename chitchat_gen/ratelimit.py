@@ -45,7 +45,7 @@ import threading
 import time
 from typing import TypedDict
 
-from .chat import BUSY_STATUS, concurrency_of
+from .chat import BUSY_STATUS
 from .urls import redact_url
 
 OUTCOMES = ("ok", "busy", "timeout", "failed", "refused", "rejected")  # rejected: the request was refused (4xx)
@@ -57,6 +57,20 @@ SLOW_PROBE = 20  # successes per unit of limit before probing above the level of
 ANSWERS, BUSY_IN = 20, 4
 LONG_WAIT = 10.0  # seconds a call in flight has waited before the progress line shows it (and the timeout)
 
+
+
+def concurrency_of(engine: dict) -> int:
+    """Conversations in flight: --concurrency (engine.concurrency), else a default for the engine.
+
+    Ollama runs one request at a time by default (OLLAMA_NUM_PARALLEL=1, invisible to clients);
+    a few in flight per server keep its queue fed between one conversation's calls. OpenAI-style
+    servers (vLLM, llama-server) batch many requests, so we keep many in flight. The local model
+    gets one slot per conversation in flight, decoding them together.
+    """
+    if engine["concurrency"]:
+        return engine["concurrency"]
+    per_server = {"ollama": 4, "openai": 32, "local": 4}[engine["type"]]
+    return per_server * max(1, len(engine["base_urls"]))
 
 
 def make_pool(engine: dict) -> Pool:

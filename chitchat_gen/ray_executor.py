@@ -28,11 +28,11 @@ import threading
 import warnings
 
 from . import plug
-from .chat import concurrency_of
 from .errors import ConfigError, LMError, NoAnswer
 from .gates import reviewer
 from .install import pip_install
 from .pipeline import add_counts, chats_for, counted_chats, drive, fill_stats, new_stats, run_conversation
+from .ratelimit import concurrency_of
 from .stages import DEFAULT_ENGINE, STAGES
 
 ADDRESS_FORMS = "'auto', 'ray://HOST:10001' (Ray Client) or 'HOST:6379' (the head's GCS)"
