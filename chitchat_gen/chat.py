@@ -93,9 +93,8 @@ def make_chat(engine: dict, on_usage=None, pool=None, send=send_once):
         return ENGINES[engine["type"]](engine, on_usage)
     pool = pool or RoundRobin(engine["base_urls"])
     session = requests.Session()
-    # subtle: with trust_env, requests reads the proxy variables, the CA bundle variables and
-    # ~/.netrc again on every request (a profile's 6 % of the client's CPU); _environment reads
-    # them once per endpoint and each request passes them on.
+    # subtle: with trust_env, requests reads the proxy and CA bundle variables and ~/.netrc again on
+    # every request (a profile: 6 % of the client's CPU); _environment reads them once per endpoint.
     session.trust_env = False
     session.environment = {}
     session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=256))

@@ -31,15 +31,12 @@ they want to chat about.$person
 Pick a topic that is clearly different from every example above \
 (for instance: $topic_hint). Reply with the sentence only, no quotes, no label.""")
 
-# The calls on the user's side (flow controller, hint, user message) open with the same system
-# text, byte for byte: the rules of the role and (when the flow controller judges which moves fit)
-# the task's moves, the same in every conversation of a task; then who the user is and the
-# situation, the same in every call of a conversation. Then the transcript so far, which only
-# grows; what changes per call (the turn, the candidate moves, the instruction) comes last. A
-# server with a prefix cache (vLLM, SGLang, llama-server, OpenAI) then evaluates only each call's
-# new part (benchmarks/tokens.py, docs/performance.md). subtle: the persona and the situation stay
-# in the system text: asked with them in the request instead, SmolLM2-135M passed the closing
-# check half as often (benchmarks/layout.py, docs/performance.md).
+# The calls on the user's side (flow controller, hint, user message) open with the same text, byte
+# for byte: the role's rules and the task's moves (the same in every conversation), who the user is
+# and the situation (the same in every call of one), then the transcript, which only grows; what
+# changes per call comes last. A server's prefix cache then evaluates only each call's new part
+# (docs/performance.md). subtle: the persona and situation stay in the system text: moved into the
+# request, a small model passed the closing check half as often (docs/performance.md).
 USER_SIDE = """\
 You are role-playing a human user chatting with an AI assistant. Stay in character. Your messages \
 to the assistant are written in the first person, as this person would type them. Do not answer \
@@ -72,10 +69,8 @@ USER_TURN = Template(SO_FAR + """\
 Instruction for your next message: $hint
 Your message:""")
 
-# The user's closing turn. Only the assistant's last reply is shown: a goodbye needs no more,
-# and with the whole conversation in front of it a small model writes one more ordinary turn
-# (30 closings asked both ways on SmolLM2-135M: benchmarks/closing.py, docs/quality.md section 5).
-# It shares the other user-side calls' system text.
+# The user's closing turn shows only the assistant's last reply: a goodbye needs no more, and with
+# the whole conversation in front of it a small model writes one more ordinary turn (docs/quality.md, section 5).
 CLOSING_TURN = Template("""\
 The assistant just said: "$last"
 
