@@ -46,8 +46,12 @@ def yaml_problem(path: Path, text: str, exc: yaml.YAMLError) -> str:
     elif "simple key" in context:
         problem, fix = "a line with no ':'", "write 'key: value', or indent it as the continuation of the line above"
     elif context.startswith("while parsing a flow"):
-        opening, closing = "[]" if "sequence" in context else "{}"
+        # "a flow node": the file ended right after a [ or {, and the mark is past its last line.
+        opened = _unclosed_bracket(text) if "node" in context else None
+        opening, closing = opened[0] if opened else "[]" if "sequence" in context else "{}"
         problem, fix = f"a {opening} is not closed", f"close it with {closing}"
+        if opened:
+            mark = opened[1]
     if mark is None:
         return f"{path}: not valid YAML ({problem}): {fix}"
     line = mark.line
@@ -72,3 +76,19 @@ def _quote_closing_on(text: str, line: int) -> int | None:
     except yaml.YAMLError:
         pass  # the scan stops at the same error: no quoted string ended on `line` before it
     return None
+
+
+def _unclosed_bracket(text: str):
+    """The innermost [ or { still open where `text` ends, as ("[]" or "{}", its start mark), or None."""
+    opened = []
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken)):
+                opened.append(token)
+            elif isinstance(token, (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)) and opened:
+                opened.pop()
+    except yaml.YAMLError:
+        pass  # the tokens up to the error are the ones that matter
+    if not opened:
+        return None
+    return "[]" if isinstance(opened[-1], yaml.FlowSequenceStartToken) else "{}", opened[-1].start_mark

@@ -193,6 +193,15 @@ def test_a_yaml_typo_is_reported_on_its_own_line(task_dir, line, text, says):
     assert says in result.stderr
 
 
+@pytest.mark.parametrize("end", ["stage_modules: [\n", "prompts: {\n", "stage_modules: [x.py,\n"])
+def test_a_bracket_left_open_at_the_end_of_the_file_is_named_on_its_line(task_dir, end):
+    (task_dir / "task.yaml").write_text(TYPO_BASE + end)
+    result = run_cli("-n", 1, cwd=task_dir)
+    opening, closing = ("[", "]") if "[" in end else ("{", "}")
+    line = len(TYPO_BASE.splitlines()) + 1
+    assert result.stderr == f"Error: task.yaml line {line}: not valid YAML (a {opening} is not closed): close it with {closing}\n"
+
+
 def test_the_typo_free_task_file_loads(task_dir):
     (task_dir / "task.yaml").write_text(TYPO_BASE)  # so each typo above is the only problem
     assert load_task(task_dir / "task.yaml")["max_turns"] == 4
