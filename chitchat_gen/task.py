@@ -357,8 +357,9 @@ def _stage(raw, where: str, task: dict, path, notes: list) -> dict:
     if name in MORE_STAGES:
         importlib.import_module(f".{MORE_STAGES[name]}", __package__)
     if name not in STAGES:
-        raise ConfigError(f"{path}: {where}.name: unknown stage '{name}'{did_you_mean(name, STAGES)}; "
-                          f"known stages: {', '.join(STAGES)}; a stage of your own: list the Python file that "
+        known = [*STAGES, *(more for more in MORE_STAGES if more not in STAGES)]
+        raise ConfigError(f"{path}: {where}.name: unknown stage '{name}'{did_you_mean(name, known)}; "
+                          f"known stages: {', '.join(known)}; a stage of your own: list the Python file that "
                           "registers it (@stage) under stage_modules in the task file")
     if name not in STAGE_FIELDS:
         return dict(raw, where=where, engine=chosen)  # a user's own stage: its settings are its business

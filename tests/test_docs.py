@@ -158,6 +158,10 @@ print(task["finalization_stages"][0]["min_score"], "chitchat_gen.extra_stages" i
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["3.0", "True", "False"]
 
+    (tmp_path / "task.yaml").write_text((tmp_path / "task.yaml").read_text().replace("lm/judge", "lm/judg"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "unknown stage 'lm/judg' (did you mean 'lm/judge'?)" in done.stderr  # named before its module loads
+
 
 def test_the_key_reference_is_made_from_the_field_tables():
     reference = (ROOT / "docs/task-file.md").read_text()
