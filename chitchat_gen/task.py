@@ -354,7 +354,7 @@ def _stage(raw, where: str, task: dict, path, notes: list) -> dict:
         raise ConfigError(f"{path}: {where}: expected a mapping with a 'name' key, got {raw!r}")
     name, raw = raw["name"], dict(raw)
     chosen = _stage_engine(raw, where, task, path)
-    if name in MORE_STAGES:
+    if name in MORE_STAGES and name not in STAGES:  # a stage_modules' own lm/judge stays the one that runs
         importlib.import_module(f".{MORE_STAGES[name]}", __package__)
     if name not in STAGES:
         known = [*STAGES, *(more for more in MORE_STAGES if more not in STAGES)]

@@ -163,6 +163,20 @@ print(task["finalization_stages"][0]["min_score"], "chitchat_gen.extra_stages" i
     assert "unknown stage 'lm/judg' (did you mean 'lm/judge'?)" in done.stderr  # named before its module loads
 
 
+def test_a_tasks_own_lm_judge_is_the_one_that_runs(tmp_path):
+    (tmp_path / "mine.py").write_text("from chitchat_gen import stage\n\n@stage('lm/judge')\n"
+                                      "def my_judge(record, ctx):\n    return record\n")
+    (tmp_path / "task.yaml").write_text("stage_modules: [mine.py]\n" + (ROOT / "task.yaml").read_text().replace(
+        "data_path: ", f"data_path: {ROOT}/") + "finalization_stages:\n  - name: lm/judge\n")
+    script = f"""
+from chitchat_gen import STAGES, load_task
+load_task({str(tmp_path / "task.yaml")!r})
+print(STAGES["lm/judge"].__name__)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["my_judge"], done.stderr
+
+
 def test_the_key_reference_is_made_from_the_field_tables():
     reference = (ROOT / "docs/task-file.md").read_text()
     block = re.search(r"<!-- keys: begin -->\n(.*?)<!-- keys: end -->", reference, re.S)
