@@ -13,6 +13,7 @@ import collections
 import random
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import TypedDict
 
@@ -221,7 +222,7 @@ def _on_threads(task: dict, n: int, chats: dict, stop: threading.Event, *, memor
         return list(wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)[0])
 
     try:
-        yield from drive(n, {"start": start, "wait": wait_some, "finish": lambda future: future.result()},
+        yield from drive(n, Executor(start=start, wait=wait_some, finish=lambda future: future.result()),
                          seed=task.get("seed") if seed is None else seed, concurrency=concurrency,
                          stats=stats, control=control)
     finally:
@@ -253,12 +254,18 @@ def fill_stats(stats: dict | None) -> Figures:
 POLL_SECONDS = 0.25
 
 
-def drive(n: int, executor: dict, *, seed, concurrency: int, stats: dict, control: dict | None = None):
+class Executor(TypedDict):
+    """Where the driver's conversations run: threads (`_on_threads`), Ray workers (ray_executor.Crew)."""
+
+    start: Callable[[int], object]  # a conversation's seed -> a handle
+    wait: Callable[[list, float], list]  # (handles, timeout in seconds) -> those finished
+    finish: Callable[[object], tuple | None]  # handle -> (record, drop reason), or None: lost with its worker
+
+
+def drive(n: int, executor: Executor, *, seed, concurrency: int, stats: dict, control: dict | None = None):
     """The driver loop of every run: keep conversations in flight until `n` are accepted; yield each.
 
-    The executor says where a conversation runs: `start(conversation_seed) -> handle`,
-    `wait(handles, timeout) -> finished handles`, `finish(handle) -> (record, drop reason)`, or
-    None for a conversation lost with its worker, which runs again with the same seed. A
+    A conversation lost with its worker (`finish` gives None) runs again with the same seed. A
     conversation is only started while accepted + in flight < n, so no call is spent on one that
     could not be kept; a drop starts a replacement. If every conversation keeps being dropped
     (the LM failing, a stage that always drops), LMError is raised instead of spending calls forever.

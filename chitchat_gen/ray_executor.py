@@ -31,7 +31,7 @@ from . import plug
 from .errors import ConfigError, LMError, NoAnswer
 from .gates import reviewer
 from .install import pip_install
-from .pipeline import add_counts, chats_for, counted_chats, drive, fill_stats, new_stats, run_conversation
+from .pipeline import Executor, add_counts, chats_for, counted_chats, drive, fill_stats, new_stats, run_conversation
 from .ratelimit import concurrency_of
 from .stages import DEFAULT_ENGINE, STAGES
 
@@ -239,8 +239,8 @@ class Crew:
         self.task_ref = ray.put(task)
         self.run_name, self.numbers = f"chitchat_gen-{random.randrange(16**8):08x}", itertools.count(1)
 
-    def executor(self) -> dict:
-        return {"start": self.start, "wait": self.wait, "finish": self.finish}
+    def executor(self) -> Executor:
+        return Executor(start=self.start, wait=self.wait, finish=self.finish)
 
     def hire(self) -> None:
         """One more worker, named, so `ray list actors` shows whose they are (and a test can find one to kill)."""
